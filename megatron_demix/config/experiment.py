@@ -1,0 +1,162 @@
+"""The experiment file: one YAML that drives every stage (prepare, train, merge, eval, search).
+
+    name: demo
+    work_dir: runs/demo            # relative paths resolve against the current directory
+    datasets:
+      - {name: general, role: general, builtin: prose}
+      - {name: code, builtin: code}
+      - {name: notes, path: /data/notes.jsonl, text_field: body}
+    tokenizer: {vocab_size: 6144}
+    prepare: {workers: 2}
+    model: {preset: tiny}
+    training: {...}  merge: {...}  eval: {...}  search: {...}  cluster: {...}
+
+`load_experiment(path)` validates the whole file and returns an `ExperimentConfig`; every error
+names the file, the key and the allowed values.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from megatron_demix.cluster.config import ClusterConfig
+from megatron_demix.config.base import ConfigError, build, fail
+from megatron_demix.data.config import DatasetConfig, PrepareConfig, TokenizerConfig
+from megatron_demix.eval.config import EvalConfig
+from megatron_demix.merge.config import MergeConfig
+from megatron_demix.model.config import ModelConfig, expand_preset
+from megatron_demix.search.config import SearchConfig
+from megatron_demix.training.config import TrainingConfig
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ExperimentConfig:
+    """Everything one DeMix experiment needs; sections are documented in their own modules."""
+
+    name: str
+    work_dir: str
+    """Root of every output: prepared data, tokenizer, checkpoints, proxies, evaluations, reports."""
+    datasets: list[DatasetConfig]
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def __post_init__(self):
+        names = [d.name for d in self.datasets]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            fail("datasets", f"duplicate dataset name(s) {', '.join(duplicates)}: names must be unique")
+        general = [d.name for d in self.datasets if d.role == "general"]
+        if len(general) != 1:
+            fail("datasets", f"exactly one dataset needs role: general (found {len(general)}: {general})")
+        if not self.candidates:
+            fail("datasets", "no candidate datasets: add at least one with role: candidate")
+
+    @property
+    def general(self) -> DatasetConfig:
+        return next(d for d in self.datasets if d.role == "general")
+
+    @property
+    def candidates(self) -> list[DatasetConfig]:
+        """The candidate datasets, in file order: component i trains on candidates[i]."""
+        return [d for d in self.datasets if d.role == "candidate"]
+
+    def dataset(self, name: str) -> DatasetConfig:
+        for d in self.datasets:
+            if d.name == name:
+                return d
+        raise ConfigError(f"no dataset named {name!r}; the experiment has {', '.join(d.name for d in self.datasets)}")
+
+    @property
+    def paths(self) -> "WorkPaths":
+        return WorkPaths(Path(self.work_dir))
+
+
+@dataclass(frozen=True)
+class WorkPaths:
+    """Names every file an experiment writes under its work dir (one place, like submitit's JobPaths)."""
+
+    root: Path
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer" / "tokenizer.json"
+
+    @property
+    def corpora(self) -> Path:
+        return self.root / "corpora"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def dataset_prefix(self, name: str) -> Path:
+        """Megatron indexed dataset prefix: `<prefix>.bin` and `<prefix>.idx`."""
+        return self.data / name / name
+
+    def token_count(self, name: str) -> Path:
+        return self.data / name / "token_count.json"
+
+    @property
+    def token_prior(self) -> Path:
+        return self.data / "token_prior.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def checkpoint(self, model: str) -> Path:
+        """Megatron save root (`iter_*/`, `latest_checkpointed_iteration.txt`) of `base` or a component."""
+        return self.checkpoints / model
+
+    @property
+    def proxies(self) -> Path:
+        return self.root / "proxies"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+
+def load_experiment(path: str | os.PathLike, overrides: dict | None = None) -> ExperimentConfig:
+    """Read and validate the experiment file at `path`; `overrides` replace top-level keys."""
+    path = Path(path)
+    where = str(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"{where}: cannot read the experiment file ({error.strerror}); pass an existing YAML with --config") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{where}: not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: must be a mapping with keys name, work_dir, datasets, ...")
+    data.update(overrides or {})
+    return experiment_from_dict(data, where)
+
+
+def experiment_from_dict(data: dict, where: str = "experiment") -> ExperimentConfig:
+    """Validate an experiment given as a dict (tests and the search build them in code)."""
+    data = dict(data)
+    if "model" in data:
+        data["model"] = expand_preset(data["model"])
+    if isinstance(data.get("work_dir"), str):
+        data["work_dir"] = os.path.abspath(os.path.expanduser(data["work_dir"]))
+    return build(ExperimentConfig, data, where)
+
+
+def dump_experiment(config: ExperimentConfig, path: str | os.PathLike) -> None:
+    """Write `config` as YAML atomically (temporary name, then rename)."""
+    from megatron_demix.config.base import to_dict
+    from megatron_demix.runtime.files import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -1,0 +1,68 @@
+"""Config sections for the candidate datasets, the tokenizer and data preparation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from megatron_demix.config.base import fail
+
+BUILTIN_CORPORA = ("prose", "code", "math")
+"""Corpora made on any machine from what Python and Debian ship (see data/builtin.py)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DatasetConfig:
+    """One dataset of the experiment: the general data or one candidate."""
+
+    name: str
+    """Short identifier; names the component model and the output files (letters, digits, _ and -)."""
+    role: Literal["general", "candidate"] = "candidate"
+    """`general` data is blended into every component (beta) and trains the base; one component per candidate."""
+    builtin: Literal["prose", "code", "math"] | None = None
+    """A built-in corpus (no downloads); give either this or `path`."""
+    path: str | None = None
+    """A JSONL file, a plain text file, a directory of them, or a Megatron indexed dataset prefix (.bin/.idx)."""
+    format: Literal["auto", "jsonl", "text", "indexed"] = "auto"
+    """How to read `path`; `auto` decides by suffix (.jsonl/.json, .txt, .bin/.idx prefix)."""
+    text_field: str = "text"
+    """The JSONL field holding the document text."""
+
+    def __post_init__(self):
+        if not self.name or not all(c.isalnum() or c in "_-" for c in self.name):
+            fail("name", f"{self.name!r} must be non-empty and use only letters, digits, '_' and '-'")
+        if (self.builtin is None) == (self.path is None):
+            fail(self.name, "give exactly one of 'builtin' (one of prose, code, math) or 'path'")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TokenizerConfig:
+    """The tokenizer: a user's Hugging Face `tokenizer.json`, or a byte-level BPE trained on the data."""
+
+    path: str | None = None
+    """A `tokenizer.json` file; when unset, a byte-level BPE is trained on the datasets and saved in the work dir."""
+    vocab_size: int = 6144
+    """Vocabulary size of the trained BPE (ignored with `path`)."""
+
+    def __post_init__(self):
+        if self.vocab_size < 260:
+            fail("vocab_size", f"{self.vocab_size} is too small for a byte-level BPE (256 bytes + specials); use >= 260")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PrepareConfig:
+    """How `demix prepare` tokenizes the datasets into Megatron indexed datasets."""
+
+    workers: int = 2
+    """Tokenizer worker processes (like Megatron's preprocess_data.py --workers)."""
+    builtin_megabytes: float = 2.0
+    """Size of each built-in corpus in MB of text."""
+    append_eod: bool = True
+    """Append the end-of-document token after every document (Megatron's --append-eod)."""
+    chunk_documents: int = 256
+    """Documents per work item sent to a worker."""
+
+    def __post_init__(self):
+        if self.workers < 1:
+            fail("workers", f"{self.workers} must be >= 1")
+        if self.builtin_megabytes <= 0:
+            fail("builtin_megabytes", f"{self.builtin_megabytes} must be > 0")

@@ -1,0 +1,70 @@
+"""The `model:` section: a GPT architecture, from a preset plus explicit overrides.
+
+Field names follow Megatron-LM's flags (`num_layers` is `--num-layers`, ...).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from megatron_demix.config.base import fail
+
+PRESETS: dict[str, dict] = {
+    # CPU tests and the demo: about 1M parameters besides the embedding.
+    "tiny": dict(
+        num_layers=4, hidden_size=64, ffn_hidden_size=192, num_attention_heads=4, num_query_groups=2,
+        seq_length=128, max_position_embeddings=128,
+    ),
+    # Qwen3-1.7B-like (the paper's architecture): 28 layers, GQA 16/8, QK-norm, tied embeddings.
+    "qwen3-1.7b": dict(
+        num_layers=28, hidden_size=2048, ffn_hidden_size=6144, num_attention_heads=16, num_query_groups=8,
+        kv_channels=128, seq_length=8192, max_position_embeddings=40960, qk_layernorm=True,
+        rotary_base=1000000, make_vocab_size_divisible_by=128,
+    ),
+}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelConfig:
+    """A megatron-core GPTModel: RMSNorm, SwiGLU, RoPE and GQA by default."""
+
+    preset: Literal["tiny", "qwen3-1.7b"] | None = None
+    """Named architecture whose values fill every key not given explicitly."""
+    num_layers: int = 4
+    hidden_size: int = 64
+    ffn_hidden_size: int = 192
+    num_attention_heads: int = 4
+    num_query_groups: int | None = None
+    """Grouped-query attention groups (Megatron's --num-query-groups); unset means multi-head attention."""
+    kv_channels: int | None = None
+    """Per-head dimension; unset means hidden_size / num_attention_heads."""
+    seq_length: int = 128
+    max_position_embeddings: int = 128
+    normalization: Literal["RMSNorm", "LayerNorm"] = "RMSNorm"
+    swiglu: bool = True
+    position_embedding_type: Literal["rope", "learned_absolute"] = "rope"
+    rotary_base: int = 10000
+    qk_layernorm: bool = False
+    untie_embeddings_and_output_weights: bool = False
+    make_vocab_size_divisible_by: int = 128
+    init_method_std: float = 0.02
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            fail("hidden_size", f"{self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}")
+        groups = self.num_query_groups or self.num_attention_heads
+        if self.num_attention_heads % groups:
+            fail("num_query_groups", f"{groups} does not divide num_attention_heads={self.num_attention_heads}")
+        if self.seq_length > self.max_position_embeddings and self.position_embedding_type == "learned_absolute":
+            fail("seq_length", f"{self.seq_length} exceeds max_position_embeddings={self.max_position_embeddings}")
+
+
+def expand_preset(data: dict | None) -> dict:
+    """The `model:` mapping with its preset's values under the explicit ones."""
+    data = dict(data or {})
+    preset = data.get("preset")
+    if preset is None:
+        return data
+    if preset not in PRESETS:
+        fail("model.preset", f"{preset!r} is not one of {', '.join(repr(p) for p in PRESETS)}")
+    return {**PRESETS[preset], **data}

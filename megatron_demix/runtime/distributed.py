@@ -1,0 +1,73 @@
+"""Rank layout from the launcher (torchrun, SLURM srun, or nothing) and torch.distributed setup.
+
+One function, `init_distributed()`, so every entry point starts the same way:
+- torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT;
+- `srun` sets SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID; the master is the first host of
+  SLURM_JOB_NODELIST and the port is derived from the job id (so array tasks do not collide);
+- a plain `python` run is rank 0 of 1.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+
+from megatron_demix.runtime import device
+
+
+@dataclass(frozen=True)
+class RankLayout:
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+    launcher: str
+
+
+def _first_slurm_host(nodelist: str) -> str:
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+        return out.stdout.split()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return "127.0.0.1"
+
+
+def rank_layout(env: dict | None = None) -> RankLayout:
+    """Read the rank layout from the environment of the launcher that started this process."""
+    env = os.environ if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return RankLayout(
+            int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
+            env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)), "torchrun",
+        )
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "SLURM_STEP_ID" in env:
+        job = int(env.get("SLURM_ARRAY_JOB_ID", env.get("SLURM_JOB_ID", "0")))
+        task = int(env.get("SLURM_ARRAY_TASK_ID", "0"))
+        return RankLayout(
+            int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
+            env.get("MASTER_ADDR") or _first_slurm_host(env.get("SLURM_JOB_NODELIST", "")),
+            int(env.get("MASTER_PORT") or 20000 + (job * 7 + task) % 20000), "srun",
+        )
+    return RankLayout(0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT", 29500)), "none")
+
+
+def init_distributed(timeout_minutes: float = 30) -> RankLayout:
+    """Start the default process group (NCCL on GPU hosts, gloo on CPU) if not started yet."""
+    layout = rank_layout()
+    if torch.distributed.is_initialized():
+        return layout
+    device.install_cpu_compat()
+    if device.is_gpu_host():
+        torch.cuda.set_device(layout.local_rank % torch.cuda.device_count())
+    torch.distributed.init_process_group(
+        backend=device.distributed_backend(),
+        init_method=f"tcp://{layout.master_addr}:{layout.master_port}",
+        rank=layout.rank,
+        world_size=layout.world_size,
+        timeout=timedelta(minutes=timeout_minutes),
+    )
+    return layout

@@ -1,0 +1,58 @@
+"""The `training:` section: parallelism, batch, schedule, budgets and checkpointing.
+
+Field names follow Megatron-LM's flags, so `--tensor-model-parallel-size 2` on any launch script
+overrides `training.tensor_model_parallel_size`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from megatron_demix.config.base import fail
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainingConfig:
+    """How the base and each component are trained."""
+
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    micro_batch_size: int = 4
+    global_batch_size: int = 8
+    lr: float = 3e-3
+    min_lr: float = 6e-4
+    """Cosine decay ends here (the paper: 20% of peak)."""
+    lr_warmup_iters: int = 10
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    clip_grad: float = 1.0
+    base_train_iters: int = 100
+    """Iterations of the base model on the general data."""
+    train_iters: int = 50
+    """Iterations of each component, continued from the base."""
+    train_tokens: int | None = None
+    """Component budget in tokens; when set it overrides train_iters (rounded up to whole iterations)."""
+    beta: float = 0.5
+    """Share of general data in every component's blend (the paper's beta)."""
+    seed: int = 1234
+    save_interval: int = 0
+    """Save every N iterations (0: only at the end)."""
+    eval_interval: int = 25
+    eval_iters: int = 2
+    log_interval: int = 5
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """`auto`: bf16 on GPU hosts, fp32 on CPU (see runtime/device.py)."""
+    dataloader: Literal["torch", "dali"] = "torch"
+
+    def __post_init__(self):
+        for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "micro_batch_size",
+                     "global_batch_size", "train_iters", "base_train_iters"):
+            if getattr(self, name) < 1:
+                fail(name, f"{getattr(self, name)} must be >= 1")
+        if self.global_batch_size % self.micro_batch_size:
+            fail("global_batch_size", f"{self.global_batch_size} is not a multiple of micro_batch_size={self.micro_batch_size}")
+        if not 0.0 <= self.beta < 1.0:
+            fail("beta", f"{self.beta} must be in [0, 1): the candidate share 1 - beta must be positive")
+        if self.min_lr > self.lr:
+            fail("min_lr", f"{self.min_lr} exceeds lr={self.lr}")
