@@ -1,0 +1,88 @@
+"""Megatron-LM's checkpoint directory layout, shared by the trainer, the merge tool and eval.
+
+    <save>/latest_checkpointed_iteration.txt     "1000" or "release"
+    <save>/iter_0001000/                         one checkpoint (torch_dist: metadata.json, .metadata,
+                                                 __R_N.distcp, common.pt; legacy: mp_rank_XX[_YYY]/)
+
+`resolve_checkpoint(path)` accepts any of: a save root, an `iter_*` directory, or a bare
+torch_dist / legacy directory, and returns the directory that holds the checkpoint files.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from megatron_demix.runtime.files import atomic_write_text
+
+TRACKER_FILE = "latest_checkpointed_iteration.txt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint path that is missing, incomplete or of an unknown format."""
+
+
+def iteration_dir(save: Path, iteration: int | str) -> Path:
+    return Path(save) / ("release" if iteration == "release" else f"iter_{int(iteration):07d}")
+
+
+def read_tracker(save: Path) -> int | str | None:
+    """The iteration in `<save>/latest_checkpointed_iteration.txt`, or None when there is none."""
+    tracker = Path(save) / TRACKER_FILE
+    if not tracker.is_file():
+        return None
+    text = tracker.read_text().strip()
+    if text == "release":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise CheckpointError(f"{tracker}: expected an iteration number or 'release', found {text!r}") from None
+
+
+def write_tracker(save: Path, iteration: int | str) -> None:
+    """Point the save root at `iteration` (atomically, after the checkpoint itself is complete)."""
+    atomic_write_text(Path(save) / TRACKER_FILE, f"{iteration}\n")
+
+
+@dataclass(frozen=True)
+class CheckpointDir:
+    path: Path
+    """The directory holding the checkpoint files."""
+    format: Literal["torch_dist", "legacy"]
+
+
+def checkpoint_format(path: Path) -> Literal["torch_dist", "legacy"] | None:
+    path = Path(path)
+    metadata = path / "metadata.json"
+    if metadata.is_file():
+        try:
+            backend = json.loads(metadata.read_text()).get("sharded_backend")
+        except (OSError, json.JSONDecodeError) as error:
+            raise CheckpointError(f"{metadata}: unreadable ({error}); the checkpoint is incomplete") from None
+        if backend != "torch_dist":
+            raise CheckpointError(f"{metadata}: sharded_backend {backend!r} is not supported (only torch_dist)")
+        return "torch_dist"
+    if any(path.glob("mp_rank_*/model_optim_rng.pt")):
+        return "legacy"
+    return None
+
+
+def resolve_checkpoint(path: str | Path) -> CheckpointDir:
+    """Find the checkpoint under a save root, an `iter_*` directory or a bare checkpoint directory."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    iteration = read_tracker(path)
+    if iteration is not None:
+        path = iteration_dir(path, iteration)
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: named by {TRACKER_FILE} but missing; the save root is damaged")
+    fmt = checkpoint_format(path)
+    if fmt is None:
+        raise CheckpointError(
+            f"{path}: not a Megatron checkpoint (expected {TRACKER_FILE}, a torch_dist directory with"
+            " metadata.json, or mp_rank_*/model_optim_rng.pt)"
+        )
+    return CheckpointDir(path, fmt)
