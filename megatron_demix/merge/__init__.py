@@ -1,0 +1,25 @@
+"""Checkpoint merging: a proxy model is a weighted merge of component checkpoints (DeMix).
+
+    from megatron_demix.merge import merge
+    merge(["ckpt/code", "ckpt/math"], [0.3, 0.7], "proxies/p0")
+
+Layout: `plan.py` what (chunks, sources, balance), `methods.py` how (linear, task arithmetic),
+`io.py` bytes in and out of torch_dist files, `mpi.py` ranks, `merge.py` the flow, `legacy.py`
+the mp_rank_* format. The CLI is tools/merge/run.py. Names are imported lazily, so reading the
+`merge:` config section (`merge.config`) does not import torch.
+"""
+
+
+def __getattr__(name):
+    if name in ("merge", "Summary"):
+        from megatron_demix.merge.merge import Summary, merge
+
+        # Importing the submodule `merge.py` bound the package attribute `merge` to the module;
+        # rebind it to the function, which is what `from megatron_demix.merge import merge` means.
+        globals().update(merge=merge, Summary=Summary)
+        return globals()[name]
+    if name == "MergeError":
+        from megatron_demix.merge.io import MergeError
+
+        return MergeError
+    raise AttributeError(f"module 'megatron_demix.merge' has no attribute {name!r}")

@@ -1,0 +1,337 @@
+"""`merge()`: a weighted merge of Megatron checkpoints, streamed chunk by chunk, on one or many MPI ranks.
+
+    from megatron_demix.merge import merge
+    merge(["ckpt/code", "ckpt/math"], [0.3, 0.7], "proxies/p0")               # one process
+    mpiexec -n 4 python tools/merge/run.py --inputs ckpt/code:0.3 ckpt/math:0.7 --output proxies/p0
+
+Memory per rank is bounded by the largest output chunk, not by the model: with n its elements,
+peak ~ 8n (fp32 accumulator + fp32 term) + the largest stored chunk overlapping it + n x output
+itemsize (+ 4n for the base of task arithmetic), on top of the interpreter and torch (~300 MB).
+The plan logs this bound. Only the plan, write records, errors and statistics travel over MPI.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import math
+import random
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from megatron_demix.checkpoint.layout import CheckpointError, iteration_dir, resolve_checkpoint, write_tracker
+from megatron_demix.merge import mpi
+from megatron_demix.merge.io import ChunkReader, DataFileWriter, MergeError, read_metadata, write_checkpoint_files
+from megatron_demix.merge.methods import Method, get_method
+from megatron_demix.merge.plan import DTYPES, Item, Plan, Source, build_plan
+from megatron_demix.runtime.files import atomic_directory
+
+MB = 1e6
+VERIFY_SAMPLE = 8
+"""Items per rank that --verify re-reads and recomputes (plus every item of a rank with fewer)."""
+
+
+@dataclass
+class RankStats:
+    rank: int
+    items: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    peak_rss: int = 0
+    verified: int = 0
+
+
+@dataclass
+class Summary:
+    output: Path
+    seconds: float
+    bytes_read: int
+    bytes_written: int
+    ranks: list[RankStats] = field(default_factory=list)
+
+
+def check_weights(weights: Sequence[float], names: Sequence[str], method: Method, normalize: bool) -> list[float]:
+    """The weights to use, checked (count, finite, sign, not all zero) and normalised to sum 1 unless told not to."""
+    if len(weights) != len(names):
+        raise MergeError(f"got {len(weights)} weight(s) for {len(names)} input(s); give one weight per input (DIR:WEIGHT)")
+    for w, name in zip(weights, names):
+        if not math.isfinite(w):
+            raise MergeError(f"{name}: weight {w} is not a finite number")
+        if w < 0 and not method.allows_negative_weights:
+            raise MergeError(f"{name}: weight {w} is negative; only --method task_arithmetic accepts negative weights")
+    if all(w == 0 for w in weights):
+        raise MergeError(f"all weights are 0 ({', '.join(names)}); give at least one input a non-zero weight")
+    if not normalize:
+        return [float(w) for w in weights]
+    total = math.fsum(weights)
+    if total == 0:
+        raise MergeError(f"weights {list(weights)} sum to 0 and cannot be normalised; pass --no-normalize")
+    return [w / total for w in weights]
+
+
+# ---------------------------------------------------------------------------------------------
+# One item: read the regions of the inputs, combine, return what to write.
+
+def _read_region(reader: ChunkReader, sources: tuple[Source, ...], item: Item, as_fp32: bool) -> torch.Tensor:
+    """The item's region of one input, assembled from the stored chunks that overlap it (a fresh tensor)."""
+    region = None
+    for source in sources:
+        tensor = reader.tensor(source.index)
+        if tuple(tensor.shape) != source.sizes:
+            raise MergeError(
+                f"{reader.name}: key {item.key} chunk at {source.offsets} holds shape {tuple(tensor.shape)},"
+                f" but .metadata says {source.sizes}; the checkpoint is damaged"
+            )
+        if source.offsets == item.offsets and source.sizes == item.sizes:
+            return tensor.float() if as_fp32 else tensor
+        if region is None:
+            region = torch.empty(item.sizes, dtype=torch.float32 if as_fp32 else tensor.dtype)
+        dst, src = region, tensor
+        for dim, (ro, rs, so, ss) in enumerate(zip(item.offsets, item.sizes, source.offsets, source.sizes)):
+            lo, hi = max(ro, so), min(ro + rs, so + ss)
+            dst, src = dst.narrow(dim, lo - ro, hi - lo), src.narrow(dim, lo - so, hi - lo)
+        dst.copy_(src)
+    return region
+
+
+def compute_item(item: Item, readers: list[ChunkReader], weights: list[float], method: Method, scale: float):
+    """The output of one item: merged fp32 cast to the output dtype, a checked copy, or an object's bytes."""
+    if item.kind == "object":
+        return readers[0].raw(item.index)
+    if item.kind == "exact":
+        first = _read_region(readers[0], item.sources[0], item, as_fp32=False)
+        for reader, sources in zip(readers[1:], item.sources[1:]):
+            if not torch.equal(_read_region(reader, sources, item, as_fp32=False), first):
+                raise MergeError(
+                    f"{reader.name}: key {item.key} ({first.dtype}, region at {item.offsets}) differs from"
+                    f" {readers[0].name}; non-floating tensors are copied, not averaged, so they must agree"
+                )
+        return first
+    base = _read_region(readers[-1], item.sources[-1], item, as_fp32=True) if method.needs_base else None
+    merged = method.combine(
+        lambda i: _read_region(readers[i], item.sources[i], item, as_fp32=True), weights, scale=scale, base=base
+    )
+    return merged if merged.dtype == item.dtype else merged.to(item.dtype)
+
+
+class Progress:
+    """Rank 0's progress line: bytes of its share done, MB/s, ETA (ranks get balanced shares)."""
+
+    def __init__(self, total: int, log: Callable[[str], None], every: float = 2.0):
+        self.total, self.log, self.every = total, log, every
+        self.done, self.start, self.last = 0, time.perf_counter(), time.perf_counter()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= self.every or self.done >= self.total:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            eta = (self.total - self.done) / rate if rate else float("inf")
+            self.log(f"[merge] rank 0: {self.done / MB:.1f}/{self.total / MB:.1f} MB of its share, {rate / MB:.1f} MB/s, ETA {eta:.0f} s")
+
+
+def _merge_share(comm, plan: Plan, out_dir: Path, weights, method, scale, verify: bool, log):
+    """This rank's items -> its own data file. Returns (write records, RankStats)."""
+    start = time.perf_counter()
+    stats = RankStats(comm.rank)
+    share = plan.assignment[comm.rank] if comm.rank < len(plan.assignment) else []
+    readers = [ChunkReader(d, read_metadata(d).storage_data, name) for d, name in zip(plan.dirs, plan.names)]
+    writer = DataFileWriter(out_dir, comm.rank)
+    progress = Progress(plan.rank_bytes(comm.rank), log) if comm.rank == 0 else None
+    try:
+        for i in share:
+            item = plan.items[i]
+            result = compute_item(item, readers, weights, method, scale)
+            (writer.raw if item.kind == "object" else writer.tensor)(item.index, result)
+            del result
+            if progress:
+                progress.update(item.read_bytes + item.write_bytes)
+        writer.close()
+        if verify:
+            stats.verified = _verify(plan, share, writer, readers, weights, method, scale, out_dir)
+        stats.items, stats.bytes_written = len(share), writer.bytes_written
+        stats.bytes_read = sum(r.bytes_read for r in readers)
+    finally:
+        writer.close()
+        for reader in readers:
+            reader.close()
+    stats.seconds, stats.peak_rss = time.perf_counter() - start, mpi.peak_rss_bytes()
+    return writer.records, stats
+
+
+def _verify(plan: Plan, share, writer, readers, weights, method, scale, out_dir: Path) -> int:
+    """Re-read a sample of this rank's output chunks and compare them with a fresh recomputation."""
+    sample = random.Random(len(share)).sample(share, min(VERIFY_SAMPLE, len(share)))
+    with ChunkReader(out_dir, writer.records, f"output {out_dir}") as output:
+        for i in sample:
+            item = plan.items[i]
+            expected = compute_item(item, readers, weights, method, scale)
+            if item.kind == "object":
+                same = output.raw(item.index) == expected
+            else:
+                same = torch.equal(output.tensor(item.index), expected)
+            if not same:
+                raise MergeError(f"--verify: key {item.key} (chunk at {item.offsets}) of the output differs from a recomputation; storage is unreliable")
+    return len(sample)
+
+
+# ---------------------------------------------------------------------------------------------
+# The collective flow.
+
+def _on_root(comm, fn):
+    """Run `fn` on rank 0 and broadcast its result; if it raises, every rank raises (no rank hangs)."""
+    result, error = None, None
+    if comm.rank == 0:
+        try:
+            result = fn()
+        except Exception as exc:
+            error = exc
+    result, message = comm.bcast((result, None if error is None else str(error)))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise MergeError(message)
+    return result
+
+
+def _iteration(path: Path) -> int | str:
+    """The first input's iteration (from its `iter_*` directory name), so the proxy looks like it."""
+    match = re.fullmatch(r"iter_(\d+)", path.name)
+    return int(match.group(1)) if match else ("release" if path.name == "release" else 0)
+
+
+def _prepare(inputs, given, output, method, base, scale, dtype, normalize, overwrite, ranks) -> tuple[Plan, list[float], dict]:
+    if dtype != "same" and dtype not in DTYPES:
+        raise MergeError(f"--dtype {dtype!r} is unknown; choose one of same, {', '.join(DTYPES)}")
+    if method.needs_base and base is None:
+        raise MergeError(f"--method {method.name} needs --base DIR (the checkpoint the components were trained from)")
+    if base is not None and not method.needs_base:
+        raise MergeError(f"--base is only used by --method task_arithmetic, not {method.name}")
+    if not inputs:
+        raise MergeError("no inputs: give at least one --inputs DIR:WEIGHT")
+    names = [f"input {i + 1} ({p})" for i, p in enumerate(inputs)]
+    weights = check_weights(given, names, method, normalize)
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise MergeError(f"--output {output} already exists; remove it or pass --overwrite")
+    paths = list(inputs) + ([base] if base is not None else [])
+    names += [f"base ({base})"] if base is not None else []
+    dirs = []
+    for path, name in zip(paths, names):
+        try:
+            found = resolve_checkpoint(path)
+        except CheckpointError as error:
+            raise MergeError(f"{name}: {error}") from None
+        if found.format != "torch_dist":
+            raise MergeError(f"{name}: {found.path} is a legacy (mp_rank_*) checkpoint; mix no formats: all inputs must be torch_dist")
+        if output.resolve() in (Path(path).resolve(), found.path.resolve()):
+            raise MergeError(f"--output {output} is also {name}; write the merge somewhere else")
+        dirs.append(found.path)
+    plan = build_plan(dirs, names, dtype=dtype, ranks=ranks, has_base=base is not None)
+    provenance = {
+        "tool": "megatron_demix.merge", "method": method.name, "scale": scale if method.needs_base else None,
+        "inputs": [str(d.resolve()) for d in dirs[: len(inputs)]], "weights": weights, "given_weights": list(given),
+        "base": str(dirs[-1].resolve()) if base is not None else None, "dtype": dtype, "ranks": ranks,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return plan, weights, provenance
+
+
+def merge(
+    inputs: Sequence[str | Path],
+    weights: Sequence[float],
+    output: str | Path,
+    *,
+    method: str = "linear",
+    base: str | Path | None = None,
+    scale: float = 1.0,
+    dtype: str = "same",
+    normalize: bool = True,
+    verify: bool = False,
+    overwrite: bool = False,
+    comm=None,
+    log: Callable[[str], None] | None = None,
+) -> Summary:
+    """Write sum_i w_i * inputs[i] (or task arithmetic over `base`) to `output` as a Megatron save root.
+
+    Call it on every rank (same arguments); `comm` defaults to `mpi.world()`. Steps:
+    1. Rank 0 checks the arguments (weights, method and base, dtype, output), resolves each input
+       (save root, `iter_*` or bare torch_dist dir) and plans from the inputs' `.metadata`
+       (`plan.build_plan`: keys, shapes, dtypes, data files; items balanced by bytes); all ranks
+       receive the plan, or the error.
+    2. Rank 0 creates a temporary directory next to `output` (`atomic_directory`).
+    3. Every rank merges its items chunk by chunk into its own `__{rank}_0.distcp`, and with
+       `verify` re-reads a sample of them and compares with a recomputation.
+    4. Write records, errors and statistics go to rank 0. On any error rank 0 removes the
+       temporary directory and every rank raises `MergeError`.
+    5. Rank 0 writes `.metadata`, `metadata.json`, `common.pt`, `merge.json` and the tracker,
+       renames the temporary directory to `output`, logs the summary; every rank returns it.
+    """
+    comm = comm or mpi.world()
+    log = log or (lambda line: print(line, flush=True))
+    root_log = log if comm.rank == 0 else (lambda line: None)
+    start = time.perf_counter()
+    method_ = get_method(method)
+    output = Path(output)
+
+    plan, weights, provenance = _on_root(
+        comm, lambda: _prepare(list(inputs), [float(w) for w in weights], output, method_, base, scale, dtype, normalize,
+                               overwrite, comm.size)
+    )
+    root_log(
+        f"[merge] {len(plan.items)} chunks, {plan.read_bytes / MB:.1f} MB to read, {plan.write_bytes / MB:.1f} MB to write,"
+        f" {comm.size} rank(s); memory bound per rank: largest item {plan.peak_bytes / MB:.1f} MB"
+        " (8n fp32 accumulator+term + largest stored chunk + n x out itemsize) + interpreter"
+    )
+    stack = contextlib.ExitStack()
+    try:
+        iteration = _iteration(plan.dirs[0])
+        tmp = _on_root(comm, lambda: stack.enter_context(atomic_directory(output, overwrite)))
+        out_dir = iteration_dir(tmp, iteration)
+        _on_root(comm, lambda: out_dir.mkdir())
+        try:
+            records, stats = _merge_share(comm, plan, out_dir, weights, method_, scale, verify, root_log)
+            outcome = (records, stats, None)
+        except Exception as error:
+            outcome = ({}, RankStats(comm.rank), f"rank {comm.rank}: {error}" if comm.size > 1 else str(error))
+        gathered = comm.gather(outcome)
+
+        def finish() -> list[RankStats]:
+            errors = [e for _, _, e in gathered if e]
+            if errors:
+                raise MergeError("; ".join(errors))
+            records = {k: v for r, _, _ in gathered for k, v in r.items()}
+            provenance["seconds"] = round(time.perf_counter() - start, 3)
+            write_checkpoint_files(out_dir, plan.state_dict_metadata, records, plan.dirs[0], provenance)
+            write_tracker(tmp, iteration)
+            return [s for _, s, _ in gathered]
+
+        rank_stats = _on_root(comm, finish)
+    except BaseException:
+        stack.__exit__(*sys.exc_info())  # rank 0: removes the temporary directory
+        raise
+    _on_root(comm, stack.close)  # rank 0: the rename that publishes the output
+    summary = Summary(output, time.perf_counter() - start, sum(s.bytes_read for s in rank_stats),
+                      sum(s.bytes_written for s in rank_stats), rank_stats)
+    _log_summary(summary, root_log)
+    return summary
+
+
+def _log_summary(summary: Summary, log) -> None:
+    rate = (summary.bytes_read + summary.bytes_written) / max(summary.seconds, 1e-9)
+    log(f"[merge] wrote {summary.output} in {summary.seconds:.2f} s: read {summary.bytes_read / MB:.1f} MB,"
+        f" wrote {summary.bytes_written / MB:.1f} MB ({rate / MB:.1f} MB/s)")
+    for s in summary.ranks:
+        log(f"[merge]   rank {s.rank}: {s.items} chunks, read {s.bytes_read / MB:.1f} MB, wrote {s.bytes_written / MB:.1f} MB,"
+            f" {s.seconds:.2f} s, peak RSS {s.peak_rss / MB:.0f} MB" + (f", verified {s.verified}" if s.verified else ""))
+
+
+def summary_dict(summary: Summary) -> dict:
+    return {**asdict(summary), "output": str(summary.output)}

@@ -1,0 +1,100 @@
+"""Merge Megatron checkpoints into one (a DeMix proxy): linear or task arithmetic, on 1..N MPI ranks.
+
+    python tools/merge/run.py --inputs ckpt/code:0.3 ckpt/math:0.7 --output proxies/p0
+    mpiexec -n 4 python tools/merge/run.py --inputs A:1 B:1 C:2 --output OUT --dtype bf16 --verify
+    srun --mpi=pmi2 -n 4 python tools/merge/run.py ...                # inside a SLURM allocation
+    python tools/merge/run.py --method task_arithmetic --base ckpt/base --scale 0.8 --inputs A:1 B:1 --output OUT
+    python tools/merge/run.py --config experiment.yaml --mixture mixture.json --output OUT
+
+A DIR is a save root (with latest_checkpointed_iteration.txt), an `iter_*` directory or a bare
+torch_dist (or legacy mp_rank_*) directory. `--mixture` is a JSON object {component: weight}
+naming every candidate dataset of the experiment; component checkpoints, the base, and the
+method/scale/dtype/normalize defaults then come from the experiment file. Exit status 1 on
+every rank for bad input, with the error on rank 0's stderr.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
+
+from megatron_demix.merge.mpi import LaunchError  # noqa: E402  (light: no torch)
+
+
+def parse_input(text: str) -> tuple[str, float]:
+    path, sep, weight = text.rpartition(":")
+    if not sep or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected DIR:WEIGHT, e.g. ckpt/code:0.5")
+    try:
+        return path, float(weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: weight {weight!r} is not a number (expected DIR:WEIGHT)") from None
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--inputs", nargs="+", type=parse_input, metavar="DIR:WEIGHT", help="checkpoints and their weights")
+    parser.add_argument("--output", required=True, help="save root to create (iter_* + tracker)")
+    parser.add_argument("--method", choices=["linear", "task_arithmetic"], help="default: linear (or the experiment's merge.method)")
+    parser.add_argument("--base", help="base checkpoint for task_arithmetic")
+    parser.add_argument("--scale", type=float, help="task-arithmetic scale (default 1)")
+    parser.add_argument("--dtype", choices=["same", "fp32", "bf16", "fp16"], help="output dtype (default: same as inputs)")
+    parser.add_argument("--no-normalize", action="store_true", help="use the weights as given instead of rescaling them to sum 1")
+    parser.add_argument("--verify", action="store_true", help="re-read a sample of output chunks and compare with a recomputation")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--mixture", help="mixture JSON {component: weight}; needs --config")
+    parser.add_argument("--config", help="experiment YAML (with --mixture)")
+    args = parser.parse_args(argv)
+    if bool(args.mixture) != bool(args.config):
+        parser.error("--mixture and --config go together (the experiment names the component checkpoints)")
+    if bool(args.inputs) == bool(args.mixture):
+        parser.error("give either --inputs DIR:WEIGHT ... or --mixture FILE --config FILE")
+    return args
+
+
+def merge_kwargs(args) -> dict:
+    """merge() arguments from the flags, filled from the experiment when --mixture is used."""
+    if args.mixture:
+        from megatron_demix.config.experiment import load_experiment
+        from megatron_demix.merge.mixture import mixture_inputs
+
+        experiment = load_experiment(args.config)
+        inputs, weights, base = mixture_inputs(experiment, args.mixture)
+        defaults = experiment.merge
+        method = args.method or defaults.method
+        kwargs = dict(method=method, scale=defaults.scale, dtype=defaults.dtype, normalize=defaults.normalize,
+                      base=base if method == "task_arithmetic" else None)
+    else:
+        inputs, weights = [p for p, _ in args.inputs], [w for _, w in args.inputs]
+        kwargs = dict(method=args.method or "linear", scale=1.0, dtype="same", normalize=True, base=None)
+    overrides = dict(scale=args.scale, dtype=args.dtype, base=args.base)
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    if args.no_normalize:
+        kwargs["normalize"] = False
+    return dict(inputs=inputs, weights=weights, output=args.output, verify=args.verify, overwrite=args.overwrite, **kwargs)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from megatron_demix.config.base import ConfigError
+    from megatron_demix.merge import mpi
+    from megatron_demix.merge.io import MergeError
+
+    try:
+        comm = mpi.world()
+    except LaunchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    try:
+        from megatron_demix.merge.merge import merge
+
+        merge(**merge_kwargs(args), comm=comm)
+    except (MergeError, ConfigError, ValueError) as error:
+        if comm.rank == 0:
+            print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
