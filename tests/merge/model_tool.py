@@ -1,12 +1,12 @@
 """Test helper run under torchrun (gloo, CPU): save a tiny GPT checkpoint, or compute its logits.
 
     torchrun --nproc-per-node 4 tests/merge/model_tool.py save --tp 2 --pp 2 --seed 1 --out SAVE_ROOT
-    torchrun --nproc-per-node 2 tests/merge/model_tool.py logits --tp 2 --ckpt DIR --out logits.pt
-    torchrun --nproc-per-node 1 tests/merge/model_tool.py logits --tp 1 --ckpt A:0.25 --ckpt B:0.75 --out ref.pt
+    torchrun --nproc-per-node 2 tests/merge/model_tool.py logits --tp 2 --merged OUT_ITER --ckpt A:0.25 --ckpt B:0.75 --out l.pt
 
 `save` writes a Megatron save root (iter_0000010 + tracker) with random weights from `--seed`.
-`logits` loads one checkpoint, or several `DIR:WEIGHT` averaged in memory in fp32 (the merge's
-order: acc = w0*T0, acc = acc + w1*T1, ...), into a PP=1 model and saves rank 0's logits.
+`logits` builds a PP=1 model at `--tp`, loads the merged checkpoint, and, separately, the inputs
+averaged in memory in fp32 (the merge's order: acc = w0*T0, acc = acc + w1*T1, ...); it saves
+rank 0's logits of both as {"merged": ..., "averaged": ...}.
 """
 import argparse
 import os
@@ -47,29 +47,39 @@ def save(args) -> None:
         write_tracker(args.out, 10)
 
 
+def _averaged_state(model, specs: list[str]) -> dict:
+    """sum_i w_i * checkpoint_i of this rank's shards, in fp32, in the merge's order.
+
+    dist_checkpointing.load fills the model's own parameters in place: copy before the next load.
+    """
+    from megatron.core import dist_checkpointing
+
+    merged = {}
+    for spec in specs:
+        path, _, weight = spec.rpartition(":")
+        for key, value in dist_checkpointing.load(model.sharded_state_dict(), path).items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                term = value.to(torch.float32, copy=True).mul_(float(weight))
+                merged[key] = merged[key].add_(term) if key in merged else term
+    return merged
+
+
 def logits(args) -> None:
+    """Logits of the merged checkpoint and of the inputs averaged in memory, on the same TP model."""
     from megatron.core import dist_checkpointing
 
     model = build(args.tp, 1, 0)
-    merged = None
-    for spec in args.ckpt:
-        path, _, weight = spec.rpartition(":") if ":" in spec else (spec, "", "1")
-        loaded = dist_checkpointing.load(model.sharded_state_dict(), path)
-        for key, value in loaded.items():
-            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-                continue
-            term = value.float().mul_(float(weight))
-            if merged is None or key not in merged:
-                merged = merged or {}
-                merged[key] = term
-            else:
-                merged[key].add_(term)
-    model.load_state_dict({k: v for k, v in merged.items()}, strict=False)
     model.eval()
-    with torch.no_grad():
-        out = model(TOKENS, torch.arange(16).expand(2, 16), None)
+    results = {}
+    for name, state in [
+        ("merged", lambda: dist_checkpointing.load(model.sharded_state_dict(), args.merged)),
+        ("averaged", lambda: _averaged_state(model, args.ckpt)),
+    ]:
+        model.load_state_dict({k: v for k, v in state().items() if isinstance(v, torch.Tensor)}, strict=False)
+        with torch.no_grad():
+            results[name] = model(TOKENS, torch.arange(16).expand(2, 16), None)
     if torch.distributed.get_rank() == 0:
-        torch.save(out, args.out)
+        torch.save(results, args.out)
 
 
 if __name__ == "__main__":
@@ -78,7 +88,8 @@ if __name__ == "__main__":
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--pp", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ckpt", action="append", default=[])
+    parser.add_argument("--merged", help="merged checkpoint (iter dir)")
+    parser.add_argument("--ckpt", action="append", default=[], help="DIR:WEIGHT of an input (iter dir)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     save(args) if args.command == "save" else logits(args)
