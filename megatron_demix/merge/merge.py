@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import math
+import os
 import random
 import re
 import sys
@@ -25,11 +26,11 @@ from typing import Callable, Sequence
 import torch
 
 from megatron_demix.checkpoint.layout import CheckpointError, iteration_dir, resolve_checkpoint, write_tracker
-from megatron_demix.merge import mpi
+from megatron_demix.merge import legacy, mpi
 from megatron_demix.merge.io import ChunkReader, DataFileWriter, MergeError, read_metadata, write_checkpoint_files
 from megatron_demix.merge.methods import Method, get_method
 from megatron_demix.merge.plan import DTYPES, Item, Plan, Source, build_plan
-from megatron_demix.runtime.files import atomic_directory
+from megatron_demix.runtime.files import atomic_directory, atomic_write_json
 
 MB = 1e6
 VERIFY_SAMPLE = 8
@@ -137,6 +138,28 @@ class Progress:
             self.log(f"[merge] rank 0: {self.done / MB:.1f}/{self.total / MB:.1f} MB of its share, {rate / MB:.1f} MB/s, ETA {eta:.0f} s")
 
 
+def _legacy_share(comm, plan: legacy.LegacyPlan, out_dir: Path, weights, method, scale, dtype, verify, provenance, log):
+    """This rank's legacy rank files, merged and written whole. Returns ({}, RankStats)."""
+    start = time.perf_counter()
+    stats = RankStats(comm.rank)
+    share = plan.assignment[comm.rank] if comm.rank < len(plan.assignment) else []
+    progress = Progress(sum(plan.sizes[i] * (len(plan.dirs) + 1) for i in share), log) if comm.rank == 0 else None
+    for i in share:
+        relative = plan.files[i]
+        written = legacy.merge_rank_file(plan, relative, out_dir, weights, method, scale, dtype, provenance)
+        if verify:
+            legacy.verify_rank_file(out_dir / relative, written)
+            stats.verified += 1
+        del written
+        stats.items += 1
+        stats.bytes_read += plan.sizes[i] * len(plan.dirs)
+        stats.bytes_written += os.stat(out_dir / relative).st_size
+        if progress:
+            progress.update(plan.sizes[i] * (len(plan.dirs) + 1))
+    stats.seconds, stats.peak_rss = time.perf_counter() - start, mpi.peak_rss_bytes()
+    return {}, stats
+
+
 def _merge_share(comm, plan: Plan, out_dir: Path, weights, method, scale, verify: bool, log):
     """This rank's items -> its own data file. Returns (write records, RankStats)."""
     start = time.perf_counter()
@@ -207,7 +230,8 @@ def _iteration(path: Path) -> int | str:
     return int(match.group(1)) if match else ("release" if path.name == "release" else 0)
 
 
-def _prepare(inputs, given, output, method, base, scale, dtype, normalize, overwrite, ranks) -> tuple[Plan, list[float], dict]:
+def _prepare(inputs, given, output, method, base, scale, dtype, normalize, overwrite, ranks):
+    """Rank 0: check the arguments, resolve the inputs, plan. Returns (plan, weights, provenance)."""
     if dtype != "same" and dtype not in DTYPES:
         raise MergeError(f"--dtype {dtype!r} is unknown; choose one of same, {', '.join(DTYPES)}")
     if method.needs_base and base is None:
@@ -223,18 +247,24 @@ def _prepare(inputs, given, output, method, base, scale, dtype, normalize, overw
         raise MergeError(f"--output {output} already exists; remove it or pass --overwrite")
     paths = list(inputs) + ([base] if base is not None else [])
     names += [f"base ({base})"] if base is not None else []
-    dirs = []
+    found = []
     for path, name in zip(paths, names):
         try:
-            found = resolve_checkpoint(path)
+            found.append(resolve_checkpoint(path))
         except CheckpointError as error:
             raise MergeError(f"{name}: {error}") from None
-        if found.format != "torch_dist":
-            raise MergeError(f"{name}: {found.path} is a legacy (mp_rank_*) checkpoint; mix no formats: all inputs must be torch_dist")
-        if output.resolve() in (Path(path).resolve(), found.path.resolve()):
+        if output.resolve() in (Path(path).resolve(), found[-1].path.resolve()):
             raise MergeError(f"--output {output} is also {name}; write the merge somewhere else")
-        dirs.append(found.path)
-    plan = build_plan(dirs, names, dtype=dtype, ranks=ranks, has_base=base is not None)
+        if found[-1].format != found[0].format:
+            raise MergeError(
+                f"{name} is a {found[-1].format} checkpoint but {names[0]} is {found[0].format}; all inputs must have"
+                " one format (convert the legacy mp_rank_* ones to torch_dist with Megatron-LM's converter)"
+            )
+    dirs = [f.path for f in found]
+    if found[0].format == "legacy":
+        plan = legacy.build_legacy_plan(dirs, names, ranks)
+    else:
+        plan = build_plan(dirs, names, dtype=dtype, ranks=ranks, has_base=base is not None)
     provenance = {
         "tool": "megatron_demix.merge", "method": method.name, "scale": scale if method.needs_base else None,
         "inputs": [str(d.resolve()) for d in dirs[: len(inputs)]], "weights": weights, "given_weights": list(given),
@@ -285,11 +315,7 @@ def merge(
         comm, lambda: _prepare(list(inputs), [float(w) for w in weights], output, method_, base, scale, dtype, normalize,
                                overwrite, comm.size)
     )
-    root_log(
-        f"[merge] {len(plan.items)} chunks, {plan.read_bytes / MB:.1f} MB to read, {plan.write_bytes / MB:.1f} MB to write,"
-        f" {comm.size} rank(s); memory bound per rank: largest item {plan.peak_bytes / MB:.1f} MB"
-        " (8n fp32 accumulator+term + largest stored chunk + n x out itemsize) + interpreter"
-    )
+    root_log(f"[merge] {plan.describe()}, {comm.size} rank(s)")
     stack = contextlib.ExitStack()
     try:
         iteration = _iteration(plan.dirs[0])
@@ -297,7 +323,10 @@ def merge(
         out_dir = iteration_dir(tmp, iteration)
         _on_root(comm, lambda: out_dir.mkdir())
         try:
-            records, stats = _merge_share(comm, plan, out_dir, weights, method_, scale, verify, root_log)
+            if isinstance(plan, legacy.LegacyPlan):
+                records, stats = _legacy_share(comm, plan, out_dir, weights, method_, scale, dtype, verify, provenance, root_log)
+            else:
+                records, stats = _merge_share(comm, plan, out_dir, weights, method_, scale, verify, root_log)
             outcome = (records, stats, None)
         except Exception as error:
             outcome = ({}, RankStats(comm.rank), f"rank {comm.rank}: {error}" if comm.size > 1 else str(error))
@@ -309,7 +338,10 @@ def merge(
                 raise MergeError("; ".join(errors))
             records = {k: v for r, _, _ in gathered for k, v in r.items()}
             provenance["seconds"] = round(time.perf_counter() - start, 3)
-            write_checkpoint_files(out_dir, plan.state_dict_metadata, records, plan.dirs[0], provenance)
+            if isinstance(plan, legacy.LegacyPlan):
+                atomic_write_json(out_dir / "merge.json", provenance)
+            else:
+                write_checkpoint_files(out_dir, plan.state_dict_metadata, records, plan.dirs[0], provenance)
             write_tracker(tmp, iteration)
             return [s for _, s, _ in gathered]
 

@@ -83,6 +83,13 @@ class Plan:
     def peak_bytes(self) -> int:
         return max((item.peak_bytes for item in self.items), default=0)
 
+    def describe(self) -> str:
+        return (
+            f"{len(self.items)} chunks, {self.read_bytes / 1e6:.1f} MB to read, {self.write_bytes / 1e6:.1f} MB to write;"
+            f" memory bound per rank: {self.peak_bytes / 1e6:.1f} MB for the largest chunk (n elements: 8n fp32"
+            " accumulator and term + the largest stored chunk read + n x output itemsize [+ 4n base]) + interpreter and torch"
+        )
+
     def rank_bytes(self, rank: int) -> int:
         return sum(self.items[i].read_bytes + self.items[i].write_bytes for i in self.assignment[rank])
 
