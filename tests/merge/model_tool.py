@@ -1,6 +1,6 @@
 """Test helper run under torchrun (gloo, CPU): save a tiny GPT checkpoint, or compute its logits.
 
-    torchrun --nproc-per-node 4 tests/merge/model_tool.py save --tp 2 --pp 2 --seed 1 --out SAVE_ROOT
+    torchrun --nproc-per-node 4 tests/merge/model_tool.py save --tp 2 --pp 2 --seed 1 --out ROOT_A --seed 2 --out ROOT_B
     torchrun --nproc-per-node 2 tests/merge/model_tool.py logits --tp 2 --merged OUT_ITER --ckpt A:0.25 --ckpt B:0.75 --out l.pt
 
 `save` writes a Megatron save root (iter_0000010 + tracker) with random weights from `--seed`.
@@ -30,21 +30,25 @@ def build(tp: int, pp: int, seed: int):
 
 
 def save(args) -> None:
+    """One save root per (--seed, --out) pair: the built weights plus N(0, 0.02) noise from the seed."""
     from megatron.core import dist_checkpointing
     from megatron_demix.checkpoint.layout import iteration_dir, write_tracker
 
-    model = build(args.tp, args.pp, args.seed)
-    with torch.no_grad():  # give norms non-trivial values too, so every tensor differs between seeds
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    out = iteration_dir(args.out, 10)
-    if torch.distributed.get_rank() == 0:
-        os.makedirs(out, exist_ok=True)
-    torch.distributed.barrier()
-    dist_checkpointing.save(model.sharded_state_dict(), str(out))
-    torch.distributed.barrier()
-    if torch.distributed.get_rank() == 0:
-        write_tracker(args.out, 10)
+    model = build(args.tp, args.pp, 0)
+    initial = [p.detach().clone() for p in model.parameters()]
+    for seed, root in zip(args.seed, args.out):
+        torch.manual_seed(seed)  # the same on every rank: replicated tensors agree across TP ranks
+        with torch.no_grad():
+            for p, p0 in zip(model.parameters(), initial):
+                p.copy_(p0 + torch.randn_like(p) * 0.02)
+        out = iteration_dir(root, 10)
+        if torch.distributed.get_rank() == 0:
+            os.makedirs(out, exist_ok=True)
+        torch.distributed.barrier()
+        dist_checkpointing.save(model.sharded_state_dict(), str(out))
+        torch.distributed.barrier()
+        if torch.distributed.get_rank() == 0:
+            write_tracker(root, 10)
 
 
 def _averaged_state(model, specs: list[str]) -> dict:
@@ -79,7 +83,7 @@ def logits(args) -> None:
         with torch.no_grad():
             results[name] = model(TOKENS, torch.arange(16).expand(2, 16), None)
     if torch.distributed.get_rank() == 0:
-        torch.save(results, args.out)
+        torch.save(results, args.out[0])
 
 
 if __name__ == "__main__":
@@ -87,9 +91,9 @@ if __name__ == "__main__":
     parser.add_argument("command", choices=["save", "logits"])
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--pp", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, action="append", default=[])
     parser.add_argument("--merged", help="merged checkpoint (iter dir)")
     parser.add_argument("--ckpt", action="append", default=[], help="DIR:WEIGHT of an input (iter dir)")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", action="append", required=True, help="save root (save; repeat with --seed) or logits file")
     args = parser.parse_args()
     save(args) if args.command == "save" else logits(args)

@@ -1,0 +1,26 @@
+#!/bin/bash
+# Merge component checkpoints into one proxy on N MPI ranks (one SLURM job, one node or several).
+#
+#   sbatch slurm/merge.sh --inputs ckpt/code:0.3 ckpt/math:0.7 --output proxies/p0 [--dtype bf16] [--verify]
+#   sbatch -n 8 -t 0:30:00 -p cpu slurm/merge.sh --config exp.yaml --mixture mixture.json --output proxies/p1
+#
+# Every argument goes to tools/merge/run.py. Submit from the repository root (or set DEMIX_REPO).
+# Site values: override the #SBATCH defaults with sbatch flags (-n ranks, -t, -p, --account,
+# --mem-per-cpu: each rank needs about 2x the largest stored chunk + 500 MB), and the environment:
+#   DEMIX_PYTHON     interpreter (default: $DEMIX_REPO/.venv/bin/python)
+#   DEMIX_SRUN_MPI   srun's --mpi plugin: pmi2 for MPICH (the pip `mpich` wheel), pmix for OpenMPI.
+#                    Without one, srun starts N unconnected 1-rank processes; the tool refuses that.
+# The merge is I/O-bound: more ranks help until the file system saturates.
+#SBATCH --job-name=demix-merge
+#SBATCH --ntasks=2
+#SBATCH --cpus-per-task=1
+#SBATCH --time=01:00:00
+#SBATCH --output=%x-%j.out
+set -euo pipefail
+
+REPO=${DEMIX_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
+PYTHON=${DEMIX_PYTHON:-$REPO/.venv/bin/python}
+MPI=${DEMIX_SRUN_MPI:-pmi2}
+
+# --kill-on-bad-exit: should one rank die outside the tool's own error handling, end the others.
+exec srun --mpi="$MPI" --kill-on-bad-exit=1 "$PYTHON" "$REPO/tools/merge/run.py" "$@"
