@@ -1,0 +1,87 @@
+"""Train the base or one component model of a DeMix experiment (megatron-core, TP/PP/DP).
+
+    # one machine, 2 processes, tensor parallel 2
+    torchrun --nproc-per-node 2 launch/train_component.py --config configs/demo.yaml --component base \
+        --tensor-model-parallel-size 2
+    # component 0 (the first candidate), from the base checkpoint, pipeline parallel 2
+    torchrun --nproc-per-node 2 launch/train_component.py --config configs/demo.yaml --component 0 \
+        --pipeline-model-parallel-size 2
+    # under SLURM: slurm/train_component.sh (srun sets the rank layout)
+
+Flags named like Megatron-LM's override the experiment's `training:` section. Defaults:
+`--save`/`--load` = <work_dir>/checkpoints/<model>, `--pretrained-checkpoint` = the base's save
+directory for a component (weights only, any TP/PP), logs in <work_dir>/logs/train/<model>/.
+`--load` resumes (model, optimizer, scheduler, data position, RNG) when it holds a checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+# Flags that override `training:` fields: flag -> (field, type).
+TRAINING_FLAGS = {
+    "--tensor-model-parallel-size": int, "--pipeline-model-parallel-size": int,
+    "--micro-batch-size": int, "--global-batch-size": int, "--lr": float, "--min-lr": float,
+    "--lr-warmup-iters": int, "--clip-grad": float, "--weight-decay": float, "--train-tokens": int,
+    "--beta": float, "--seed": int, "--save-interval": int, "--eval-interval": int,
+    "--eval-iters": int, "--log-interval": int, "--precision": str, "--dataloader": str,
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="the experiment YAML")
+    parser.add_argument("--component", required=True, help="'base', a candidate name, or a candidate index (SLURM array task)")
+    group = parser.add_argument_group("training overrides (Megatron-LM names)")
+    for flag, kind in TRAINING_FLAGS.items():
+        group.add_argument(flag, type=kind, default=None)
+    group.add_argument("--train-iters", type=int, default=None, help="iteration budget (default: the config's; base_train_iters for the base)")
+    paths = parser.add_argument_group("checkpoints and logs")
+    paths.add_argument("--save", type=Path, default=None)
+    paths.add_argument("--load", type=Path, default=None)
+    paths.add_argument("--pretrained-checkpoint", type=Path, default=None, help="weights to start from when not resuming")
+    paths.add_argument("--no-pretrained", action="store_true", help="start a component from random weights")
+    paths.add_argument("--log-dir", type=Path, default=None)
+    paths.add_argument("--stop-after-iters", type=int, default=None, help="leave after this iteration without saving (preemption drill)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    from megatron_demix.config.base import ConfigError, replace
+    from megatron_demix.config.experiment import load_experiment
+    from megatron_demix.training.data import resolve_model
+    from megatron_demix.training.trainer import RunOptions, Trainer
+
+    args = parse_args(argv)
+    try:
+        experiment = load_experiment(args.config)
+        overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag in TRAINING_FLAGS}
+        if args.train_iters is not None and args.component != "base":
+            overrides["train_iters"] = args.train_iters
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if args.train_iters is not None and "train_tokens" not in overrides:
+            overrides["train_tokens"] = None  # an explicit iteration budget wins over a token budget
+        training = replace(experiment.training, where="command line", **overrides)
+        experiment = dataclasses.replace(experiment, training=training)
+        model = resolve_model(experiment, args.component)
+        run = RunOptions.defaults(
+            experiment, model, save=args.save, load=args.load or args.save, pretrained=args.pretrained_checkpoint,
+            train_iters=args.train_iters, log_dir=args.log_dir, stop_after_iters=args.stop_after_iters,
+        )
+        if args.no_pretrained:
+            run = dataclasses.replace(run, pretrained=None)
+        trainer = Trainer(experiment, run)
+    except (ConfigError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    return 0
+
+
+if __name__ == "__main__":  # required: dist_checkpointing.save forks worker processes
+    sys.exit(main())

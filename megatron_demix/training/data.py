@@ -1,0 +1,140 @@
+"""Training data: megatron-core GPTDatasets blended the DeMix way, read in a resumable order.
+
+    blend = blend_for(experiment, "code")        # 0.5 x general + 0.5 x code
+    data = TrainingData.build(experiment, blend, tokenizer, train_iters=..., training=...)
+    for batch in data.train_microbatches(iteration, num_microbatches): ...
+
+- A component blends beta x general + (1 - beta) x its candidate (the paper: beta = 0.5).
+- The base trains on the general data alone.
+- Validation is per domain: one held-out GPTDataset per blended source, so the log shows how a
+  component moves on its own domain and on the general data.
+
+The order of samples is a pure function of the iteration: iteration `it` reads global samples
+[it * global_batch, (it + 1) * global_batch) and data-parallel rank r takes its contiguous share.
+Resuming therefore needs only the iteration number (no sampler state), and every rank of a
+model-parallel group reads the same samples without a broadcast.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from megatron_demix.config.base import ConfigError
+from megatron_demix.runtime import device
+
+DATA_SPLIT = "98,2,0"
+"""Documents held out for validation (Megatron's --split): 98% train, 2% validation."""
+
+
+@dataclass(frozen=True)
+class Blend:
+    """What one model trains on: dataset names and their weights (summing to 1)."""
+
+    model: str
+    """`base` or the candidate's name (names the checkpoint directory)."""
+    domains: tuple[str, ...]
+    weights: tuple[float, ...]
+
+
+def resolve_model(experiment, component: str) -> str:
+    """`base`, a candidate name, or a candidate index (SLURM array task id) -> model name."""
+    names = [d.name for d in experiment.candidates]
+    if component == "base" or component in names:
+        return component
+    if component.isdigit() and int(component) < len(names):
+        return names[int(component)]
+    raise ConfigError(
+        f"--component {component!r}: expected 'base', a candidate name ({', '.join(names)})"
+        f" or an index 0..{len(names) - 1}"
+    )
+
+
+def blend_for(experiment, model: str) -> Blend:
+    general = experiment.general.name
+    if model == "base":
+        return Blend(model, (general,), (1.0,))
+    beta = experiment.training.beta
+    return Blend(model, (general, model), (beta, 1.0 - beta))
+
+
+def check_prepared(experiment, blend: Blend) -> None:
+    """Fail before training when a dataset of the blend has not been prepared."""
+    for name in blend.domains:
+        prefix = experiment.paths.dataset_prefix(name)
+        missing = [str(p) for p in (prefix.with_suffix(".bin"), prefix.with_suffix(".idx")) if not p.is_file()]
+        if missing:
+            raise ConfigError(
+                f"dataset {name!r}: missing {', '.join(missing)}; run `demix prepare --config <experiment.yaml>`"
+                f" (or check work_dir={experiment.work_dir})"
+            )
+
+
+def _gpt_config(experiment, blend_or_prefixes, tokenizer, seed: int, cache: Path):
+    from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
+
+    return GPTDatasetConfig(
+        random_seed=seed,
+        sequence_length=experiment.model.seq_length,
+        blend=blend_or_prefixes,
+        split=DATA_SPLIT,
+        tokenizer=tokenizer,
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        # The local attention spec takes the causal mask from the batch; TE builds its own,
+        # but one small cached mask costs nothing, so both paths get the same batch.
+        create_attention_mask=True,
+        path_to_cache=str(cache),
+    )
+
+
+def _build(config, sizes):
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset
+
+    # Every rank builds (rank 0 first, writing the index cache; the others then read it).
+    return BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
+
+
+@dataclass
+class TrainingData:
+    train: object
+    valid: dict[str, object]
+    micro_batch_size: int
+    global_batch_size: int
+    eval_iters: int
+
+    @classmethod
+    def build(cls, experiment, blend: Blend, tokenizer, *, train_iters: int, training, cache: Path) -> "TrainingData":
+        """Index the blend for `train_iters` iterations plus per-domain validation sets."""
+        check_prepared(experiment, blend)
+        prefixes = [str(experiment.paths.dataset_prefix(name)) for name in blend.domains]
+        gbs = training.global_batch_size
+        train_samples, eval_samples = train_iters * gbs, max(training.eval_iters, 1) * gbs
+        weights = list(blend.weights) if len(prefixes) > 1 else None
+        config = _gpt_config(experiment, (prefixes, weights), tokenizer, training.seed, cache)
+        train, _, _ = _build(config, [train_samples, 0, 0])
+        valid = {}
+        for name, prefix in zip(blend.domains, prefixes):
+            config = _gpt_config(experiment, ([prefix], None), tokenizer, training.seed, cache)
+            valid[name] = _build(config, [0, eval_samples, 0])[1]
+        return cls(train, valid, training.micro_batch_size, gbs, training.eval_iters)
+
+    def _microbatches(self, dataset, first_sample: int, num_microbatches: int):
+        from megatron.core import parallel_state
+
+        dp_rank = parallel_state.get_data_parallel_rank()
+        start = first_sample + dp_rank * num_microbatches * self.micro_batch_size
+        for m in range(num_microbatches):
+            begin = start + m * self.micro_batch_size
+            samples = [dataset[(begin + i) % len(dataset)] for i in range(self.micro_batch_size)]
+            yield {k: torch.stack([s[k] for s in samples]).to(device.device()) for k in samples[0]}
+
+    def train_microbatches(self, iteration: int, num_microbatches: int):
+        """This rank's microbatches of iteration `iteration` (0-based)."""
+        return self._microbatches(self.train, iteration * self.global_batch_size, num_microbatches)
+
+    def valid_microbatches(self, domain: str, eval_iter: int, num_microbatches: int):
+        return self._microbatches(self.valid[domain], eval_iter * self.global_batch_size, num_microbatches)

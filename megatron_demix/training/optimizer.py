@@ -1,0 +1,164 @@
+"""Data-parallel wrapper, optimizer and LR schedule: the one place where GPU and CPU training differ.
+
+    model = wrap_data_parallel(gpt, training)          # megatron-core DDP on every host
+    optimizer = build_optimizer(model, training)        # Megatron's on GPU, torch AdamW on CPU
+    scheduler = build_scheduler(optimizer, training, train_iters)
+
+Which path runs where:
+- GPU host: megatron-core `DistributedDataParallel` with the distributed optimizer (Adam state
+  sharded over data-parallel ranks), `get_megatron_optimizer` (bf16 params, fp32 main params,
+  grad clipping inside). This is what Megatron-LM runs.
+- CPU host: the same DDP wrapper (grads land in its fp32 `main_grad` buffers and are reduced
+  over data-parallel ranks the same way), but Megatron's optimizer classes assert CUDA tensor
+  types, so `CpuAdamW` steps a plain `torch.optim.AdamW` on those buffers and clips with
+  megatron-core's own grad-norm functions (model-parallel aware). Its checkpoint state uses
+  megatron-core's sharding helpers, so CPU checkpoints have the Megatron optimizer-state keys.
+Both expose what the trainer uses: `step() -> (ok, grad_norm, _)`, `zero_grad()`,
+`param_groups`, `sharded_state_dict(model_sharded_state_dict, is_loading)`, `load_state_dict()`.
+"""
+from __future__ import annotations
+
+from itertools import chain
+
+import torch
+
+from megatron_demix.runtime import device
+
+
+def _uses_megatron_optimizer() -> bool:
+    return device.is_gpu_host()
+
+
+def wrap_data_parallel(model, training):
+    """Megatron DDP: grads reduced over data-parallel ranks (fp32 buffers) after the last microbatch."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=False,
+        use_distributed_optimizer=_uses_megatron_optimizer(),
+    )
+    return DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)
+
+
+def _no_weight_decay(name: str, param: torch.nn.Parameter) -> bool:
+    """Megatron's rule: biases and norm weights (1-D tensors) are not decayed."""
+    return param.ndim == 1 or name.endswith(".bias")
+
+
+class CpuAdamW:
+    """torch AdamW over megatron-core DDP grad buffers, with Megatron-style clipping (CPU hosts)."""
+
+    def __init__(self, model, training):
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
+        groups = [
+            {"params": [p for n, p in named if not _no_weight_decay(n, p)], "weight_decay": training.weight_decay},
+            # wd_mult: the LR scheduler resets weight_decay every step from its own value times this.
+            {"params": [p for n, p in named if _no_weight_decay(n, p)], "weight_decay": 0.0, "wd_mult": 0.0},
+        ]
+        self.optimizer = torch.optim.AdamW(
+            [g for g in groups if g["params"]], lr=training.lr, betas=(training.adam_beta1, training.adam_beta2), eps=1e-8
+        )
+        self.clip_grad = training.clip_grad
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    def zero_grad(self, set_to_none: bool = True):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        from megatron.core import parallel_state, tensor_parallel
+        from megatron.core.optimizer.clip_grads import get_grad_norm_fp32
+        from megatron.core.transformer.module import param_is_not_shared
+
+        for p in self.params:
+            p.grad = p.main_grad
+        # Count each weight once: skip tied copies and tensor-parallel replicas, then sum over
+        # the model-parallel group (what Megatron's optimizer does).
+        unique = [p.grad for p in self.params if param_is_not_shared(p) and tensor_parallel.param_is_not_tensor_parallel_duplicate(p)]
+        grad_norm = get_grad_norm_fp32(unique, grad_stats_parallel_group=parallel_state.get_model_parallel_group())
+        # Megatron's clip_grad_by_total_norm_fp32 asserts CUDA tensors; this is its formula.
+        coefficient = self.clip_grad / (grad_norm + 1e-6)
+        if self.clip_grad > 0 and coefficient < 1.0:
+            torch._foreach_mul_([p.grad for p in self.params], coefficient)
+        self.optimizer.step()
+        return True, grad_norm, None
+
+    def _init_state(self):
+        """Create AdamW's lazily-made state so a checkpoint can be loaded into it."""
+        for p in self.params:
+            state = self.optimizer.state[p]
+            if not state:
+                state["step"] = torch.tensor(0.0)
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+
+    def sharded_state_dict(self, model_sharded_state_dict, is_loading: bool = False):
+        from megatron.core.dist_checkpointing.optimizer import (
+            get_param_id_to_sharded_param_map,
+            optim_state_to_sharding_state,
+        )
+
+        if is_loading:
+            self._init_state()
+        state = self.optimizer.state_dict()
+        id_map = get_param_id_to_sharded_param_map(
+            model_sharded_state_dict, chain.from_iterable(g["params"] for g in self.optimizer.param_groups)
+        )
+        # AdamW keeps one step counter per parameter, all equal: store it once (as Megatron does).
+        steps = {float(s["step"]) for s in state["state"].values()}
+        optim_state_to_sharding_state(state, id_map, exclude_keys=("step",))
+        state["state"]["common_step"] = steps.pop() if steps else 0.0
+        return {"optimizer": state}
+
+    def load_state_dict(self, state_dict):
+        state = state_dict["optimizer"]
+        step = state["state"].pop("common_step")
+        for param_state in state["state"].values():
+            param_state["step"] = torch.tensor(float(step))
+        self.optimizer.load_state_dict(state)
+
+
+def build_optimizer(model, training):
+    if not _uses_megatron_optimizer():
+        return CpuAdamW(model, training)
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    dtype = device.default_params_dtype(training.precision)
+    config = OptimizerConfig(
+        optimizer="adam",
+        lr=training.lr,
+        min_lr=training.min_lr,
+        weight_decay=training.weight_decay,
+        adam_beta1=training.adam_beta1,
+        adam_beta2=training.adam_beta2,
+        clip_grad=training.clip_grad,
+        bf16=dtype == torch.bfloat16,
+        params_dtype=dtype,
+        use_distributed_optimizer=True,
+    )
+    return get_megatron_optimizer(config, [model])
+
+
+def build_scheduler(optimizer, training, train_iters: int):
+    """Linear warmup to `lr`, then cosine decay to `min_lr` at the last iteration (the paper's schedule)."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    warmup = min(training.lr_warmup_iters, max(train_iters - 1, 0))
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0,
+        max_lr=training.lr,
+        min_lr=training.min_lr,
+        lr_warmup_steps=warmup,
+        lr_decay_steps=train_iters,
+        lr_decay_style="cosine",
+        start_wd=training.weight_decay,
+        end_wd=training.weight_decay,
+        wd_incr_steps=train_iters,
+        wd_incr_style="constant",
+    )

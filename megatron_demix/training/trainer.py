@@ -1,0 +1,257 @@
+"""The trainer: one base or component model on megatron-core, with TP/PP/DP.
+
+    experiment = load_experiment("configs/demo.yaml")
+    run = RunOptions.defaults(experiment, "code")      # or "base", or a candidate index
+    Trainer(experiment, run).train()
+
+Launched by `launch/train_component.py` (torchrun or srun). Setup happens in this order, and
+every check that can fail runs before the first step: parallel arithmetic and head split, data
+files, checkpoint shapes.
+  1. process group, megatron-core model-parallel groups, seed;
+  2. tokenizer and the blended datasets (training/data.py);
+  3. this rank's GPTModel stage wrapped in megatron-core DDP;
+  4. starting point: resume from `run.load` if it holds a checkpoint, else the weights of
+     `run.pretrained` (a component starts from the base), else random initialisation;
+  5. optimizer and LR schedule (training/optimizer.py; after the weights, because the Megatron
+     optimizer copies them into its fp32 main parameters when it is built);
+then each iteration runs `get_forward_backward_func()` over its microbatches, steps the
+optimizer and the schedule, logs, validates per domain and saves at the configured intervals.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from megatron_demix.checkpoint.layout import CheckpointError, read_tracker
+from megatron_demix.config.base import ConfigError, to_dict
+from megatron_demix.model.gpt import build_gpt_model, check_parallel_fits
+from megatron_demix.runtime import device
+from megatron_demix.runtime.distributed import init_distributed
+from megatron_demix.runtime.parallel import ParallelDims, initialize_model_parallel
+from megatron_demix.training import checkpointing
+from megatron_demix.training.data import TrainingData, blend_for, check_prepared
+from megatron_demix.training.metrics import MetricsLog
+from megatron_demix.training.optimizer import build_optimizer, build_scheduler, wrap_data_parallel
+
+
+def train_iters_for(experiment, model_name: str) -> int:
+    """The iteration budget: base_train_iters for the base; train_tokens (rounded up) or train_iters for a component."""
+    training = experiment.training
+    if model_name == "base":
+        return training.base_train_iters
+    if training.train_tokens is not None:
+        return math.ceil(training.train_tokens / (training.global_batch_size * experiment.model.seq_length))
+    return training.train_iters
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """What one launch trains and where it writes (the command line's side; the rest is the experiment)."""
+
+    model_name: str
+    """`base` or a candidate name."""
+    save: Path
+    load: Path | None
+    """Resume from the latest checkpoint here when one exists (usually the same as `save`)."""
+    pretrained: Path | None
+    """Weights to start from when there is nothing to resume (the base, for a component)."""
+    train_iters: int
+    log_dir: Path
+    stop_after_iters: int | None = None
+    """Leave after this iteration without saving, as a preemption would (tests, drills)."""
+
+    @classmethod
+    def defaults(cls, experiment, model_name: str, **changes) -> "RunOptions":
+        paths = experiment.paths
+        save = paths.checkpoint(model_name)
+        options = cls(
+            model_name=model_name,
+            save=save,
+            load=save,
+            pretrained=None if model_name == "base" else paths.checkpoint("base"),
+            train_iters=train_iters_for(experiment, model_name),
+            log_dir=paths.logs / "train" / model_name,
+        )
+        return dataclasses.replace(options, **{k: v for k, v in changes.items() if v is not None})
+
+
+def check_before_start(experiment, run: RunOptions, world_size: int) -> ParallelDims:
+    """Every input check that needs no process group: fail fast, with the flag to change."""
+    training = experiment.training
+    dims = ParallelDims(training.tensor_model_parallel_size, training.pipeline_model_parallel_size, world_size)
+    check_parallel_fits(experiment.model, dims.tensor, dims.pipeline)
+    if training.global_batch_size % (training.micro_batch_size * dims.data):
+        raise ConfigError(
+            f"--global-batch-size {training.global_batch_size} must be a multiple of --micro-batch-size"
+            f" {training.micro_batch_size} x data-parallel size {dims.data} (= world {world_size} / (TP x PP))"
+        )
+    check_prepared(experiment, blend_for(experiment, run.model_name))
+    resuming = run.load is not None and read_tracker(run.load) is not None
+    if not resuming and run.pretrained is not None and read_tracker(run.pretrained) is None and not Path(run.pretrained, "metadata.json").is_file():
+        raise CheckpointError(
+            f"--pretrained-checkpoint {run.pretrained}: no checkpoint there; train the base first"
+            " (--component base) or point the flag at the base's save directory"
+        )
+    return dims
+
+
+class Trainer:
+    """Holds the parts of one training run; `train()` runs it to the budget."""
+
+    def __init__(self, experiment, run: RunOptions):
+        from megatron.core import parallel_state
+        from megatron.core.distributed import finalize_model_grads
+        from megatron_demix.data.tokenizer import load_tokenizer
+
+        # configs
+        self.experiment, self.run, self.training = experiment, run, experiment.training
+        layout = init_distributed()
+        self.dims = check_before_start(experiment, run, layout.world_size)
+        initialize_model_parallel(self.dims, self.training.seed)
+        self.num_microbatches = self.training.global_batch_size // (self.training.micro_batch_size * self.dims.data)
+
+        # data
+        tokenizer = load_tokenizer(experiment.paths.tokenizer)
+        self.data = TrainingData.build(
+            experiment, blend_for(experiment, run.model_name), tokenizer, train_iters=run.train_iters,
+            training=self.training, cache=experiment.paths.data / "index-cache" / run.model_name,
+        )
+
+        # model, starting point, optimizer
+        gpt = build_gpt_model(experiment.model, tokenizer.vocab_size, params_dtype=device.default_params_dtype(self.training.precision))
+        self.model = wrap_data_parallel(gpt, self.training)
+        resuming = run.load is not None and read_tracker(run.load) is not None
+        if not resuming and run.pretrained is not None:
+            checkpointing.load_weights(run.pretrained, self.model)
+        self.optimizer = build_optimizer(self.model, self.training)
+        self.scheduler = build_scheduler(self.optimizer, self.training, run.train_iters)
+        self.iteration = 0
+        if resuming:
+            common = checkpointing.load_checkpoint(run.load, self.model, self.optimizer, self.scheduler)
+            if common.get("model_name") != run.model_name:
+                raise CheckpointError(f"--load {run.load}: holds model {common.get('model_name')!r}, not {run.model_name!r}")
+            self.iteration = common["iteration"]
+
+        # megatron-core's schedules call these hooks: no grad sync until the last microbatch,
+        # then the DP all-reduce and the tied-embedding reduction across pipeline stages.
+        config = gpt.config
+        config.no_sync_func = self.model.no_sync
+        config.finalize_model_grads_func = finalize_model_grads
+        self.is_last_stage = parallel_state.is_pipeline_last_stage()
+
+        # runtime utilities
+        self.log = MetricsLog(
+            run.log_dir, total_iters=run.train_iters, name=run.model_name, enabled=torch.distributed.get_rank() == 0,
+            tokens_per_iter=self.training.global_batch_size * experiment.model.seq_length,
+        )
+
+    # --- one step -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _loss(loss_mask, output_tensor):
+        """Sum of masked token losses and the token count; megatron-core divides by the count."""
+        mask = loss_mask.reshape(-1).float()
+        total = torch.sum(output_tensor.reshape(-1).float() * mask)
+        count = mask.sum().to(torch.int)
+        return total, count, {"lm loss": torch.stack([total.detach(), mask.sum()])}
+
+    def _forward_step(self, data_iterator, model):
+        batch = next(data_iterator)
+        output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"])
+        return output, partial(self._loss, batch["loss_mask"])
+
+    def _run_microbatches(self, microbatches, forward_only: bool) -> list:
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        return get_forward_backward_func()(
+            forward_step_func=self._forward_step,
+            data_iterator=microbatches,
+            model=[self.model],
+            num_microbatches=self.num_microbatches,
+            seq_length=self.experiment.model.seq_length,
+            micro_batch_size=self.training.micro_batch_size,
+            forward_only=forward_only,
+        )
+
+    def _mean_loss(self, records: list) -> float:
+        """Token-weighted mean over microbatches, data-parallel ranks and (from the last stage) all ranks."""
+        from megatron.core import parallel_state
+
+        totals = torch.zeros(2, dtype=torch.float64, device=device.device())
+        if self.is_last_stage:
+            totals += torch.stack([r["lm loss"] for r in records]).double().sum(0)
+        torch.distributed.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+        # Only the last stage has losses; the sum over the pipeline group hands them to every stage.
+        torch.distributed.all_reduce(totals, group=parallel_state.get_pipeline_model_parallel_group())
+        return (totals[0] / totals[1].clamp(min=1)).item()
+
+    def train_step(self) -> tuple[list, float, float | None]:
+        """One iteration; returns the loss records, the learning rate it used and the grad norm."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        records = self._run_microbatches(self.data.train_microbatches(self.iteration, self.num_microbatches), False)
+        _, grad_norm, _ = self.optimizer.step()
+        self.scheduler.step(increment=1)
+        self.iteration += 1
+        return records, lr, grad_norm
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        losses = {}
+        for domain in self.data.valid:
+            records = []
+            for step in range(self.training.eval_iters):
+                records += self._run_microbatches(self.data.valid_microbatches(domain, step, self.num_microbatches), True)
+            losses[domain] = self._mean_loss(records)
+        self.model.train()
+        self.log.valid(self.iteration, losses)
+        return losses
+
+    def save(self) -> None:
+        common = {
+            "model_name": self.run.model_name,
+            "consumed_train_samples": self.iteration * self.training.global_batch_size,
+            "train_iters": self.run.train_iters,
+            "config": to_dict(self.experiment),
+        }
+        path = checkpointing.save_checkpoint(self.run.save, self.iteration, self.model, self.optimizer, self.scheduler, common=common)
+        self.log.message(f"saved {path}")
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def train(self) -> None:
+        """Train from the current iteration to `run.train_iters`; save at intervals and at the end."""
+        training, run = self.training, self.run
+        self.model.train()
+        self.log.message(
+            f"training {run.train_iters} iterations from {self.iteration}: TP={self.dims.tensor} PP={self.dims.pipeline}"
+            f" DP={self.dims.data}, {self.num_microbatches} microbatches of {training.micro_batch_size}"
+        )
+        self.log.start(self.iteration)
+        saved_at = self.iteration if self.iteration else None
+        while self.iteration < run.train_iters:
+            records, lr, grad_norm = self.train_step()
+            it = self.iteration
+            if it % training.log_interval == 0 or it == run.train_iters:
+                self.log.train(it, loss=self._mean_loss(records), lr=lr, grad_norm=grad_norm)
+            if training.eval_interval and it % training.eval_interval == 0 and it < run.train_iters:
+                self.evaluate()
+            if training.save_interval and it % training.save_interval == 0 and it < run.train_iters:
+                self.save()
+                saved_at = it
+            if run.stop_after_iters is not None and it >= run.stop_after_iters:
+                self.log.message(f"stopping after iteration {it} without saving (--stop-after-iters)")
+                return
+        self.evaluate()
+        if saved_at != self.iteration:
+            self.save()
+
+    def close(self) -> None:
+        self.log.close()
