@@ -126,7 +126,11 @@ class ChunkReader:
         except MergeError:
             raise
         except Exception as error:  # torch raises RuntimeError/UnpicklingError/... on a damaged blob
-            raise MergeError(f"{self.name}: key {index.fqn} (chunk at {tuple(index.offset or ())}) is unreadable: {error}") from None
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise MergeError(
+                f"{self.name}: key {index.fqn} (chunk at {tuple(index.offset or ())}) in data file"
+                f" {self.storage_data[index].relative_path} is unreadable ({reason}); the checkpoint is damaged: re-save or re-copy it"
+            ) from None
         if not isinstance(tensor, torch.Tensor):
             raise MergeError(f"{self.name}: key {index.fqn} holds a {type(tensor).__name__}, not a tensor")
         return tensor
