@@ -148,7 +148,7 @@ def experiment_from_dict(data: dict, where: str = "experiment") -> ExperimentCon
     """Validate an experiment given as a dict (tests and the search build them in code)."""
     data = dict(data)
     if "model" in data:
-        data["model"] = expand_preset(data["model"])
+        data["model"] = expand_preset(data["model"], where=f"{where}: model")
     if isinstance(data.get("work_dir"), str):
         data["work_dir"] = os.path.abspath(os.path.expanduser(data["work_dir"]))
     return build(ExperimentConfig, data, where)

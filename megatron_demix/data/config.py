@@ -42,6 +42,8 @@ class TokenizerConfig:
     """A `tokenizer.json` file; when unset, a byte-level BPE is trained on the datasets and saved in the work dir."""
     vocab_size: int = 6144
     """Vocabulary size of the trained BPE (ignored with `path`)."""
+    train_megabytes: float = 8.0
+    """Text read from each dataset to train the BPE (ignored with `path`)."""
 
     def __post_init__(self):
         if self.vocab_size < 260:

@@ -59,12 +59,12 @@ class ModelConfig:
             fail("seq_length", f"{self.seq_length} exceeds max_position_embeddings={self.max_position_embeddings}")
 
 
-def expand_preset(data: dict | None) -> dict:
+def expand_preset(data: dict | None, where: str = "model") -> dict:
     """The `model:` mapping with its preset's values under the explicit ones."""
     data = dict(data or {})
     preset = data.get("preset")
     if preset is None:
         return data
     if preset not in PRESETS:
-        fail("model.preset", f"{preset!r} is not one of {', '.join(repr(p) for p in PRESETS)}")
+        fail(f"{where}.preset", f"{preset!r} is not one of {', '.join(repr(p) for p in PRESETS)}")
     return {**PRESETS[preset], **data}

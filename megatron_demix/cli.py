@@ -1,0 +1,83 @@
+"""`demix`: one command per pipeline stage, all driven by the experiment file.
+
+    demix prepare --config configs/demo.yaml      # tokenizer + Megatron indexed datasets
+    demix demo --config configs/demo.yaml         # every stage that exists, in order
+
+Stages register themselves in `COMMANDS` (name -> (help, add_arguments, run)); a new stage adds
+one entry, not a branch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import NamedTuple
+
+from megatron_demix.config.base import ConfigError
+
+
+class Command(NamedTuple):
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None]
+
+
+def _config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="experiment YAML (e.g. configs/demo.yaml)")
+    parser.add_argument("--work-dir", default=None, help="override the experiment's work_dir")
+
+
+def _load(args):
+    from megatron_demix.config.experiment import load_experiment
+
+    return load_experiment(args.config, {"work_dir": args.work_dir} if args.work_dir else None)
+
+
+def _prepare_arguments(parser: argparse.ArgumentParser) -> None:
+    _config_argument(parser)
+    parser.add_argument("--workers", type=int, default=None, help="tokenizer worker processes (default: prepare.workers)")
+
+
+def _run_prepare(args) -> None:
+    from megatron_demix.data.prepare import prepare
+
+    experiment = _load(args)
+    counts = prepare(experiment, workers=args.workers)
+    print(f"{'dataset':<16}{'documents':>12}{'tokens':>14}{'tokens/s':>12}")
+    for name, record in counts.items():
+        print(f"{name:<16}{record['documents']:>12,}{record['tokens']:>14,}{record['tokens_per_second']:>12,}")
+    prior = json.loads(experiment.paths.token_prior.read_text())
+    print("token prior: " + ", ".join(f"{k} {v:.3f}" for k, v in prior.items()))
+    print(f"prepared data in {experiment.paths.data}")
+
+
+def _run_demo(args) -> None:
+    """The pipeline stages that exist so far, in order."""
+    _run_prepare(argparse.Namespace(**{**vars(args), "workers": None}))
+
+
+COMMANDS: dict[str, Command] = {
+    "prepare": Command("tokenize the experiment's datasets into Megatron indexed datasets", _prepare_arguments, _run_prepare),
+    "demo": Command("run the whole pipeline on the experiment (the embedded default: configs/demo.yaml)", _config_argument, _run_demo),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="demix", description="DeMix data-mixture search on Megatron")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        command.add_arguments(sub.add_parser(name, help=command.help, description=command.help))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("megatron").setLevel(logging.WARNING)
+    try:
+        COMMANDS[args.command].run(args)
+    except (ConfigError, ValueError, FileExistsError) as error:
+        print(f"demix {args.command}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
