@@ -27,6 +27,9 @@ from megatron_demix.runtime import device
 DATA_SPLIT = "98,2,0"
 """Documents held out for validation (Megatron's --split): 98% train, 2% validation."""
 
+BATCH_KEYS = ("tokens", "labels", "loss_mask", "attention_mask", "position_ids")
+"""What the model reads from a GPTDataset sample (a blend adds `dataset_id`, which it does not need)."""
+
 
 @dataclass(frozen=True)
 class Blend:
@@ -130,7 +133,7 @@ class TrainingData:
         for m in range(num_microbatches):
             begin = start + m * self.micro_batch_size
             samples = [dataset[(begin + i) % len(dataset)] for i in range(self.micro_batch_size)]
-            yield {k: torch.stack([s[k] for s in samples]).to(device.device()) for k in samples[0]}
+            yield {k: torch.stack([s[k] for s in samples]).to(device.device()) for k in BATCH_KEYS}
 
     def train_microbatches(self, iteration: int, num_microbatches: int):
         """This rank's microbatches of iteration `iteration` (0-based)."""

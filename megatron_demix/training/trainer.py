@@ -83,8 +83,8 @@ class RunOptions:
 def check_before_start(experiment, run: RunOptions, world_size: int) -> ParallelDims:
     """Every input check that needs no process group: fail fast, with the flag to change."""
     training = experiment.training
+    check_parallel_fits(experiment.model, training.tensor_model_parallel_size, training.pipeline_model_parallel_size)
     dims = ParallelDims(training.tensor_model_parallel_size, training.pipeline_model_parallel_size, world_size)
-    check_parallel_fits(experiment.model, dims.tensor, dims.pipeline)
     if training.global_batch_size % (training.micro_batch_size * dims.data):
         raise ConfigError(
             f"--global-batch-size {training.global_batch_size} must be a multiple of --micro-batch-size"
@@ -122,17 +122,18 @@ class Trainer:
             training=self.training, cache=experiment.paths.data / "index-cache" / run.model_name,
         )
 
-        # model, starting point, optimizer
-        gpt = build_gpt_model(experiment.model, tokenizer.vocab_size, params_dtype=device.default_params_dtype(self.training.precision))
+        # model, starting point, optimizer. Checkpoints hold the bare GPTModel's keys
+        # (`embedding.word_embeddings.weight`, ...), as Megatron-LM writes them, not the DDP wrapper's.
+        self.gpt = gpt = build_gpt_model(experiment.model, tokenizer.vocab_size, params_dtype=device.default_params_dtype(self.training.precision))
         self.model = wrap_data_parallel(gpt, self.training)
         resuming = run.load is not None and read_tracker(run.load) is not None
         if not resuming and run.pretrained is not None:
-            checkpointing.load_weights(run.pretrained, self.model)
+            checkpointing.load_weights(run.pretrained, gpt)
         self.optimizer = build_optimizer(self.model, self.training)
         self.scheduler = build_scheduler(self.optimizer, self.training, run.train_iters)
         self.iteration = 0
         if resuming:
-            common = checkpointing.load_checkpoint(run.load, self.model, self.optimizer, self.scheduler)
+            common = checkpointing.load_checkpoint(run.load, gpt, self.optimizer, self.scheduler)
             if common.get("model_name") != run.model_name:
                 raise CheckpointError(f"--load {run.load}: holds model {common.get('model_name')!r}, not {run.model_name!r}")
             self.iteration = common["iteration"]
@@ -221,7 +222,7 @@ class Trainer:
             "train_iters": self.run.train_iters,
             "config": to_dict(self.experiment),
         }
-        path = checkpointing.save_checkpoint(self.run.save, self.iteration, self.model, self.optimizer, self.scheduler, common=common)
+        path = checkpointing.save_checkpoint(self.run.save, self.iteration, self.gpt, self.optimizer, self.scheduler, common=common)
         self.log.message(f"saved {path}")
 
     # --- the loop -------------------------------------------------------------------------------
