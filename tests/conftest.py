@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -31,23 +30,6 @@ def slurm_cluster():
     yield
     if started:
         local_slurm.stop()
-
-
-def wait_for_slurm_job(job_id: str, timeout: float = 300) -> dict[str, str]:
-    """Poll `scontrol show job` until every task of `job_id` has ended; returns {task id: 'STATE exitcode'}."""
-    deadline = time.monotonic() + timeout
-    while True:
-        out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True).stdout
-        states = {}
-        for line in out.splitlines():
-            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-            states[fields.get("JobId", "?")] = f"{fields.get('JobState')} {fields.get('ExitCode')}"
-        if states and all(s.split()[0] not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING") for s in states.values()):
-            return states
-        if time.monotonic() > deadline:
-            subprocess.run(["scancel", job_id])
-            raise TimeoutError(f"SLURM job {job_id} still running after {timeout}s: {states}")
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="session")

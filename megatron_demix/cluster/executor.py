@@ -1,0 +1,174 @@
+"""Run the project's job scripts on SLURM or on this machine, through one interface.
+
+    executor = make_executor(experiment.cluster, log_dir=experiment.paths.logs)
+    job = executor.submit(JobSpec("train", "slurm/train_component.sh", [config], array=2, ntasks=2))
+    job.wait()            # raises JobFailed naming the failed tasks and their log files
+
+The unit of work is one of the readable bash scripts in `slurm/` (as in submitit's design, one
+executor interface with a SLURM and a local backend, but the scripts stay plain files an operator
+can read and `sbatch` by hand):
+- `SlurmExecutor` submits it with `sbatch --array`, site values from the `cluster:` section, and
+  polls all of the job's tasks with one `scontrol` call, backing off while they run.
+- `LocalExecutor` runs the same script with bash, once per array task and one task at a time,
+  setting `DEMIX_TASK_ID` / `DEMIX_NTASKS`; without `SLURM_JOB_ID` the scripts start their ranks
+  with torchrun / mpiexec instead of srun.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from megatron_demix.cluster.config import ClusterConfig
+
+REPO = Path(__file__).resolve().parents[2]
+RUNNING_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
+
+
+class JobFailed(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    script: str
+    """A script under the repository, e.g. `slurm/train_component.sh`."""
+    args: list[str] = field(default_factory=list)
+    array: int | None = None
+    """Number of array tasks (task i gets SLURM_ARRAY_TASK_ID / DEMIX_TASK_ID = i); None: a plain job."""
+    ntasks: int = 1
+    """Ranks per task (sbatch --ntasks; torchrun/mpiexec -n locally)."""
+
+
+@dataclass
+class Job:
+    id: str
+    spec: JobSpec
+    log_pattern: str
+    """Log path with `%a` for the array task id."""
+    states: dict[str, str] = field(default_factory=dict)
+    _executor: "Executor | None" = None
+
+    def log(self, task: int | str = 0) -> Path:
+        return Path(self.log_pattern.replace("%a", str(task)))
+
+    def wait(self, timeout: float | None = None) -> dict[str, str]:
+        """Block until every task ended; returns {task id: 'STATE exit'}; raises JobFailed on any failure."""
+        self.states = self._executor._wait(self, timeout)
+        failed = {task: state for task, state in self.states.items() if not state.startswith("COMPLETED")}
+        if failed:
+            logs = ", ".join(str(self.log(task.split("_")[-1])) for task in failed)
+            raise JobFailed(f"job {self.spec.name} ({self.id}): tasks failed {failed}; logs: {logs}")
+        return self.states
+
+
+class Executor:
+    """Submit a JobSpec, get a Job; subclasses implement `_submit` and `_wait`."""
+
+    def __init__(self, cluster: ClusterConfig, log_dir: Path):
+        self.cluster = cluster
+        self.log_dir = Path(log_dir)
+
+    def submit(self, spec: JobSpec) -> Job:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        job = self._submit(spec)
+        job._executor = self
+        return job
+
+    def _submit(self, spec: JobSpec) -> Job:
+        raise NotImplementedError
+
+    def _wait(self, job: Job, timeout: float | None) -> dict[str, str]:
+        raise NotImplementedError
+
+
+class SlurmExecutor(Executor):
+    def sbatch_args(self, spec: JobSpec) -> list[str]:
+        c = self.cluster
+        args = [f"--job-name=demix-{spec.name}", f"--ntasks={spec.ntasks}", f"--nodes={c.nodes}",
+                f"--time={c.time}", f"--cpus-per-task={c.cpus_per_task}", "--export=ALL",
+                f"--output={self.log_dir}/{spec.name}-%A_%a.out" if spec.array else f"--output={self.log_dir}/{spec.name}-%j.out"]
+        if spec.array:
+            args.append(f"--array=0-{spec.array - 1}")
+        if c.partition:
+            args.append(f"--partition={c.partition}")
+        if c.account:
+            args.append(f"--account={c.account}")
+        if c.gpus_per_node:
+            args.append(f"--gpus-per-node={c.gpus_per_node}")
+        return args + list(c.extra_sbatch_args)
+
+    def _submit(self, spec: JobSpec) -> Job:
+        command = ["sbatch", "--parsable", *self.sbatch_args(spec), str(REPO / spec.script), *spec.args]
+        env = {**os.environ, **({"DEMIX_CONTAINER_IMAGE": self.cluster.container_image} if self.cluster.container_image else {})}
+        out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+        if out.returncode:
+            raise JobFailed(f"sbatch refused job {spec.name}: {out.stderr.strip()} (command: {' '.join(command)})")
+        job_id = out.stdout.strip().split(";")[0]
+        pattern = f"{self.log_dir}/{spec.name}-{job_id}_%a.out" if spec.array else f"{self.log_dir}/{spec.name}-{job_id}.out"
+        return Job(job_id, spec, pattern)
+
+    def _wait(self, job: Job, timeout: float | None) -> dict[str, str]:
+        return wait_for_slurm_job(job.id, timeout)
+
+
+def slurm_job_states(job_id: str) -> dict[str, str]:
+    """{task id: 'STATE exit'} of every task of a job, from one `scontrol` call (no accounting needed)."""
+    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True).stdout
+    states = {}
+    for line in out.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        task = fields.get("ArrayTaskId")
+        key = f"{fields.get('ArrayJobId')}_{task}" if task and task.isdigit() else fields.get("JobId", "?")
+        states[key] = f"{fields.get('JobState')} {fields.get('ExitCode')}"
+    return states
+
+
+def wait_for_slurm_job(job_id: str, timeout: float | None = None) -> dict[str, str]:
+    """Poll until no task of `job_id` is pending or running (0.5 s, backing off to 10 s)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.5
+    while True:
+        states = slurm_job_states(job_id)
+        if states and not any(s.split()[0] in RUNNING_STATES for s in states.values()):
+            return states
+        if deadline is not None and time.monotonic() > deadline:
+            subprocess.run(["scancel", job_id])
+            raise JobFailed(f"SLURM job {job_id} still running after {timeout:.0f}s (cancelled): {states}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 10.0)
+
+
+class LocalExecutor(Executor):
+    """Runs the script's tasks here, one after another (a small machine: tasks would fight for cores)."""
+
+    def _submit(self, spec: JobSpec) -> Job:
+        job_id = f"local-{os.getpid()}-{time.strftime('%H%M%S')}"
+        job = Job(job_id, spec, f"{self.log_dir}/{spec.name}-{job_id}_%a.out")
+        for task in range(spec.array or 1):
+            env = {**os.environ, "DEMIX_TASK_ID": str(task), "DEMIX_NTASKS": str(spec.ntasks)}
+            env.pop("SLURM_JOB_ID", None)
+            with open(job.log(task), "w") as log:
+                code = subprocess.run(["bash", str(REPO / spec.script), *spec.args], cwd=REPO, env=env,
+                                      stdout=log, stderr=subprocess.STDOUT).returncode
+            job.states[f"{job_id}_{task}"] = f"{'COMPLETED' if code == 0 else 'FAILED'} {code}:0"
+        return job
+
+    def _wait(self, job: Job, timeout: float | None) -> dict[str, str]:
+        return job.states
+
+
+def slurm_available() -> bool:
+    from megatron_demix.cluster import local_slurm
+
+    return shutil.which("sbatch") is not None and local_slurm.is_running()
+
+
+def make_executor(cluster: ClusterConfig, log_dir: Path) -> Executor:
+    """`cluster.executor`: slurm, local, or auto (SLURM when a cluster answers, else local)."""
+    use_slurm = cluster.executor == "slurm" or (cluster.executor == "auto" and slurm_available())
+    return (SlurmExecutor if use_slurm else LocalExecutor)(cluster, log_dir)
