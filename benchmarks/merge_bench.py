@@ -1,0 +1,176 @@
+"""Benchmark of tools/merge/run.py against a naive whole-checkpoint merge and the I/O floor.
+
+    .venv/bin/python benchmarks/merge_bench.py --work /tmp/merge_bench            # ~340M params, 4 components
+    .venv/bin/python benchmarks/merge_bench.py --work /tmp/mb --layers 4 --hidden 256   # a quick smoke run
+
+1. Makes 4 components of a GPT (random weights) saved by megatron-core at TP=2, PP=2 (torchrun,
+   4 processes, gloo on CPU), unless they already exist under --work.
+2. Reads every input once (so every row below starts from the same warm page cache).
+3. Times, as whole processes (start-up included):
+   - floor: `cat` of every input file to /dev/null + `dd` of the output's size with fsync;
+   - naive: load each checkpoint whole (megatron-core `load_plain_tensors`), accumulate, save (torch DCP);
+   - merge with `mpiexec -n 1` and `-n 2`.
+4. Prints a markdown table: wall time, MB/s ((read + written) / wall), peak RSS per rank.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+NAMES = ["c0", "c1", "c2", "c3"]
+
+
+def make_components(args) -> None:
+    """Under torchrun: build the model once, save it 4 times with different noise."""
+    from megatron.core import dist_checkpointing
+
+    from megatron_demix.checkpoint.layout import iteration_dir, write_tracker
+    from megatron_demix.config.base import build
+    from megatron_demix.model.config import ModelConfig
+    from megatron_demix.model.gpt import build_gpt_model
+    from megatron_demix.runtime.distributed import init_distributed
+    from megatron_demix.runtime.parallel import ParallelDims, initialize_model_parallel
+
+    init_distributed()
+    initialize_model_parallel(ParallelDims(2, 2, torch.distributed.get_world_size()), 0)
+    config = build(ModelConfig, dict(num_layers=args.layers, hidden_size=args.hidden, ffn_hidden_size=args.ffn,
+                                     num_attention_heads=args.heads), "model")
+    model = build_gpt_model(config, args.vocab)
+    params = sum(p.numel() for p in model.parameters())
+    total = torch.tensor(params)
+    torch.distributed.all_reduce(total)
+    for i, name in enumerate(NAMES):
+        torch.manual_seed(i + 1)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.01)
+        out = iteration_dir(Path(args.work) / name, 100)
+        if torch.distributed.get_rank() == 0:
+            out.mkdir(parents=True, exist_ok=True)
+        torch.distributed.barrier()
+        dist_checkpointing.save(model.sharded_state_dict(), str(out))
+        torch.distributed.barrier()
+        if torch.distributed.get_rank() == 0:
+            write_tracker(Path(args.work) / name, 100)
+    if torch.distributed.get_rank() == 0:
+        print(json.dumps({"params": int(total)}))
+
+
+def naive(args) -> None:
+    """The baseline: every checkpoint loaded whole, one after the other, summed in fp32, saved with DCP."""
+    import tempfile
+
+    import torch.distributed.checkpoint as dcp
+    from megatron.core import dist_checkpointing
+
+    with tempfile.NamedTemporaryFile() as store:  # load_plain_tensors asks torch.distributed for the rank
+        torch.distributed.init_process_group("gloo", init_method=f"file://{store.name}", rank=0, world_size=1)
+    acc = None
+    for path in args.inputs:
+        state = dist_checkpointing.load_plain_tensors(path)
+        state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+        if acc is None:
+            acc = {k: v.float() * 0.25 for k, v in state.items()}
+        else:
+            for k, v in state.items():
+                acc[k].add_(v.float() * 0.25)
+        del state
+    Path(args.output).mkdir(parents=True)
+    dcp.save(acc, checkpoint_id=args.output)
+    print(json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+
+
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def timed(command: list, **kwargs) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.perf_counter()
+    proc = subprocess.run(list(map(str, command)), capture_output=True, text=True, **kwargs)
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(map(str, command))} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return seconds, proc
+
+
+def bench(args) -> None:
+    work = Path(args.work)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if not all((work / n / "latest_checkpointed_iteration.txt").exists() for n in NAMES):
+        seconds, proc = timed([Path(PYTHON).parent / "torchrun", "--nproc-per-node", 4, "--master-port", 29777, __file__,
+                               "make", "--work", work, "--layers", args.layers, "--hidden", args.hidden, "--ffn", args.ffn,
+                               "--heads", args.heads, "--vocab", args.vocab], env=env)
+        print(f"made 4 components in {seconds:.0f} s: {proc.stdout.strip().splitlines()[-1]}", flush=True)
+    inputs = [work / n / "iter_0000100" for n in NAMES]
+    files = [f for d in inputs for f in sorted(d.iterdir()) if f.is_file()]
+    read_bytes = sum(f.stat().st_size for f in files)
+    metadata = pickle.loads((inputs[0] / ".metadata").read_bytes())
+    largest = max(info.length for info in metadata.storage_data.values())
+    subprocess.run(["cat", *map(str, files)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
+
+    rows = []
+    out = work / "out"
+
+    def run_merge(ranks: int):
+        shutil.rmtree(out, ignore_errors=True)
+        command = [Path(PYTHON).parent / "mpiexec", "-n", ranks, PYTHON, REPO / "tools/merge/run.py",
+                   "--inputs", *[f"{d}:1" for d in inputs], "--output", out]
+        seconds, proc = timed(command, env=env)
+        rss = [int(float(m) * 1e6) for m in re.findall(r"peak RSS (\d+) MB", proc.stdout)]
+        return seconds, du(out), rss
+
+    seconds, written, rss = run_merge(1)  # also tells the floor how much to write
+    rows.append(("merge, mpiexec -n 1", seconds, written, rss))
+    seconds, written, rss = run_merge(2)
+    rows.append(("merge, mpiexec -n 2", seconds, written, rss))
+
+    floor_file = work / "floor.bin"
+    t_read, _ = timed(["sh", "-c", 'cat "$@" > /dev/null', "sh", *files])
+    t_write, _ = timed(["dd", "if=/dev/zero", f"of={floor_file}", "bs=16M", f"count={-(-written // (16 << 20))}", "conv=fsync"])
+    floor_file.unlink()
+    rows.append(("I/O floor (cat inputs + dd output, fsync)", t_read + t_write, written, []))
+
+    naive_out = work / "naive"
+    shutil.rmtree(naive_out, ignore_errors=True)
+    seconds, proc = timed([PYTHON, __file__, "naive", "--output", naive_out, "--inputs", *inputs], env=env)
+    rows.append(("naive: load_plain_tensors x4 + DCP save", seconds, du(naive_out), [json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss"]]))
+    shutil.rmtree(naive_out, ignore_errors=True)
+
+    floor = rows[2][1]
+    naive_seconds = rows[3][1]
+    print(f"\ninputs: 4 x {read_bytes / 4 / 1e6:.0f} MB (TP=2, PP=2, fp32), largest stored chunk {largest / 1e6:.1f} MB;"
+          f" output {rows[0][2] / 1e6:.0f} MB\n")
+    print("| run | wall s | MB/s (read+written)/wall | x floor | speed-up vs naive | peak RSS per rank (MB) |")
+    print("|---|---|---|---|---|---|")
+    for name, seconds, written, rss in rows:
+        rate = (read_bytes + written) / seconds / 1e6
+        print(f"| {name} | {seconds:.1f} | {rate:.0f} | {seconds / floor:.2f} | {naive_seconds / seconds:.1f}x |"
+              f" {', '.join(f'{r / 1e6:.0f}' for r in rss) or '-'} |")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", nargs="?", default="bench", choices=["bench", "make", "naive"])
+    parser.add_argument("--work", default="/tmp/merge_bench")
+    parser.add_argument("--layers", type=int, default=24)
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--ffn", type=int, default=2816)
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--inputs", nargs="*")
+    parser.add_argument("--output")
+    args = parser.parse_args()
+    {"bench": bench, "make": make_components, "naive": naive}[args.command](args)
