@@ -28,11 +28,12 @@ TRAINING = dict(
 
 
 def _documents(domain: str, n: int, rng: random.Random) -> list[str]:
-    words = {
+    common = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 7))) for _ in range(300)]
+    words = common + {
         "general": "the a cat dog sat ran on under mat house big small red blue".split(),
         "code": "def return if else for in range x y z ( ) : + = print".split(),
         "math": "1 2 3 4 5 6 7 8 9 + - * = sum of and".split(),
-    }[domain]
+    }[domain] * 20
     return [" ".join(rng.choice(words) for _ in range(rng.randint(40, 120))) for _ in range(n)]
 
 
@@ -59,6 +60,8 @@ def write_tiny_experiment(work: Path, **training) -> Path:
     rng = random.Random(0)
     texts = {d: _documents(d, 300, rng) for d in ("general", "code", "math")}
     tokenizer = train_bpe((t for docs in texts.values() for t in docs), 512, experiment.paths.tokenizer)
+    # A vocabulary that is a multiple of 128 x 2 pads the same at TP=1 and TP=2, so checkpoints reshard.
+    assert tokenizer.vocab_size == 512, tokenizer.vocab_size
     for domain, docs in texts.items():
         prefix = experiment.paths.dataset_prefix(domain)
         prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -98,3 +101,10 @@ def check(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 def train_records(log_dir: Path, kind: str = "train") -> list[dict]:
     lines = (Path(log_dir) / "train.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+@pytest.fixture(scope="session")
+def trained_base(tiny_config) -> Path:
+    """The tiny experiment's base model, trained at TP=2 (8 iterations) into its default save directory."""
+    check(torchrun(2, "--config", tiny_config, "--component", "base", "--tensor-model-parallel-size", 2))
+    return tiny_config.parent / "checkpoints" / "base"
