@@ -8,9 +8,9 @@ import json
 
 import pytest
 import torch
-from conftest import REPO, check, torchrun, train_records
+from train_helpers import REPO, check, torchrun, train_records
 
-HELPER = REPO / "tests" / "training" / "helper.py"
+TOOL = REPO / "tests" / "training" / "train_tool.py"
 
 
 def _falls(losses: list[float]) -> bool:
@@ -40,7 +40,7 @@ def test_pp2_trains(tiny_config, tmp_path):
 
 def _logits(config, checkpoint, tp, pp, out):
     check(torchrun(max(tp * pp, 1), "logits", "--config", config, "--checkpoint", checkpoint, "--tp", tp, "--pp", pp,
-                   "--out", out, script=HELPER))
+                   "--out", out, script=TOOL))
     return torch.load(out)
 
 
@@ -57,7 +57,7 @@ def test_component_first_step_weights_equal_base(tiny_config, trained_base, tmp_
     """The base was saved at TP=2; the component starts at PP=2 and must hold exactly its weights."""
     out = tmp_path / "report.json"
     check(torchrun(2, "first-step", "--config", tiny_config, "--component", "code", "--pp", 2,
-                   "--save", tmp_path / "code", "--out", out, script=HELPER))
+                   "--save", tmp_path / "code", "--out", out, script=TOOL))
     report = json.loads(out.read_text())
     assert report["iteration"] == 0 and report["compared"] > 5
     assert report["max_abs_diff"] == 0.0

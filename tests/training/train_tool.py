@@ -1,8 +1,8 @@
-"""Test helper run under torchrun: inspect checkpoints from inside a real process group.
+"""Test tool run under torchrun: inspect checkpoints from inside a real process group.
 
-    torchrun --nproc-per-node 2 tests/training/helper.py logits --config X.yaml --checkpoint DIR \
+    torchrun --nproc-per-node 2 tests/training/train_tool.py logits --config X.yaml --checkpoint DIR \
         --tp 2 --pp 1 --out logits.pt
-    torchrun --nproc-per-node 1 tests/training/helper.py first-step --config X.yaml --component code \
+    torchrun --nproc-per-node 1 tests/training/train_tool.py first-step --config X.yaml --component code \
         --save DIR --out report.json
 
 `logits`: load the weights of DIR at the given TP/PP and write the full-vocabulary logits of a
