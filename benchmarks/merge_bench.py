@@ -10,6 +10,7 @@
    - floor: `cat` of every input file to /dev/null + `dd` of the output's size with fsync;
    - naive: load each checkpoint whole (megatron-core `load_plain_tensors`), accumulate, save (torch DCP);
    - merge with `mpiexec -n 1` and `-n 2`.
+   Each --repeat times, interleaved; the median wall time (and the largest peak RSS) is reported.
 4. Prints a markdown table: wall time, MB/s ((read + written) / wall), peak RSS per rank.
 """
 from __future__ import annotations
@@ -121,8 +122,7 @@ def bench(args) -> None:
     largest = max(info.length for info in metadata.storage_data.values())
     subprocess.run(["cat", *map(str, files)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
 
-    rows = []
-    out = work / "out"
+    out, floor_file, naive_out = work / "out", work / "floor.bin", work / "naive"
 
     def run_merge(ranks: int):
         shutil.rmtree(out, ignore_errors=True)
@@ -132,22 +132,34 @@ def bench(args) -> None:
         rss = [int(float(m) * 1e6) for m in re.findall(r"peak RSS (\d+) MB", proc.stdout)]
         return seconds, du(out), rss
 
-    seconds, written, rss = run_merge(1)  # also tells the floor how much to write
-    rows.append(("merge, mpiexec -n 1", seconds, written, rss))
-    seconds, written, rss = run_merge(2)
-    rows.append(("merge, mpiexec -n 2", seconds, written, rss))
+    def run_floor(written: int):
+        t_read, _ = timed(["sh", "-c", 'cat "$@" > /dev/null', "sh", *files])
+        t_write, _ = timed(["dd", "if=/dev/zero", f"of={floor_file}", "bs=16M", f"count={-(-written // (16 << 20))}", "conv=fsync"])
+        floor_file.unlink()
+        return t_read + t_write, written, []
 
-    floor_file = work / "floor.bin"
-    t_read, _ = timed(["sh", "-c", 'cat "$@" > /dev/null', "sh", *files])
-    t_write, _ = timed(["dd", "if=/dev/zero", f"of={floor_file}", "bs=16M", f"count={-(-written // (16 << 20))}", "conv=fsync"])
-    floor_file.unlink()
-    rows.append(("I/O floor (cat inputs + dd output, fsync)", t_read + t_write, written, []))
+    def run_naive():
+        shutil.rmtree(naive_out, ignore_errors=True)
+        seconds, proc = timed([PYTHON, __file__, "naive", "--output", naive_out, "--inputs", *inputs], env=env)
+        written = du(naive_out)
+        shutil.rmtree(naive_out, ignore_errors=True)
+        return seconds, written, [json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss"]]
 
-    naive_out = work / "naive"
-    shutil.rmtree(naive_out, ignore_errors=True)
-    seconds, proc = timed([PYTHON, __file__, "naive", "--output", naive_out, "--inputs", *inputs], env=env)
-    rows.append(("naive: load_plain_tensors x4 + DCP save", seconds, du(naive_out), [json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss"]]))
-    shutil.rmtree(naive_out, ignore_errors=True)
+    # Interleaved repeats, median wall time per row: the CI machines are shared and noisy.
+    written = run_merge(1)[1]
+    runs = {"merge, mpiexec -n 1": lambda: run_merge(1), "merge, mpiexec -n 2": lambda: run_merge(2),
+            "I/O floor (cat inputs + dd output, fsync)": lambda: run_floor(written),
+            "naive: load_plain_tensors x4 + DCP save": run_naive}
+    samples = {name: [] for name in runs}
+    for _ in range(args.repeat):
+        for name, run in runs.items():
+            samples[name].append(run())
+    rows = []
+    for name, results in samples.items():
+        results.sort(key=lambda r: r[0])
+        seconds, size, rss = results[len(results) // 2]
+        rows.append((name, seconds, size, [max(r[2][i] for r in results) for i in range(len(rss))]))
+        print(f"{name}: wall {', '.join(f'{r[0]:.1f}' for r in results)} s", flush=True)
 
     floor = rows[2][1]
     naive_seconds = rows[3][1]
@@ -170,6 +182,7 @@ if __name__ == "__main__":
     parser.add_argument("--ffn", type=int, default=2816)
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per row; the table shows the median")
     parser.add_argument("--inputs", nargs="*")
     parser.add_argument("--output")
     args = parser.parse_args()

@@ -19,7 +19,7 @@ import random
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -363,7 +363,3 @@ def _log_summary(summary: Summary, log) -> None:
     for s in summary.ranks:
         log(f"[merge]   rank {s.rank}: {s.items} chunks, read {s.bytes_read / MB:.1f} MB, wrote {s.bytes_written / MB:.1f} MB,"
             f" {s.seconds:.2f} s, peak RSS {s.peak_rss / MB:.0f} MB" + (f", verified {s.verified}" if s.verified else ""))
-
-
-def summary_dict(summary: Summary) -> dict:
-    return {**asdict(summary), "output": str(summary.output)}

@@ -66,12 +66,6 @@ def world(env=None):
     return comm
 
 
-def abort_others(comm, code: int = 1) -> None:
-    """Last resort when a rank cannot reach the next collective (e.g. killed by a signal handler)."""
-    if comm.size > 1:
-        comm.Abort(code)
-
-
 def peak_rss_bytes() -> int:
     """This process's peak resident set size (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

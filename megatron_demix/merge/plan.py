@@ -57,10 +57,6 @@ class Item:
     peak_bytes: int
     """Working memory this item needs (see `_peak_bytes`)."""
 
-    @property
-    def numel(self) -> int:
-        return math.prod(self.sizes)
-
 
 @dataclass
 class Plan:

@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         from megatron_demix.merge.merge import merge
 
         merge(**merge_kwargs(args), comm=comm)
-    except (MergeError, ConfigError, ValueError) as error:
+    except (MergeError, ConfigError) as error:
         if comm.rank == 0:
             print(f"error: {error}", file=sys.stderr)
         return 1
