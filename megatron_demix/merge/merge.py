@@ -5,9 +5,9 @@
     mpiexec -n 4 python tools/merge/run.py --inputs ckpt/code:0.3 ckpt/math:0.7 --output proxies/p0
 
 Memory per rank is bounded by the largest output chunk, not by the model: with n its elements,
-peak ~ 8n (fp32 accumulator + fp32 term) + the largest stored chunk overlapping it + n x output
-itemsize (+ 4n for the base of task arithmetic), on top of the interpreter and torch (~300 MB).
-The plan logs this bound. Only the plan, write records, errors and statistics travel over MPI.
+peak ~ 12n (fp32 accumulator, term, and the next region read ahead) + the largest stored chunk
+overlapping it + n x output itemsize (+ 4n for the base of task arithmetic), on top of the
+interpreter and torch (~300 MB). The plan logs this bound. Only the plan, write records, errors and statistics travel over MPI.
 """
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ import torch
 from megatron_demix.checkpoint.layout import CheckpointError, iteration_dir, resolve_checkpoint, write_tracker
 from megatron_demix.merge import legacy, mpi
 from megatron_demix.merge.io import ChunkReader, DataFileWriter, MergeError, read_metadata, write_checkpoint_files
+from megatron_demix.merge.items import ReadAhead, compute_item, sequential
 from megatron_demix.merge.methods import Method, get_method
-from megatron_demix.merge.plan import DTYPES, Item, Plan, Source, build_plan
+from megatron_demix.merge.plan import DTYPES, Plan, build_plan
 from megatron_demix.runtime.files import atomic_directory, atomic_write_json
 
 MB = 1e6
@@ -74,51 +75,6 @@ def check_weights(weights: Sequence[float], names: Sequence[str], method: Method
     if total == 0:
         raise MergeError(f"weights {list(weights)} sum to 0 and cannot be normalised; pass --no-normalize")
     return [w / total for w in weights]
-
-
-# ---------------------------------------------------------------------------------------------
-# One item: read the regions of the inputs, combine, return what to write.
-
-def _read_region(reader: ChunkReader, sources: tuple[Source, ...], item: Item, as_fp32: bool) -> torch.Tensor:
-    """The item's region of one input, assembled from the stored chunks that overlap it (a fresh tensor)."""
-    region = None
-    for source in sources:
-        tensor = reader.tensor(source.index)
-        if tuple(tensor.shape) != source.sizes:
-            raise MergeError(
-                f"{reader.name}: key {item.key} chunk at {source.offsets} holds shape {tuple(tensor.shape)},"
-                f" but .metadata says {source.sizes}; the checkpoint is damaged"
-            )
-        if source.offsets == item.offsets and source.sizes == item.sizes:
-            return tensor.float() if as_fp32 else tensor
-        if region is None:
-            region = torch.empty(item.sizes, dtype=torch.float32 if as_fp32 else tensor.dtype)
-        dst, src = region, tensor
-        for dim, (ro, rs, so, ss) in enumerate(zip(item.offsets, item.sizes, source.offsets, source.sizes)):
-            lo, hi = max(ro, so), min(ro + rs, so + ss)
-            dst, src = dst.narrow(dim, lo - ro, hi - lo), src.narrow(dim, lo - so, hi - lo)
-        dst.copy_(src)
-    return region
-
-
-def compute_item(item: Item, readers: list[ChunkReader], weights: list[float], method: Method, scale: float):
-    """The output of one item: merged fp32 cast to the output dtype, a checked copy, or an object's bytes."""
-    if item.kind == "object":
-        return readers[0].raw(item.index)
-    if item.kind == "exact":
-        first = _read_region(readers[0], item.sources[0], item, as_fp32=False)
-        for reader, sources in zip(readers[1:], item.sources[1:]):
-            if not torch.equal(_read_region(reader, sources, item, as_fp32=False), first):
-                raise MergeError(
-                    f"{reader.name}: key {item.key} ({first.dtype}, region at {item.offsets}) differs from"
-                    f" {readers[0].name}; non-floating tensors are copied, not averaged, so they must agree"
-                )
-        return first
-    base = _read_region(readers[-1], item.sources[-1], item, as_fp32=True) if method.needs_base else None
-    merged = method.combine(
-        lambda i: _read_region(readers[i], item.sources[i], item, as_fp32=True), weights, scale=scale, base=base
-    )
-    return merged if merged.dtype == item.dtype else merged.to(item.dtype)
 
 
 class Progress:
@@ -168,10 +124,11 @@ def _merge_share(comm, plan: Plan, out_dir: Path, weights, method, scale, verify
     readers = [ChunkReader(d, read_metadata(d).storage_data, name) for d, name in zip(plan.dirs, plan.names)]
     writer = DataFileWriter(out_dir, comm.rank)
     progress = Progress(plan.rank_bytes(comm.rank), log) if comm.rank == 0 else None
+    regions = ReadAhead(readers, [plan.items[i] for i in share], method, len(weights))
     try:
         for i in share:
             item = plan.items[i]
-            result = compute_item(item, readers, weights, method, scale)
+            result = compute_item(item, regions.next, plan.names, weights, method, scale)
             (writer.raw if item.kind == "object" else writer.tensor)(item.index, result)
             del result
             if progress:
@@ -182,6 +139,7 @@ def _merge_share(comm, plan: Plan, out_dir: Path, weights, method, scale, verify
         stats.items, stats.bytes_written = len(share), writer.bytes_written
         stats.bytes_read = sum(r.bytes_read for r in readers)
     finally:
+        regions.close()
         writer.close()
         for reader in readers:
             reader.close()
@@ -195,7 +153,7 @@ def _verify(plan: Plan, share, writer, readers, weights, method, scale, out_dir:
     with ChunkReader(out_dir, writer.records, f"output {out_dir}") as output:
         for i in sample:
             item = plan.items[i]
-            expected = compute_item(item, readers, weights, method, scale)
+            expected = compute_item(item, sequential(readers, item, method, len(weights)), plan.names, weights, method, scale)
             if item.kind == "object":
                 same = output.raw(item.index) == expected
             else:
