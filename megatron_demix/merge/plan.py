@@ -8,8 +8,9 @@ The output keeps the chunk layout of the first input (so a merge of inputs saved
 what they hold, chunk for chunk). An input saved with another TP/PP has other chunk boundaries:
 for each output chunk the plan lists every stored chunk of that input that overlaps it, and the
 merge copies the overlapping parts (a stored chunk that spans several output chunks is read once
-per output chunk). Everything is checked here, before any data is read: keys, global shapes and
-dtypes agree across inputs, chunks cover each tensor exactly, every data file exists and is
+per output chunk). Everything is checked here, before any data is read: tensor keys, global shapes
+and dtypes agree across inputs (objects such as `_extra_state` and RNG state are copied from the
+first input), chunks cover each tensor exactly, every data file exists and is
 long enough. Optimizer state (`optimizer.*` keys) is left out: merging it has no meaning.
 """
 from __future__ import annotations
@@ -112,10 +113,6 @@ def _check_same_tensors(all_md: list[dict], names: list[str]) -> None:
     for key, ref in all_md[0].items():
         for md, name in zip(all_md[1:], names[1:]):
             other = md[key]
-            if type(other) is not type(ref):
-                raise MergeError(f"{name}: key {key} is a {type(other).__name__}, but a {type(ref).__name__} in {names[0]}")
-            if isinstance(ref, BytesStorageMetadata):
-                continue
             if tuple(other.size) != tuple(ref.size):
                 raise MergeError(
                     f"{name}: key {key} has shape {tuple(other.size)}, {names[0]} has {tuple(ref.size)}."
@@ -191,8 +188,11 @@ def build_plan(dirs: list[Path], names: list[str], *, dtype: str = "same", ranks
     """
     metadata = [read_metadata(d) for d in dirs]
     all_md = [_merged_keys(m) for m in metadata]
-    _check_same_keys(all_md, names)
-    _check_same_tensors(all_md, names)
+    # Objects (`_extra_state`, RNG state, ...) come from the first input alone; their keys name the
+    # saving layout (`rng_state/shard_0.1_2.2`), so only tensors must match across inputs.
+    tensors = [{k: v for k, v in md.items() if isinstance(v, TensorStorageMetadata)} for md in all_md]
+    _check_same_keys(tensors, names)
+    _check_same_tensors(tensors, names)
     for d, m, name in zip(dirs, metadata, names):
         _check_data_files(d, m, name)
 
@@ -210,7 +210,7 @@ def build_plan(dirs: list[Path], names: list[str], *, dtype: str = "same", ranks
         out_md[key] = with_dtype(md, out_dtype)
         for chunk in md.chunks:
             offsets, sizes = tuple(chunk.offsets), tuple(chunk.sizes)
-            sources = tuple(_sources(key, offsets, sizes, other[key], name) for other, name in zip(all_md, names))
+            sources = tuple(_sources(key, offsets, sizes, other[key], name) for other, name in zip(tensors, names))
             lengths = [metadata[i].storage_data[s.index].length for i, per in enumerate(sources) for s in per]
             numel = math.prod(sizes)
             items.append(Item(

@@ -183,10 +183,14 @@ def test_merge_of_one_input_reproduces_it_byte_for_byte_per_chunk(checkpoints, t
 
 # --- non-floating tensors and objects: synthetic checkpoints written by torch DCP itself ------
 
-def _dcp_checkpoint(root: Path, weight: torch.Tensor, steps: torch.Tensor, blob: bytes) -> Path:
+def _dcp_checkpoint(root: Path, weight: torch.Tensor, steps: torch.Tensor, blob: bytes, rng_key: str = "rng_state/shard_0.0_1.1") -> Path:
+    """A torch_dist checkpoint written by torch DCP itself, shaped like the trainer's: a weight, an
+    integer tensor, an `_extra_state` object, optimizer state and an RNG object keyed by its layout."""
     directory = iteration_dir(root, 3)
     directory.mkdir(parents=True)
-    dcp.save({"w": weight, "steps": steps, "obj": io.BytesIO(blob)}, checkpoint_id=str(directory), no_dist=True)
+    state = {"w": weight, "steps": steps, "w._extra_state": io.BytesIO(blob), "optimizer.state.exp_avg.w": weight * 0,
+             rng_key: io.BytesIO(b"rng")}
+    dcp.save(state, checkpoint_id=str(directory), no_dist=True)
     (directory / "metadata.json").write_text(json.dumps({"sharded_backend": "torch_dist", "sharded_backend_version": 1}))
     torch.save({"iteration": 3, "optimizer": {"param_groups": []}}, directory / "common.pt")
     write_tracker(root, 3)
@@ -196,14 +200,16 @@ def _dcp_checkpoint(root: Path, weight: torch.Tensor, steps: torch.Tensor, blob:
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 def test_integers_are_copied_objects_come_from_the_first_input(tmp_path):
     a = _dcp_checkpoint(tmp_path / "a", torch.ones(4, 3), torch.arange(5), b"first")
-    b = _dcp_checkpoint(tmp_path / "b", torch.full((4, 3), 3.0), torch.arange(5), b"second")
+    # saved at another TP/PP: the RNG object has another key, which must not stop the merge
+    b = _dcp_checkpoint(tmp_path / "b", torch.full((4, 3), 3.0), torch.arange(5), b"second", "rng_state/shard_0.1_2.2")
     output = tmp_path / "out"
     merge([a, b], [1, 1], output, dtype="bf16", **QUIET)
     reader = dcp.FileSystemReader(str(output / "iter_0000003"))
-    state = {"w": torch.empty(4, 3, dtype=torch.bfloat16), "steps": torch.empty(5, dtype=torch.int64), "obj": io.BytesIO()}
+    assert sorted(reader.read_metadata().state_dict_metadata) == ["rng_state/shard_0.0_1.1", "steps", "w", "w._extra_state"]
+    state = {"w": torch.empty(4, 3, dtype=torch.bfloat16), "steps": torch.empty(5, dtype=torch.int64), "w._extra_state": io.BytesIO()}
     dcp.load(state, storage_reader=reader, no_dist=True)  # the stock DCP reader accepts the output
     assert torch.equal(state["w"], torch.full((4, 3), 2.0, dtype=torch.bfloat16))
-    assert torch.equal(state["steps"], torch.arange(5)) and state["obj"].getvalue() == b"first"
+    assert torch.equal(state["steps"], torch.arange(5)) and state["w._extra_state"].getvalue() == b"first"
     common = torch.load(output / "iter_0000003" / "common.pt", weights_only=False)
     assert "optimizer" not in common and common["demix_merge"]["weights"] == [0.5, 0.5]
 
