@@ -249,7 +249,9 @@ def merge(
 ) -> Summary:
     """Write sum_i w_i * inputs[i] (or task arithmetic over `base`) to `output` as a Megatron save root.
 
-    Call it on every rank (same arguments); `comm` defaults to `mpi.world()`. Steps:
+    Call it on every rank of the MPI world (same arguments); `comm` defaults to `mpi.world()`.
+    From a process that is one of several torchrun ranks, call it on one rank with
+    `comm=mpi.SerialComm()` (otherwise each would write the same output). Steps:
     1. Rank 0 checks the arguments (weights, method and base, dtype, output), resolves each input
        (save root, `iter_*` or bare torch_dist dir) and plans from the inputs' `.metadata`
        (`plan.build_plan`: keys, shapes, dtypes, data files; items balanced by bytes); all ranks
@@ -263,6 +265,9 @@ def merge(
        renames the temporary directory to `output`, logs the summary; every rank returns it.
     """
     comm = comm or mpi.world()
+    threads = mpi.threads_per_rank(comm)
+    if "OMP_NUM_THREADS" not in os.environ:  # an explicit setting wins
+        torch.set_num_threads(threads)
     log = log or (lambda line: print(line, flush=True))
     root_log = log if comm.rank == 0 else (lambda line: None)
     start = time.perf_counter()

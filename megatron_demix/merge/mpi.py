@@ -66,6 +66,23 @@ def world(env=None):
     return comm
 
 
+def threads_per_rank(comm) -> int:
+    """CPU threads each rank of this node should use, so that N ranks do not each start one per core.
+
+    The CPUs this process may run on (a SLURM task bound to cores sees only its own) and the node's
+    CPUs shared by the ranks on it; collective over `comm` (every rank must call it).
+    """
+    usable = len(os.sched_getaffinity(0))
+    if isinstance(comm, SerialComm):
+        return usable
+    from mpi4py import MPI
+
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    ranks_here = local.Get_size()
+    local.Free()
+    return max(1, min(usable, (os.cpu_count() or 1) // ranks_here))
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident set size (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
