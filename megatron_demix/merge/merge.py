@@ -6,8 +6,9 @@
 
 Memory per rank is bounded by the largest output chunk, not by the model: with n its elements,
 peak ~ 12n (fp32 accumulator, term, and the next region read ahead) + the largest stored chunk
-overlapping it + n x output itemsize (+ 4n for the base of task arithmetic), on top of the
-interpreter and torch (~300 MB). The plan logs this bound. Only the plan, write records, errors and statistics travel over MPI.
+overlapping it + 2n x output itemsize (this chunk and the previous one, still being written)
+(+ 4n for the base of task arithmetic), on top of the interpreter and torch (~300 MB). The plan
+logs this bound. Reading ahead and writing behind overlap the I/O with the arithmetic. Only the plan, write records, errors and statistics travel over MPI.
 """
 from __future__ import annotations
 
