@@ -25,8 +25,12 @@ def small_env() -> dict:
 
 
 def torchrun(nproc: int, args: list, timeout: float = 300) -> subprocess.CompletedProcess:
-    command = [str(Path(PYTHON).parent / "torchrun"), "--nproc-per-node", str(nproc), "--master-port", str(free_port()),
-               str(HERE / "model_tool.py"), *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=small_env(), cwd=REPO)
+    """Run model_tool.py under torchrun; retried on a fresh port if another test run took the port."""
+    for attempt in range(3):
+        command = [str(Path(PYTHON).parent / "torchrun"), "--nproc-per-node", str(nproc), "--master-port", str(free_port()),
+                   str(HERE / "model_tool.py"), *map(str, args)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=small_env(), cwd=REPO)
+        if result.returncode == 0 or "address already in use" not in (result.stdout + result.stderr).lower():
+            break
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
