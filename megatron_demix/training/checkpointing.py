@@ -23,6 +23,7 @@ import torch
 
 from megatron_demix.checkpoint.layout import CheckpointError, iteration_dir, read_tracker, resolve_checkpoint, write_tracker
 from megatron_demix.runtime import device
+from megatron_demix.training.optimizer import load_optimizer_state, optimizer_sharded_state_dict
 
 
 def _rank0() -> bool:
@@ -75,7 +76,7 @@ def _state_dict(model, optimizer, scheduler, *, is_loading: bool, with_rng: bool
     model_sd = model.sharded_state_dict()
     state = {
         "model": model_sd,
-        "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=is_loading),
+        "optimizer": optimizer_sharded_state_dict(optimizer, model_sd, is_loading=is_loading),
         "opt_param_scheduler": scheduler.state_dict(),
     }
     if with_rng:
@@ -104,6 +105,7 @@ def save_checkpoint(save: Path, iteration: int, model, optimizer, scheduler, *, 
     return path
 
 
+@torch.no_grad()  # the distributed optimizer copies into its fp32 main parameters in place
 def load_checkpoint(load: Path, model, optimizer, scheduler) -> dict | None:
     """Resume from the latest checkpoint under `load`; returns its common state, or None if there is none."""
     from megatron.core import dist_checkpointing
@@ -118,22 +120,11 @@ def load_checkpoint(load: Path, model, optimizer, scheduler) -> dict | None:
     state = _state_dict(model, optimizer, scheduler, is_loading=True, with_rng=same_layout)
     loaded = dist_checkpointing.load(state, str(path))
     model.load_state_dict(loaded["model"])
-    _own_param_groups(loaded["optimizer"], optimizer)
-    optimizer.load_state_dict(loaded["optimizer"])
+    load_optimizer_state(optimizer, loaded["optimizer"])
     scheduler.load_state_dict(loaded["opt_param_scheduler"])
     if same_layout:
         _set_rng_state(loaded["rng_state"])
     return common
-
-
-def _own_param_groups(loaded_optimizer: dict, optimizer) -> None:
-    """The common state carries rank 0's parameter-group index lists; each rank needs its own."""
-    inner = loaded_optimizer.get("optimizer", loaded_optimizer)
-    if not hasattr(optimizer, "optimizer") or "param_groups" not in inner:
-        return  # Megatron's optimizers rebuild their groups themselves
-    own = optimizer.optimizer.state_dict()["param_groups"]
-    for saved, current in zip(inner["param_groups"], own):
-        saved["params"] = current["params"]
 
 
 def _check_shapes(path: Path, model) -> None:
@@ -163,6 +154,7 @@ def _check_shapes(path: Path, model) -> None:
         )
 
 
+@torch.no_grad()
 def load_weights(pretrained: Path, model) -> Path:
     """Load only the model weights from `pretrained` (save root or iter dir), resharding to this TP/PP."""
     from megatron.core import dist_checkpointing

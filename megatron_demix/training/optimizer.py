@@ -25,6 +25,12 @@ import torch
 from megatron_demix.runtime import device
 
 
+CHECKPOINT_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
+"""How the distributed optimizer lays out its checkpoint state (Megatron-LM's default): every rank
+writes its own buffers, in parallel; a resume may change DP but not TP/PP (the model weights
+themselves reshard freely). megatron-core 0.16 no longer saves its older default layout."""
+
+
 def _uses_megatron_optimizer() -> bool:
     return device.is_gpu_host()
 
@@ -97,7 +103,7 @@ class CpuAdamW:
                 state["exp_avg"] = torch.zeros_like(p)
                 state["exp_avg_sq"] = torch.zeros_like(p)
 
-    def sharded_state_dict(self, model_sharded_state_dict, is_loading: bool = False):
+    def sharded_state_dict(self, model_sharded_state_dict, is_loading: bool = False, metadata: dict | None = None):
         from megatron.core.dist_checkpointing.optimizer import (
             get_param_id_to_sharded_param_map,
             optim_state_to_sharding_state,
@@ -117,6 +123,10 @@ class CpuAdamW:
 
     def load_state_dict(self, state_dict):
         state = state_dict["optimizer"]
+        # Non-tensor state comes from rank 0's common.pt: its parameter-group index lists belong to
+        # rank 0's pipeline stage, so every rank puts back its own.
+        for saved, own in zip(state["param_groups"], self.optimizer.state_dict()["param_groups"]):
+            saved["params"] = own["params"]
         step = state["state"].pop("common_step")
         for param_state in state["state"].values():
             param_state["step"] = torch.tensor(float(step))
@@ -142,6 +152,35 @@ def build_optimizer(model, training):
         use_distributed_optimizer=True,
     )
     return get_megatron_optimizer(config, [model])
+
+
+def optimizer_sharded_state_dict(optimizer, model_sharded_state_dict, *, is_loading: bool) -> dict:
+    """The optimizer's part of a checkpoint, on either path; `is_loading` makes a template to load into."""
+    if is_loading and _uses_megatron_optimizer():
+        for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+            # The template needs Adam's state to exist before the first step. Without Apex or TE
+            # (torch Adam fallback) megatron-core 0.16's distributed optimizer also reads a
+            # per-parameter `step`, which torch creates only when it first steps.
+            if inner.init_state_fn is not None:
+                inner.init_state_fn(inner.optimizer, inner.config)
+            for state in inner.optimizer.state.values():
+                state.setdefault("step", torch.tensor(0.0))
+    return optimizer.sharded_state_dict(model_sharded_state_dict, is_loading=is_loading, metadata=CHECKPOINT_METADATA)
+
+
+def load_optimizer_state(optimizer, state_dict: dict) -> None:
+    """Load what `optimizer_sharded_state_dict(..., is_loading=True)` was filled with."""
+    optimizer.load_state_dict(state_dict)
+    if not _uses_megatron_optimizer():
+        return
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if isinstance(inner.optimizer, torch.optim.Adam):
+            # torch Adam fallback: megatron-core 0.16 restores the step count into the parameter
+            # groups only, while torch Adam reads it per parameter (0 would redo bias correction).
+            for group in inner.optimizer.param_groups:
+                for p in group["params"]:
+                    if "step" in group and p in inner.optimizer.state:
+                        inner.optimizer.state[p]["step"] = torch.tensor(float(group["step"]))
 
 
 def build_scheduler(optimizer, training, train_iters: int):

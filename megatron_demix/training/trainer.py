@@ -67,8 +67,9 @@ class RunOptions:
 
     @classmethod
     def defaults(cls, experiment, model_name: str, **changes) -> "RunOptions":
+        """The experiment's paths for `model_name`; `changes` that are not None replace them (`load` follows `save`)."""
         paths = experiment.paths
-        save = paths.checkpoint(model_name)
+        save = changes.get("save") or paths.checkpoint(model_name)
         options = cls(
             model_name=model_name,
             save=save,
