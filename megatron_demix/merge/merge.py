@@ -8,7 +8,8 @@ Memory per rank is bounded by the largest output chunk, not by the model: with n
 peak ~ 12n (fp32 accumulator, term, and the next region read ahead) + the largest stored chunk
 overlapping it + 2n x output itemsize (this chunk and the previous one, still being written)
 (+ 4n for the base of task arithmetic), on top of the interpreter and torch (~300 MB). The plan
-logs this bound. Reading ahead and writing behind overlap the I/O with the arithmetic. Only the plan, write records, errors and statistics travel over MPI.
+logs this bound. Reading ahead and writing behind overlap the I/O with the arithmetic. Only the
+plan, write records, errors and statistics travel over MPI.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from megatron_demix.runtime.files import atomic_directory, atomic_write_json
 
 MB = 1e6
 VERIFY_SAMPLE = 8
-"""Items per rank that --verify re-reads and recomputes (plus every item of a rank with fewer)."""
+"""Items per rank that --verify re-reads and recomputes (all of them on a rank with fewer)."""
 
 
 @dataclass
