@@ -2,6 +2,7 @@
 
     pip install -e .            # CPU hosts: everything the demo and the tests need
     pip install -e .[dali]      # + the optional NVIDIA DALI data loader
+    pip install -e .[tensorboard]   # + TensorBoard event files next to the trainer's JSON-lines log
     pip install -e .[gpu]       # GPU clusters: + Transformer Engine (Apex comes from the NGC container)
 """
 from setuptools import find_packages, setup
@@ -33,6 +34,7 @@ setup(
     ],
     extras_require={
         "dali": ["nvidia-dali-cuda120==2.4.0"],
+        "tensorboard": ["tensorboard==2.21.0"],
         "gpu": ["transformer-engine[pytorch]"],
         "test": ["pytest==9.2.0", "pytest-timeout==2.4.0"],
     },

@@ -12,7 +12,8 @@
 The order of samples is a pure function of the iteration: iteration `it` reads global samples
 [it * global_batch, (it + 1) * global_batch) and data-parallel rank r takes its contiguous share.
 Resuming therefore needs only the iteration number (no sampler state), and every rank of a
-model-parallel group reads the same samples without a broadcast.
+model-parallel group reads the same samples without a broadcast. `training.dataloader: dali`
+reads the same training samples through a DALI pipeline (training/dali.py).
 """
 from __future__ import annotations
 
@@ -107,7 +108,9 @@ class TrainingData:
     valid: dict[str, object]
     micro_batch_size: int
     global_batch_size: int
-    eval_iters: int
+    loader: str = "torch"
+    """`torch` (read in the training process) or `dali` (training batches through a DALI pipeline)."""
+    _dali: object = None
 
     @classmethod
     def build(cls, experiment, blend: Blend, tokenizer, *, train_iters: int, training, cache: Path) -> "TrainingData":
@@ -123,21 +126,31 @@ class TrainingData:
         for name, prefix in zip(blend.domains, prefixes):
             config = _gpt_config(experiment, ([prefix], None), tokenizer, training.seed, cache)
             valid[name] = _build(config, [0, eval_samples, 0])[1]
-        return cls(train, valid, training.micro_batch_size, gbs, training.eval_iters)
+        return cls(train, valid, training.micro_batch_size, gbs, training.dataloader)
 
-    def _microbatches(self, dataset, first_sample: int, num_microbatches: int):
+    def train_sample_index(self, iteration: int, num_microbatches: int, position: int) -> int:
+        """Global index of this data-parallel rank's `position`-th sample of `iteration`."""
         from megatron.core import parallel_state
 
-        dp_rank = parallel_state.get_data_parallel_rank()
-        start = first_sample + dp_rank * num_microbatches * self.micro_batch_size
+        per_rank = num_microbatches * self.micro_batch_size
+        return iteration * self.global_batch_size + parallel_state.get_data_parallel_rank() * per_rank + position
+
+    def _microbatches(self, dataset, step: int, num_microbatches: int):
         for m in range(num_microbatches):
-            begin = start + m * self.micro_batch_size
-            samples = [dataset[(begin + i) % len(dataset)] for i in range(self.micro_batch_size)]
+            first = self.train_sample_index(step, num_microbatches, m * self.micro_batch_size)
+            samples = [dataset[(first + i) % len(dataset)] for i in range(self.micro_batch_size)]
             yield {k: torch.stack([s[k] for s in samples]).to(device.device()) for k in BATCH_KEYS}
 
     def train_microbatches(self, iteration: int, num_microbatches: int):
         """This rank's microbatches of iteration `iteration` (0-based)."""
-        return self._microbatches(self.train, iteration * self.global_batch_size, num_microbatches)
+        if self.loader == "dali":
+            if self._dali is None:
+                from megatron_demix.training.dali import DaliTrainReader
+
+                self._dali = DaliTrainReader(self, num_microbatches=num_microbatches, first_iteration=iteration, keys=BATCH_KEYS)
+            return self._dali.microbatches(iteration)
+        return self._microbatches(self.train, iteration, num_microbatches)
 
     def valid_microbatches(self, domain: str, eval_iter: int, num_microbatches: int):
-        return self._microbatches(self.valid[domain], eval_iter * self.global_batch_size, num_microbatches)
+        """Validation reads the same samples at every evaluation: a fixed held-out set per domain."""
+        return self._microbatches(self.valid[domain], eval_iter, num_microbatches)

@@ -78,3 +78,23 @@ def test_resume_after_kill_matches_uninterrupted(tiny_config, trained_base, tmp_
     for it in range(1, 7):
         assert resumed[it]["loss"] == pytest.approx(straight[it]["loss"], rel=1e-6, abs=1e-6), it
         assert resumed[it]["lr"] == pytest.approx(straight[it]["lr"]), it
+
+
+def test_tensorboard_events_when_installed(trained_base):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained_base.parent.parent / "logs" / "train" / "base" / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "train/lr", "train/tokens_per_s", "valid/general/loss"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 9))
+
+
+def test_dali_loader_gives_the_same_training_steps(tiny_config, trained_base, tmp_path):
+    """DALI CPU pipeline at TP=2: its first 3 steps equal the torch loader's (the base run, same schedule so far)."""
+    pytest.importorskip("nvidia.dali")
+    check(torchrun(2, "--config", tiny_config, "--component", "base", "--tensor-model-parallel-size", 2,
+                   "--dataloader", "dali", "--train-iters", 3, "--save", tmp_path, "--log-dir", tmp_path))
+    dali = [r["loss"] for r in train_records(tmp_path)]
+    torch_loader = [r["loss"] for r in train_records(trained_base.parent.parent / "logs" / "train" / "base")][:3]
+    assert dali == pytest.approx(torch_loader, rel=1e-6)
