@@ -18,6 +18,8 @@
 #   DEMIX_PYTHON      interpreter (default: $DEMIX_REPO/.venv/bin/python)
 #   DEMIX_SRUN_ARGS   extra srun flags, e.g. "--container-image=nvcr.io/nvidia/pytorch:25.01-py3"
 #   DEMIX_COMPONENT   what to train instead of the array task: base, a candidate name or index
+# Outside SLURM (`DEMIX_TASK_ID=0 DEMIX_NTASKS=2 bash slurm/train_component.sh exp.yaml`, as the local
+# executor runs it) the ranks are started with torchrun on this machine.
 #
 # Preemption and time limits: --requeue lets SLURM restart a preempted task; 120 s before the time
 # limit SLURM sends USR1 and this script requeues the task itself. A restarted task resumes from the
@@ -39,16 +41,24 @@ shift
 REPO=${DEMIX_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
 PYTHON=${DEMIX_PYTHON:-$REPO/.venv/bin/python}
 
-if [[ -z "${SLURM_ARRAY_TASK_ID:-}" && -z "${DEMIX_COMPONENT:-}" ]]; then
+TASK=${SLURM_ARRAY_TASK_ID:-${DEMIX_TASK_ID:-}}
+if [[ -z "$TASK" && -z "${DEMIX_COMPONENT:-}" ]]; then
     # One task per candidate dataset, in the order the experiment lists them.
     COUNT=$("$PYTHON" -c 'import sys; from megatron_demix.config.experiment import load_experiment
 print(len(load_experiment(sys.argv[1]).candidates))' "$CONFIG")
     echo "submitting an array of $COUNT component tasks for $CONFIG"
     exec sbatch --array="0-$((COUNT - 1))" "$REPO/slurm/train_component.sh" "$CONFIG" "$@"
 fi
-COMPONENT=${DEMIX_COMPONENT:-$SLURM_ARRAY_TASK_ID}
-TASK_JOB=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}
+COMPONENT=${DEMIX_COMPONENT:-$TASK}
+LAUNCH=("$REPO/launch/train_component.py" --config "$CONFIG" --component "$COMPONENT" "$@")
 
+if [[ -z "${SLURM_JOB_ID:-}" ]]; then
+    # Not under SLURM (the local executor sets DEMIX_TASK_ID / DEMIX_NTASKS): torchrun starts the ranks.
+    echo "$(date -u +%FT%TZ) component $COMPONENT of $CONFIG on this machine, ${DEMIX_NTASKS:-1} process(es)"
+    exec "$(dirname "$PYTHON")/torchrun" --standalone --nproc-per-node "${DEMIX_NTASKS:-1}" "${LAUNCH[@]}"
+fi
+
+TASK_JOB=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}
 requeue() {
     echo "time limit near: requeueing ${TASK_JOB:-$SLURM_JOB_ID}; it resumes from the latest checkpoint"
     scontrol requeue "${TASK_JOB:-$SLURM_JOB_ID}"
@@ -59,8 +69,7 @@ echo "$(date -u +%FT%TZ) component $COMPONENT of $CONFIG on $SLURM_JOB_NUM_NODES
 # srun sets each rank's SLURM_PROCID/SLURM_NTASKS; the launcher derives the rendezvous from them.
 # It runs in the background so bash can take the USR1 trap while training runs.
 # shellcheck disable=SC2086
-srun --kill-on-bad-exit=1 ${DEMIX_SRUN_ARGS:-} "$PYTHON" "$REPO/launch/train_component.py" \
-    --config "$CONFIG" --component "$COMPONENT" "$@" &
+srun --kill-on-bad-exit=1 ${DEMIX_SRUN_ARGS:-} "$PYTHON" "${LAUNCH[@]}" &
 SRUN=$!
 # `wait` also returns when USR1 arrives (after the trap ran); keep waiting while srun lives.
 until wait $SRUN; do
