@@ -81,6 +81,10 @@ class RunOptions:
         return dataclasses.replace(options, **{k: v for k, v in changes.items() if v is not None})
 
 
+def _resuming(run: RunOptions) -> bool:
+    return run.load is not None and read_tracker(run.load) is not None
+
+
 def check_before_start(experiment, run: RunOptions, world_size: int) -> ParallelDims:
     """Every input check that needs no process group: fail fast, with the flag to change."""
     training = experiment.training
@@ -92,8 +96,7 @@ def check_before_start(experiment, run: RunOptions, world_size: int) -> Parallel
             f" {training.micro_batch_size} x data-parallel size {dims.data} (= world {world_size} / (TP x PP))"
         )
     check_prepared(experiment, blend_for(experiment, run.model_name))
-    resuming = run.load is not None and read_tracker(run.load) is not None
-    if not resuming and run.pretrained is not None and read_tracker(run.pretrained) is None and not Path(run.pretrained, "metadata.json").is_file():
+    if not _resuming(run) and run.pretrained is not None and read_tracker(run.pretrained) is None and not Path(run.pretrained, "metadata.json").is_file():
         raise CheckpointError(
             f"--pretrained-checkpoint {run.pretrained}: no checkpoint there; train the base first"
             " (--component base) or point the flag at the base's save directory"
@@ -127,7 +130,7 @@ class Trainer:
         # (`embedding.word_embeddings.weight`, ...), as Megatron-LM writes them, not the DDP wrapper's.
         self.gpt = gpt = build_gpt_model(experiment.model, tokenizer.vocab_size, params_dtype=device.default_params_dtype(self.training.precision))
         self.model = wrap_data_parallel(gpt, self.training)
-        resuming = run.load is not None and read_tracker(run.load) is not None
+        resuming = _resuming(run)
         if not resuming and run.pretrained is not None:
             checkpointing.load_weights(run.pretrained, gpt)
         self.optimizer = build_optimizer(self.model, self.training)
