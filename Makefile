@@ -9,7 +9,10 @@ CONFIG ?= configs/demo.yaml
 setup:
 	@bash scripts/bootstrap.sh
 
+# The demo's jobs go to a real one-node SLURM cluster on this machine (left running afterwards;
+# stop it with `.venv/bin/python -m megatron_demix.cluster.local_slurm stop`).
 demo: setup
+	$(VENV)/bin/python -m megatron_demix.cluster.local_slurm start
 	$(VENV)/bin/demix demo --config $(CONFIG)
 
 test: setup

@@ -1,7 +1,8 @@
 """`demix`: one command per pipeline stage, all driven by the experiment file.
 
     demix prepare --config configs/demo.yaml      # tokenizer + Megatron indexed datasets
-    demix demo --config configs/demo.yaml         # every stage that exists, in order
+    demix train --config configs/demo.yaml        # base, then the components (SLURM array or local)
+    demix demo --config configs/demo.yaml         # prepare, train, merge proxies, per-domain losses
 
 Stages register themselves in `COMMANDS` (name -> (help, add_arguments, run)); a new stage adds
 one entry, not a branch.
@@ -53,14 +54,51 @@ def _run_prepare(args) -> None:
     print(f"prepared data in {experiment.paths.data}")
 
 
+def _jobs_arguments(parser: argparse.ArgumentParser) -> None:
+    _config_argument(parser)
+    parser.add_argument("--executor", choices=("auto", "local", "slurm"), default=None,
+                        help="where jobs run (default: cluster.executor; auto = SLURM when a cluster answers)")
+    parser.add_argument("--ranks", type=int, default=2, help="processes per training job (torchrun/srun)")
+
+
+def _experiment_for_jobs(args):
+    """The experiment, with its resolved copy written to the work dir: every job reads that one file."""
+    from megatron_demix.cluster.executor import make_executor
+    from megatron_demix.config.base import replace
+    from megatron_demix.config.experiment import dump_experiment
+
+    experiment = _load(args)
+    if args.executor:
+        experiment = replace(experiment, cluster=replace(experiment.cluster, executor=args.executor))
+    resolved = experiment.paths.root / "experiment.yaml"
+    dump_experiment(experiment, resolved)
+    return experiment, resolved, make_executor(experiment.cluster, experiment.paths.logs)
+
+
+def _run_train(args) -> None:
+    from megatron_demix.data.prepare import prepare
+    from megatron_demix.pipeline import train_models
+
+    experiment, resolved, executor = _experiment_for_jobs(args)
+    prepare(experiment)
+    train_models(experiment, resolved, executor, args.ranks)
+    print(f"checkpoints in {experiment.paths.checkpoints}")
+
+
 def _run_demo(args) -> None:
-    """The pipeline stages that exist so far, in order."""
-    _run_prepare(argparse.Namespace(**{**vars(args), "workers": None}))
+    from megatron_demix.pipeline import run_demo
+
+    experiment, resolved, executor = _experiment_for_jobs(args)
+    report = run_demo(experiment, resolved, executor, args.ranks)
+    print(f"\n{report['table']}\n")
+    print("seconds: " + ", ".join(f"{k} {v}" for k, v in report["seconds"].items()) + f" ({report['executor']})")
+    print(f"report: {experiment.paths.root / 'report'} (demo.txt, demo.json, losses.png)")
 
 
 COMMANDS: dict[str, Command] = {
     "prepare": Command("tokenize the experiment's datasets into Megatron indexed datasets", _prepare_arguments, _run_prepare),
-    "demo": Command("run the whole pipeline on the experiment (the embedded default: configs/demo.yaml)", _config_argument, _run_demo),
+    "train": Command("train the base, then every component (array job)", _jobs_arguments, _run_train),
+    "demo": Command("run the whole pipeline on the experiment (the embedded default: configs/demo.yaml)", _jobs_arguments, _run_demo),
 }
 
 

@@ -42,6 +42,8 @@ class JobSpec:
     """Number of array tasks (task i gets SLURM_ARRAY_TASK_ID / DEMIX_TASK_ID = i); None: a plain job."""
     ntasks: int = 1
     """Ranks per task (sbatch --ntasks; torchrun/mpiexec -n locally)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment for the script (e.g. DEMIX_COMPONENT=base)."""
 
 
 @dataclass
@@ -104,7 +106,9 @@ class SlurmExecutor(Executor):
 
     def _submit(self, spec: JobSpec) -> Job:
         command = ["sbatch", "--parsable", *self.sbatch_args(spec), str(REPO / spec.script), *spec.args]
-        env = {**os.environ, **({"DEMIX_CONTAINER_IMAGE": self.cluster.container_image} if self.cluster.container_image else {})}
+        env = {**os.environ, **spec.env}
+        if self.cluster.container_image:  # the scripts pass DEMIX_SRUN_ARGS to srun (Pyxis/enroot)
+            env["DEMIX_SRUN_ARGS"] = f"{env.get('DEMIX_SRUN_ARGS', '')} --container-image={self.cluster.container_image}".strip()
         out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
         if out.returncode:
             raise JobFailed(f"sbatch refused job {spec.name}: {out.stderr.strip()} (command: {' '.join(command)})")
@@ -150,7 +154,7 @@ class LocalExecutor(Executor):
         job_id = f"local-{os.getpid()}-{time.strftime('%H%M%S')}"
         job = Job(job_id, spec, f"{self.log_dir}/{spec.name}-{job_id}_%a.out")
         for task in range(spec.array or 1):
-            env = {**os.environ, "DEMIX_TASK_ID": str(task), "DEMIX_NTASKS": str(spec.ntasks)}
+            env = {**os.environ, **spec.env, "DEMIX_TASK_ID": str(task), "DEMIX_NTASKS": str(spec.ntasks)}
             env.pop("SLURM_JOB_ID", None)
             with open(job.log(task), "w") as log:
                 code = subprocess.run(["bash", str(REPO / spec.script), *spec.args], cwd=REPO, env=env,
