@@ -45,6 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     paths.add_argument("--no-pretrained", action="store_true", help="start a component from random weights")
     paths.add_argument("--log-dir", type=Path, default=None)
     paths.add_argument("--stop-after-iters", type=int, default=None, help="leave after this iteration without saving (preemption drill)")
+    paths.add_argument("--exit-signal-handler", action="store_true", help="on SIGTERM save after the current iteration and exit 0")
     return parser.parse_args(argv)
 
 
@@ -69,6 +70,7 @@ def main(argv=None) -> int:
         run = RunOptions.defaults(
             experiment, model, save=args.save, load=args.load or args.save, pretrained=args.pretrained_checkpoint,
             train_iters=args.train_iters, log_dir=args.log_dir, stop_after_iters=args.stop_after_iters,
+            exit_signal_handler=args.exit_signal_handler or None,
         )
         if args.no_pretrained:
             run = dataclasses.replace(run, pretrained=None)

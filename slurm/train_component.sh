@@ -22,9 +22,10 @@
 # executor runs it) the ranks are started with torchrun on this machine.
 #
 # Preemption and time limits: --requeue lets SLURM restart a preempted task; 120 s before the time
-# limit SLURM sends USR1 and this script requeues the task itself. A restarted task resumes from the
-# latest checkpoint in its save directory (model, optimizer, schedule, data position, RNG), so set
-# --save-interval to bound the work lost.
+# limit SLURM sends USR1 and this script requeues the task itself. Either way the training processes
+# get SIGTERM, save after the current iteration and exit; the restarted task resumes from the
+# latest checkpoint in its save directory (model, optimizer, schedule, data position, RNG).
+# --save-interval bounds the work lost when a node dies without warning.
 #SBATCH --job-name=demix-train
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
@@ -50,7 +51,8 @@ print(len(load_experiment(sys.argv[1]).candidates))' "$CONFIG")
     exec sbatch --array="0-$((COUNT - 1))" "$REPO/slurm/train_component.sh" "$CONFIG" "$@"
 fi
 COMPONENT=${DEMIX_COMPONENT:-$TASK}
-LAUNCH=("$REPO/launch/train_component.py" --config "$CONFIG" --component "$COMPONENT" "$@")
+# --exit-signal-handler: on SIGTERM (preemption, scancel, the requeue below) save, then exit.
+LAUNCH=("$REPO/launch/train_component.py" --config "$CONFIG" --component "$COMPONENT" --exit-signal-handler "$@")
 
 if [[ -z "${SLURM_JOB_ID:-}" ]]; then
     # Not under SLURM (the local executor sets DEMIX_TASK_ID / DEMIX_NTASKS): torchrun starts the ranks.

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -64,6 +65,8 @@ class RunOptions:
     log_dir: Path
     stop_after_iters: int | None = None
     """Leave after this iteration without saving, as a preemption would (tests, drills)."""
+    exit_signal_handler: bool = False
+    """On SIGTERM (preemption, scancel, time limit), save after the current iteration and exit 0."""
 
     @classmethod
     def defaults(cls, experiment, model_name: str, **changes) -> "RunOptions":
@@ -102,6 +105,23 @@ def check_before_start(experiment, run: RunOptions, world_size: int) -> Parallel
             " (--component base) or point the flag at the base's save directory"
         )
     return dims
+
+
+class _StopOnSigterm:
+    """Megatron-LM's --exit-signal-handler: SIGTERM only sets a flag, and the ranks agree on it
+    after each iteration (one tiny all-reduce), so they all save the same iteration and leave."""
+
+    def __init__(self):
+        self.received = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, *_):
+        self.received = True
+
+    def any_rank(self) -> bool:
+        flag = torch.tensor([int(self.received)], device=device.device())
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
 
 
 class Trainer:
@@ -150,6 +170,7 @@ class Trainer:
         self.is_last_stage = parallel_state.is_pipeline_last_stage()
 
         # runtime utilities
+        self.stop_signal = _StopOnSigterm() if run.exit_signal_handler else None
         self.log = MetricsLog(
             run.log_dir, total_iters=run.train_iters, name=run.model_name, enabled=torch.distributed.get_rank() == 0,
             tokens_per_iter=self.training.global_batch_size * experiment.model.seq_length,
@@ -251,6 +272,11 @@ class Trainer:
             if training.save_interval and it % training.save_interval == 0 and it < run.train_iters:
                 self.save()
                 saved_at = it
+            if self.stop_signal is not None and self.stop_signal.any_rank():
+                if saved_at != it:
+                    self.save()
+                self.log.message(f"SIGTERM: saved iteration {it}; exiting (resume with the same --load)")
+                return
             if run.stop_after_iters is not None and it >= run.stop_after_iters:
                 self.log.message(f"stopping after iteration {it} without saving (--stop-after-iters)")
                 return

@@ -5,10 +5,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
-from train_helpers import REPO, check, torchrun, train_records
+from train_helpers import LAUNCH, REPO, check, free_port, torchrun, train_records
 
 TOOL = REPO / "tests" / "training" / "train_tool.py"
 
@@ -98,3 +102,21 @@ def test_dali_loader_gives_the_same_training_steps(tiny_config, trained_base, tm
     dali = [r["loss"] for r in train_records(tmp_path)]
     torch_loader = [r["loss"] for r in train_records(trained_base.parent.parent / "logs" / "train" / "base")][:3]
     assert dali == pytest.approx(torch_loader, rel=1e-6)
+
+
+def test_sigterm_saves_and_exits_cleanly(tiny_config, trained_base, tmp_path):
+    """--exit-signal-handler (what slurm/train_component.sh passes): SIGTERM -> checkpoint, exit 0."""
+    env = {**os.environ, "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, str(LAUNCH), "--config", str(tiny_config), "--component", "code", "--train-iters", "1000",
+         "--exit-signal-handler", "--save", str(tmp_path), "--log-dir", str(tmp_path)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        if "iter 2/1000" in line:
+            process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0, "".join(output)
+    saved = int((tmp_path / "latest_checkpointed_iteration.txt").read_text())
+    assert 2 <= saved < 1000 and f"SIGTERM: saved iteration {saved}" in "".join(output)
