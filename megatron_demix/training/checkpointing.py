@@ -127,6 +127,13 @@ def load_checkpoint(load: Path, model, optimizer, scheduler) -> dict | None:
     return common
 
 
+def _shape_differs(stored: tuple, wanted: tuple, padded_rows: bool) -> bool:
+    """megatron-core marks the vocabulary-padded tensors (embedding, output layer) `allow_shape_mismatch`:
+    their row count depends on TP (padding to a multiple of make_vocab_size_divisible_by x TP) and
+    dist_checkpointing loads the common rows, so only their other dimensions must match."""
+    return stored[1:] != wanted[1:] if padded_rows else stored != wanted
+
+
 def _check_shapes(path: Path, model) -> None:
     """Compare every model tensor's global shape with the checkpoint's before loading anything."""
     from megatron.core import dist_checkpointing
@@ -142,7 +149,7 @@ def _check_shapes(path: Path, model) -> None:
             continue
         if tensor.key not in stored:
             problems.append(f"{tensor.key}: missing from the checkpoint")
-        elif tuple(stored[tensor.key].global_shape) != tuple(tensor.global_shape):
+        elif _shape_differs(tuple(stored[tensor.key].global_shape), tuple(tensor.global_shape), tensor.allow_shape_mismatch):
             problems.append(f"{tensor.key}: checkpoint {tuple(stored[tensor.key].global_shape)}, this model {tuple(tensor.global_shape)}")
     if problems:
         shown = sorted(set(problems))

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from train_helpers import LAUNCH, REPO, check, free_port, torchrun, train_records
 
 TOOL = REPO / "tests" / "training" / "train_tool.py"
@@ -55,6 +56,12 @@ def test_tp2_checkpoint_loads_at_tp1_and_pp2_with_same_logits(tiny_config, train
     assert saved.shape == (2, 64, 512)
     torch.testing.assert_close(tp1, saved, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(pp2, saved, rtol=1e-5, atol=1e-5)
+    # Vocabulary padding depends on TP: with make_vocab_size_divisible_by 80 the TP=1 model has 560
+    # embedding rows where the TP=2 checkpoint has 512; the real 512 tokens must still match.
+    padded = tmp_path / "padded.yaml"
+    data = yaml.safe_load(tiny_config.read_text())
+    padded.write_text(yaml.safe_dump({**data, "model": {**data["model"], "make_vocab_size_divisible_by": 80}}))
+    torch.testing.assert_close(_logits(padded, trained_base, 1, 1, tmp_path / "padded.pt"), saved, rtol=1e-5, atol=1e-5)
 
 
 def test_component_first_step_weights_equal_base(tiny_config, trained_base, tmp_path):
