@@ -44,6 +44,8 @@ class TrainingConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """`auto`: bf16 on GPU hosts, fp32 on CPU (see runtime/device.py)."""
     dataloader: Literal["torch", "dali"] = "torch"
+    """`torch`: batches read in the training process; `dali`: training batches through an NVIDIA DALI
+    pipeline (`pip install -e .[dali]`; see training/dali.py)."""
 
     def __post_init__(self):
         for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "micro_batch_size",

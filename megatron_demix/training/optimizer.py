@@ -13,8 +13,10 @@ Which path runs where:
   types, so `CpuAdamW` steps a plain `torch.optim.AdamW` on those buffers and clips with
   megatron-core's own grad-norm functions (model-parallel aware). Its checkpoint state uses
   megatron-core's sharding helpers, so CPU checkpoints have the Megatron optimizer-state keys.
-Both expose what the trainer uses: `step() -> (ok, grad_norm, _)`, `zero_grad()`,
-`param_groups`, `sharded_state_dict(model_sharded_state_dict, is_loading)`, `load_state_dict()`.
+Both expose what the trainer uses: `step() -> (ok, grad_norm, _)`, `zero_grad()` and
+`param_groups`; checkpointing goes through `optimizer_sharded_state_dict` and
+`load_optimizer_state`, which work for both (and cover megatron-core 0.16's torch-Adam fallback
+on GPU hosts without Apex or Transformer Engine).
 """
 from __future__ import annotations
 
