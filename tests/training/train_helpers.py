@@ -83,7 +83,8 @@ def free_port() -> int:
 def torchrun(nproc: int, *args, script: Path = LAUNCH, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `script` under torchrun with `nproc` gloo processes on this machine."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    command = [str(TORCHRUN), "--nproc-per-node", str(nproc), "--master-port", str(free_port()), str(script), *map(str, args)]
+    # --standalone: torchrun binds a free rendezvous port itself (no race with concurrent test runs).
+    command = [str(TORCHRUN), "--standalone", "--nproc-per-node", str(nproc), str(script), *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
 
 
