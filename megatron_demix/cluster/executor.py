@@ -91,7 +91,9 @@ class Executor:
 class SlurmExecutor(Executor):
     def sbatch_args(self, spec: JobSpec) -> list[str]:
         c = self.cluster
-        args = [f"--job-name=demix-{spec.name}", f"--ntasks={spec.ntasks}", f"--nodes={c.nodes}",
+        # Both counts: the scripts' own #SBATCH lines may set either, and flags override them one by one.
+        per_node = -(-spec.ntasks // c.nodes)
+        args = [f"--job-name=demix-{spec.name}", f"--ntasks={spec.ntasks}", f"--ntasks-per-node={per_node}", f"--nodes={c.nodes}",
                 f"--time={c.time}", f"--cpus-per-task={c.cpus_per_task}", "--export=ALL",
                 f"--output={self.log_dir}/{spec.name}-%A_%a.out" if spec.array else f"--output={self.log_dir}/{spec.name}-%j.out"]
         if spec.array:

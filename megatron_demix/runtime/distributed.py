@@ -55,12 +55,35 @@ def rank_layout(env: dict | None = None) -> RankLayout:
     return RankLayout(0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT", 29500)), "none")
 
 
+def ranks_on_this_node(env: dict | None = None) -> int:
+    """Processes of this job on this node: torchrun's LOCAL_WORLD_SIZE, or srun's tasks-per-node."""
+    env = os.environ if env is None else env
+    if "LOCAL_WORLD_SIZE" in env:
+        return int(env["LOCAL_WORLD_SIZE"])
+    per_node = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
+    if per_node:  # e.g. "2" or "8(x4)": the first number is this layout's tasks per node
+        return int(per_node.split("(")[0].split(",")[0])
+    return 1
+
+
+def share_cpus(env: dict | None = None) -> None:
+    """Give each rank its share of the node's cores, unless OMP_NUM_THREADS says otherwise.
+
+    torchrun sets OMP_NUM_THREADS=1 for several ranks; srun sets nothing, and then every rank's
+    torch starts one thread per core: N ranks on N cores run N^2 threads and slow down severalfold.
+    """
+    env = os.environ if env is None else env
+    if "OMP_NUM_THREADS" not in env:
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // ranks_on_this_node(env)))
+
+
 def init_distributed(timeout_minutes: float = 30) -> RankLayout:
     """Start the default process group (NCCL on GPU hosts, gloo on CPU) if not started yet."""
     layout = rank_layout()
     if torch.distributed.is_initialized():
         return layout
     device.install_cpu_compat()
+    share_cpus()
     if device.is_gpu_host():
         torch.cuda.set_device(layout.local_rank % torch.cuda.device_count())
     torch.distributed.init_process_group(
