@@ -30,7 +30,8 @@ want=$(cat setup.py | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[bootstrap] installing megatron-demix and its requirements into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test]'
+  # dali and tensorboard are optional for users; the tests exercise both.
+  .venv/bin/python -m pip install -q -e '.[test,dali,tensorboard]'
   echo "$want" > "$stamp"
 fi
 echo "[bootstrap] ready: $(.venv/bin/python -c 'import torch, megatron.core as m; print("torch", torch.__version__, "megatron-core", m.__version__)')"
