@@ -18,7 +18,6 @@ import dataclasses
 import io
 import os
 import pickle
-import threading
 from pathlib import Path
 
 import torch
@@ -149,47 +148,28 @@ class DataFileWriter:
 
     Tensors are written as DCP's `torch_save` serialization does (one `torch.save` blob each),
     byte objects verbatim; `records` maps each `MetadataIndex` to its `_StorageInfo` for `.metadata`.
-    Each write runs on a background thread while the caller computes the next chunk; at most one
-    is in flight (so it holds one output chunk beyond the caller's), and its error is raised by
-    the next call or by `close()`.
     """
 
     def __init__(self, directory: Path, rank: int):
         self.relative_path = f"__{rank}_0.distcp"
         self.file = Path(directory) / self.relative_path
         self._stream = None
-        self._pending: threading.Thread | None = None
-        self._error: BaseException | None = None
         self.records: dict[MetadataIndex, _StorageInfo] = {}
         self.bytes_written = 0
 
-    def _wait(self) -> None:
-        if self._pending is not None:
-            self._pending.join()
-            self._pending = None
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise MergeError(f"{self.file}: write failed ({error}); is the output file system full?") from error
-
     def _append(self, index: MetadataIndex, write) -> None:
-        self._wait()
         if self._stream is None:  # created lazily: a rank without work leaves no empty file
             # Unbuffered: torch.save hands over each tensor's storage as one record, which then goes
             # to the kernel without a copy through a Python buffer (a few small header writes cost less).
             self._stream = open(self.file, "wb", buffering=0)
-
-        def run() -> None:
-            try:
-                offset = self._stream.tell()
-                write(self._stream)
-                length = self._stream.tell() - offset
-                self.records[index] = _StorageInfo(self.relative_path, offset, length)
-                self.bytes_written += length
-            except BaseException as error:  # handed to the caller's thread by _wait()
-                self._error = error
-
-        self._pending = threading.Thread(target=run, daemon=True)
-        self._pending.start()
+        offset = self._stream.tell()
+        try:
+            write(self._stream)
+        except OSError as error:
+            raise MergeError(f"{self.file}: write failed ({error}); is the output file system full?") from None
+        length = self._stream.tell() - offset
+        self.records[index] = _StorageInfo(self.relative_path, offset, length)
+        self.bytes_written += length
 
     def tensor(self, index: MetadataIndex, tensor: torch.Tensor) -> None:
         # torch.save writes the whole storage: never hand it a view of something larger.
@@ -201,14 +181,10 @@ class DataFileWriter:
         self._append(index, lambda stream: stream.write(data))
 
     def close(self) -> None:
-        """Finish the last write, fsync and close; raises a pending write error."""
-        try:
-            self._wait()
-        finally:
-            if self._stream is not None:
-                os.fsync(self._stream.fileno())
-                self._stream.close()
-                self._stream = None
+        if self._stream is not None:
+            os.fsync(self._stream.fileno())
+            self._stream.close()
+            self._stream = None
 
 
 def write_checkpoint_files(directory: Path, state_dict_metadata: dict, records: dict, first_input: Path, provenance: dict) -> None:

@@ -1,20 +1,17 @@
 """One plan item at a time: read the overlapping regions of the inputs, combine them, return the output chunk.
 
-    regions = ReadAhead(readers, items, method)           # a background thread, one region ahead
     for item in items:
-        result = compute_item(item, regions.next, [r.name for r in readers], weights, method, scale)
+        result = compute_item(item, regions(readers, item, method, inputs), names, weights, method, scale)
 
-The regions of an item are consumed in a fixed order (`region_order`): the base first (task
-arithmetic), then input 0, 1, ... That lets `ReadAhead` load the next region (pread + torch.load,
-mostly outside the GIL) while the merge multiplies, adds and writes the current one: a single
-rank then runs near the I/O floor. It holds at most one region beyond the one in use, which the
-memory bound in `plan._peak_bytes` counts.
+The regions of an item are loaded lazily, in a fixed order (`region_order`: the base first for
+task arithmetic, then input 0, 1, ...), so a region is read only when the method is ready for
+it and the previous one has been added and freed. (A read-ahead thread and a write-behind thread
+were measured: on the 2-core CI machine they made a 1-rank merge slower, through GIL contention;
+more ranks are the way to overlap I/O.)
 """
 from __future__ import annotations
 
-import queue
-import threading
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
@@ -60,49 +57,10 @@ def load(readers: list[ChunkReader], item: Item, reader: int):
     return read_region(readers[reader], item.sources[reader], item, as_fp32=item.kind == "float")
 
 
-def sequential(readers: list[ChunkReader], item: Item, method: Method, inputs: int) -> Callable[[], object]:
-    """The regions of one item, loaded on demand in the calling thread (for --verify)."""
-    regions = (load(readers, item, r) for r in region_order(item, inputs, method))
-    return lambda: next(regions)
-
-
-class ReadAhead:
-    """Loads the regions of `items` on a background thread, at most one ahead of `next()`.
-
-    A failed load is raised by the `next()` that would have returned it.
-    """
-
-    def __init__(self, readers: list[ChunkReader], items: list[Item], method: Method, inputs: int):
-        self._queue: queue.Queue = queue.Queue()
-        self._slot = threading.Semaphore(1)  # one region may be loaded ahead of the one in use
-        self._stop = False
-        jobs = ((item, r) for item in items for r in region_order(item, inputs, method))
-        self._thread = threading.Thread(target=self._run, args=(readers, jobs), daemon=True)
-        self._thread.start()
-
-    def _run(self, readers: list[ChunkReader], jobs: Iterator) -> None:
-        for item, reader in jobs:
-            self._slot.acquire()
-            if self._stop:
-                return
-            try:
-                self._queue.put((load(readers, item, reader), None))
-            except Exception as error:
-                self._queue.put((None, error))
-                return
-
-    def next(self):
-        value, error = self._queue.get()
-        self._slot.release()
-        if error is not None:
-            raise error
-        return value
-
-    def close(self) -> None:
-        """Stop the thread (before the readers' files are closed)."""
-        self._stop = True
-        self._slot.release()
-        self._thread.join()
+def regions(readers: list[ChunkReader], item: Item, method: Method, inputs: int) -> Callable[[], object]:
+    """`next_region` for `compute_item`: each call loads the item's next region."""
+    lazy = (load(readers, item, r) for r in region_order(item, inputs, method))
+    return lambda: next(lazy)
 
 
 def compute_item(item: Item, next_region: Callable[[], object], names: list[str], weights: list[float], method: Method, scale: float):

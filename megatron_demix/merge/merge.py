@@ -5,11 +5,9 @@
     mpiexec -n 4 python tools/merge/run.py --inputs ckpt/code:0.3 ckpt/math:0.7 --output proxies/p0
 
 Memory per rank is bounded by the largest output chunk, not by the model: with n its elements,
-peak ~ 12n (fp32 accumulator, term, and the next region read ahead) + the largest stored chunk
-overlapping it + 2n x output itemsize (this chunk and the previous one, still being written)
-(+ 4n for the base of task arithmetic), on top of the interpreter and torch (~300 MB). The plan
-logs this bound. Reading ahead and writing behind overlap the I/O with the arithmetic. Only the
-plan, write records, errors and statistics travel over MPI.
+peak ~ 8n (fp32 accumulator + fp32 term) + the largest stored chunk overlapping it + n x output
+itemsize (+ 4n for the base of task arithmetic), on top of the interpreter and torch (~300 MB).
+The plan logs this bound. Only the plan, write records, errors and statistics travel over MPI.
 """
 from __future__ import annotations
 
@@ -30,7 +28,7 @@ import torch
 from megatron_demix.checkpoint.layout import CheckpointError, iteration_dir, resolve_checkpoint, write_tracker
 from megatron_demix.merge import legacy, mpi
 from megatron_demix.merge.io import ChunkReader, DataFileWriter, MergeError, read_metadata, write_checkpoint_files
-from megatron_demix.merge.items import ReadAhead, compute_item, sequential
+from megatron_demix.merge.items import compute_item, regions
 from megatron_demix.merge.methods import Method, get_method
 from megatron_demix.merge.plan import DTYPES, Plan, build_plan
 from megatron_demix.runtime.files import atomic_directory, atomic_write_json
@@ -126,11 +124,10 @@ def _merge_share(comm, plan: Plan, out_dir: Path, weights, method, scale, verify
     readers = [ChunkReader(d, read_metadata(d).storage_data, name) for d, name in zip(plan.dirs, plan.names)]
     writer = DataFileWriter(out_dir, comm.rank)
     progress = Progress(plan.rank_bytes(comm.rank), log) if comm.rank == 0 else None
-    regions = ReadAhead(readers, [plan.items[i] for i in share], method, len(weights))
     try:
         for i in share:
             item = plan.items[i]
-            result = compute_item(item, regions.next, plan.names, weights, method, scale)
+            result = compute_item(item, regions(readers, item, method, len(weights)), plan.names, weights, method, scale)
             (writer.raw if item.kind == "object" else writer.tensor)(item.index, result)
             del result
             if progress:
@@ -141,7 +138,6 @@ def _merge_share(comm, plan: Plan, out_dir: Path, weights, method, scale, verify
         stats.items, stats.bytes_written = len(share), writer.bytes_written
         stats.bytes_read = sum(r.bytes_read for r in readers)
     finally:
-        regions.close()
         writer.close()
         for reader in readers:
             reader.close()
@@ -155,7 +151,7 @@ def _verify(plan: Plan, share, writer, readers, weights, method, scale, out_dir:
     with ChunkReader(out_dir, writer.records, f"output {out_dir}") as output:
         for i in sample:
             item = plan.items[i]
-            expected = compute_item(item, sequential(readers, item, method, len(weights)), plan.names, weights, method, scale)
+            expected = compute_item(item, regions(readers, item, method, len(weights)), plan.names, weights, method, scale)
             if item.kind == "object":
                 same = output.raw(item.index) == expected
             else:

@@ -83,8 +83,8 @@ class Plan:
     def describe(self) -> str:
         return (
             f"{len(self.items)} chunks, {self.read_bytes / 1e6:.1f} MB to read, {self.write_bytes / 1e6:.1f} MB to write;"
-            f" memory bound per rank: {self.peak_bytes / 1e6:.1f} MB for the largest chunk (n elements: 12n fp32"
-            " accumulator, term and read-ahead + the largest stored chunk + 2n x output itemsize [+ 4n base])"
+            f" memory bound per rank: {self.peak_bytes / 1e6:.1f} MB for the largest chunk (n elements: 8n fp32"
+            " accumulator and term + the largest stored chunk + n x output itemsize [+ 4n base])"
             " + interpreter and torch"
         )
 
@@ -175,10 +175,9 @@ def _sources(key: str, offsets, sizes, md: TensorStorageMetadata, name: str) -> 
 
 
 def _peak_bytes(numel: int, dtype: torch.dtype, largest_source: int, has_base: bool) -> int:
-    """Working memory of one item: fp32 accumulator, fp32 term and the next region read ahead (4n
-    each), one stored chunk being loaded (its bytes), the fp32 base region for task arithmetic (4n),
-    and two output chunks (n x itemsize each: this one, and the previous one still being written)."""
-    return 12 * numel + largest_source + (4 * numel if has_base else 0) + 2 * numel * dtype.itemsize
+    """Working memory of one item: fp32 accumulator and fp32 term (4n each), one stored chunk being
+    loaded (its bytes), the fp32 base region for task arithmetic (4n), the output cast (n x itemsize)."""
+    return 8 * numel + largest_source + (4 * numel if has_base else 0) + numel * dtype.itemsize
 
 
 def build_plan(dirs: list[Path], names: list[str], *, dtype: str = "same", ranks: int = 1, has_base: bool = False) -> Plan:
