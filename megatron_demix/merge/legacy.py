@@ -38,10 +38,6 @@ class LegacyPlan:
         return sum(self.sizes) * len(self.dirs)
 
     @property
-    def write_bytes(self) -> int:
-        return sum(self.sizes)
-
-    @property
     def peak_bytes(self) -> int:
         return max(self.sizes) * 2  # merged part (<= input size in fp32) + one fp32 tensor, generously
 
