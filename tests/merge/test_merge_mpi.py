@@ -112,6 +112,20 @@ def test_bad_input_fails_on_every_rank_and_leaves_nothing(damaged_copy, checkpoi
     assert not output.exists() and list(tmp_path.glob(".out*")) == []
 
 
+def test_job_script_runs_outside_slurm_with_mpiexec(runs, checkpoints, tmp_path):
+    """What the local executor does: `bash slurm/merge.sh` without SLURM_JOB_ID, DEMIX_NTASKS ranks."""
+    output = tmp_path / "out"
+    env = {k: v for k, v in small_env().items() if not k.startswith("SLURM_")}
+    proc = subprocess.run(["bash", str(REPO / "slurm" / "merge.sh"), "--inputs", f"{checkpoints['A']}:1", f"{checkpoints['B']}:3",
+                           "--output", str(output)], capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env={**env, "DEMIX_NTASKS": "2", "DEMIX_PYTHON": PYTHON})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 rank(s)" in proc.stdout
+    reference = runs["n2_verify"][0] / "iter_0000010"
+    for name in ("__0_0.distcp", "__1_0.distcp"):
+        assert (output / "iter_0000010" / name).read_bytes() == (reference / name).read_bytes()
+
+
 @pytest.mark.slurm
 @pytest.mark.parametrize("mpi_plugin", ["pmi2", "none"])
 def test_srun_in_sbatch(slurm_cluster, runs, checkpoints, tmp_path, mpi_plugin):
