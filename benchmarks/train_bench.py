@@ -47,7 +47,6 @@ def prepare_work(work: Path) -> Path:
 def bare_loop(experiment, iters: int, warmup: int) -> float:
     """Seconds for iterations warmup..iters of the plainest megatron-core loop; every rank returns it."""
     import torch
-    from megatron.core import parallel_state
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
     from megatron.core.pipeline_parallel import get_forward_backward_func
 

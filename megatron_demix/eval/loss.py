@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -69,7 +68,6 @@ def main(argv=None) -> None:
     parser.add_argument("--samples", type=int, default=64, help="validation sequences per domain")
     parser.add_argument("--output", type=Path, required=True, help="JSON {checkpoint: {domain: loss}}")
     args = parser.parse_args(argv)
-    os.environ.setdefault("MASTER_PORT", str(29400 + os.getpid() % 500))
     results = domain_losses(load_experiment(args.config), args.checkpoint, args.samples)
     atomic_write_json(args.output, results)
     print(json.dumps(results, indent=2))

@@ -4,11 +4,12 @@ One function, `init_distributed()`, so every entry point starts the same way:
 - torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT;
 - `srun` sets SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID; the master is the first host of
   SLURM_JOB_NODELIST and the port is derived from the job id (so array tasks do not collide);
-- a plain `python` run is rank 0 of 1.
+- a plain `python` run is rank 0 of 1 (on a free port unless MASTER_PORT is set).
 """
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from dataclasses import dataclass
 from datetime import timedelta
@@ -36,6 +37,12 @@ def _first_slurm_host(nodelist: str) -> str:
         return "127.0.0.1"
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def rank_layout(env: dict | None = None) -> RankLayout:
     """Read the rank layout from the environment of the launcher that started this process."""
     env = os.environ if env is None else env
@@ -52,7 +59,8 @@ def rank_layout(env: dict | None = None) -> RankLayout:
             env.get("MASTER_ADDR") or _first_slurm_host(env.get("SLURM_JOB_NODELIST", "")),
             int(env.get("MASTER_PORT") or 20000 + (job * 7 + task) % 20000), "srun",
         )
-    return RankLayout(0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT", 29500)), "none")
+    # A lone process: any free port, so concurrent single-process runs never collide.
+    return RankLayout(0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT") or _free_port()), "none")
 
 
 def ranks_on_this_node(env: dict | None = None) -> int:

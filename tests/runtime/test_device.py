@@ -5,7 +5,7 @@ import subprocess
 import sys
 import textwrap
 
-from tests.conftest import VENV_BIN
+from tests.conftest import run_torchrun
 
 
 def _python(code: str) -> subprocess.CompletedProcess:
@@ -66,8 +66,7 @@ if __name__ == "__main__":
 def test_megatron_gpt_trains_with_tensor_parallel_on_gloo(tmp_path):
     script = tmp_path / "tp.py"
     script.write_text(TP_SCRIPT)
-    out = subprocess.run([str(VENV_BIN / "torchrun"), "--nproc-per-node=2", "--master-port=29517", str(script)],
-                         capture_output=True, text=True, timeout=300)
+    out = run_torchrun(2, script)
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(l for l in out.stdout.splitlines() if l.startswith("first="))
     first, last = (float(part.split("=")[1]) for part in line.split())

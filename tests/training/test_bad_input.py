@@ -9,12 +9,12 @@ import subprocess
 import sys
 
 import yaml
-from train_helpers import LAUNCH, REPO, free_port
+from train_helpers import LAUNCH, REPO
 
 
 def _launch(*args) -> subprocess.CompletedProcess:
     """One process (world size 1), as `python launch/train_component.py ...`."""
-    env = {**os.environ, "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, str(LAUNCH), *map(str, args)], capture_output=True, text=True,
                           timeout=120, env=env, cwd=REPO)
 

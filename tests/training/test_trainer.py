@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 import yaml
-from train_helpers import LAUNCH, REPO, check, free_port, torchrun, train_records
+from train_helpers import LAUNCH, REPO, check, torchrun, train_records
 
 TOOL = REPO / "tests" / "training" / "train_tool.py"
 
@@ -113,7 +113,7 @@ def test_dali_loader_gives_the_same_training_steps(tiny_config, trained_base, tm
 
 def test_sigterm_saves_and_exits_cleanly(tiny_config, trained_base, tmp_path):
     """--exit-signal-handler (what slurm/train_component.sh passes): SIGTERM -> checkpoint, exit 0."""
-    env = {**os.environ, "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, str(LAUNCH), "--config", str(tiny_config), "--component", "code", "--train-iters", "1000",
          "--exit-signal-handler", "--save", str(tmp_path), "--log-dir", str(tmp_path)],

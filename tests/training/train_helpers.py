@@ -7,17 +7,15 @@ whose text is regular enough that a 1M-parameter model's loss falls within a few
 from __future__ import annotations
 
 import json
-import os
 import random
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
+from tests.conftest import run_torchrun
+
 REPO = Path(__file__).resolve().parents[2]
-TORCHRUN = Path(sys.executable).parent / "torchrun"
 LAUNCH = REPO / "launch" / "train_component.py"
 
 TRAINING = dict(
@@ -74,18 +72,9 @@ def write_tiny_experiment(work: Path, **training) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun(nproc: int, *args, script: Path = LAUNCH, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `script` under torchrun with `nproc` gloo processes on this machine."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    # --standalone: torchrun binds a free rendezvous port itself (no race with concurrent test runs).
-    command = [str(TORCHRUN), "--standalone", "--nproc-per-node", str(nproc), str(script), *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    return run_torchrun(nproc, script, args, timeout)
 
 
 def check(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
