@@ -4,7 +4,7 @@
     merge(["ckpt/code", "ckpt/math"], [0.3, 0.7], "proxies/p0")
 
 Layout: `plan.py` what (chunks, sources, balance), `methods.py` how (linear, task arithmetic),
-`io.py` bytes in and out of torch_dist files, `mpi.py` ranks, `merge.py` the flow, `legacy.py`
+`io.py` bytes in and out of torch_dist files, `mpi.py` ranks, `engine.py` the flow, `legacy.py`
 the mp_rank_* format. The CLI is tools/merge/run.py. Names are imported lazily, so reading the
 `merge:` config section (`merge.config`) does not import torch.
 """
@@ -12,12 +12,9 @@ the mp_rank_* format. The CLI is tools/merge/run.py. Names are imported lazily, 
 
 def __getattr__(name):
     if name in ("merge", "Summary"):
-        from megatron_demix.merge.merge import Summary, merge
+        from megatron_demix.merge import engine
 
-        # Importing the submodule `merge.py` bound the package attribute `merge` to the module;
-        # rebind it to the function, which is what `from megatron_demix.merge import merge` means.
-        globals().update(merge=merge, Summary=Summary)
-        return globals()[name]
+        return getattr(engine, name)
     if name == "MergeError":
         from megatron_demix.merge.io import MergeError
 

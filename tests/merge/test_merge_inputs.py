@@ -20,7 +20,7 @@ import yaml
 
 from megatron_demix.checkpoint.layout import iteration_dir, write_tracker
 from megatron_demix.merge.io import MergeError
-from megatron_demix.merge.merge import check_weights, merge
+from megatron_demix.merge.engine import check_weights, merge
 from megatron_demix.merge.methods import get_method
 from megatron_demix.merge.mpi import LaunchError, SerialComm, check_launch
 from megatron_demix.merge.plan import balance

@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     try:
-        from megatron_demix.merge.merge import merge
+        from megatron_demix.merge.engine import merge
 
         merge(**merge_kwargs(args), comm=comm)
     except (MergeError, ConfigError) as error:
