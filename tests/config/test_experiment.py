@@ -52,3 +52,15 @@ def test_tensor_parallel_must_divide_heads():
     experiment = load_experiment(REPO / "configs" / "demo.yaml")
     with pytest.raises(ConfigError, match="--tensor-model-parallel-size 3 must divide model.num_attention_heads=4"):
         check_parallel_fits(experiment.model, 3, 1)
+
+
+def test_paper_config_validates_and_matches_the_paper():
+    from megatron_demix.training.trainer import train_iters_for
+
+    experiment = load_experiment(REPO / "configs" / "paper.yaml")
+    assert len(experiment.candidates) == 7
+    assert experiment.model.num_layers == 28 and experiment.model.qk_layernorm
+    assert experiment.training.min_lr == pytest.approx(0.2 * experiment.training.lr)
+    # 30B tokens at 512 x 8192 tokens per iteration.
+    assert train_iters_for(experiment, "math_high") == 7153
+    check_parallel_fits(experiment.model, 8, 4)
