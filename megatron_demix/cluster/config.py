@@ -10,7 +10,7 @@ class ClusterConfig:
     """Executor choice and SLURM settings (each also overridable by sbatch flags or environment)."""
 
     executor: Literal["auto", "local", "slurm"] = "auto"
-    """`auto`: SLURM when `sbatch` is on PATH, else local processes running the same entry points."""
+    """`auto`: SLURM when a cluster answers (`sinfo`), else the same job scripts run on this machine."""
     partition: str | None = None
     account: str | None = None
     time: str = "01:00:00"

@@ -37,7 +37,7 @@ def domain_losses(experiment, checkpoints: list[Path], samples: int = 64, micro_
     training = replace(experiment.training, eval_iters=-(-samples // experiment.training.global_batch_size))
     blend = Blend("eval", tuple(domains), tuple(1 / len(domains) for _ in domains))
     valid = TrainingData.build(experiment, blend, tokenizer, train_iters=1, training=training,
-                               cache=experiment.paths.data / "cache").valid
+                               cache=experiment.paths.data / "index-cache" / "eval").valid
     model = build_gpt_model(experiment.model, tokenizer.vocab_size)
     model.eval()
     results = {}
