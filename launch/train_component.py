@@ -17,26 +17,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
-# Flags that override `training:` fields: flag -> (field, type).
-TRAINING_FLAGS = {
-    "--tensor-model-parallel-size": int, "--pipeline-model-parallel-size": int,
-    "--micro-batch-size": int, "--global-batch-size": int, "--lr": float, "--min-lr": float,
-    "--lr-warmup-iters": int, "--clip-grad": float, "--weight-decay": float, "--train-tokens": int,
-    "--beta": float, "--seed": int, "--save-interval": int, "--eval-interval": int,
-    "--eval-iters": int, "--log-interval": int, "--precision": str, "--dataloader": str,
-}
+TRAINING_SECTION_ONLY = {"train_iters"}
+"""`--train-iters` is the budget of the model being trained (base or component), not a field override."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from megatron_demix.config.flags import add_config_flags
+    from megatron_demix.training.config import TrainingConfig
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="the experiment YAML")
     parser.add_argument("--component", required=True, help="'base', a candidate name, or a candidate index (SLURM array task)")
     group = parser.add_argument_group("training overrides (Megatron-LM names)")
-    for flag, kind in TRAINING_FLAGS.items():
-        group.add_argument(flag, type=kind, default=None)
+    parser.set_defaults(training_fields=add_config_flags(group, TrainingConfig, section="training", exclude=TRAINING_SECTION_ONLY))
     group.add_argument("--train-iters", type=int, default=None, help="iteration budget (default: the config's; base_train_iters for the base)")
     paths = parser.add_argument_group("checkpoints and logs")
     paths.add_argument("--save", type=Path, default=None)
@@ -49,40 +46,43 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    from megatron_demix.config.base import ConfigError, replace
+def train(args: argparse.Namespace) -> None:
+    from megatron_demix.config.base import replace
     from megatron_demix.config.experiment import load_experiment
+    from megatron_demix.config.flags import flag_overrides
     from megatron_demix.training.data import resolve_model
     from megatron_demix.training.trainer import RunOptions, Trainer
 
-    args = parse_args(argv)
-    try:
-        experiment = load_experiment(args.config)
-        overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag in TRAINING_FLAGS}
-        if args.train_iters is not None and args.component != "base":
-            overrides["train_iters"] = args.train_iters
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        if args.train_iters is not None and "train_tokens" not in overrides:
-            overrides["train_tokens"] = None  # an explicit iteration budget wins over a token budget
-        training = replace(experiment.training, where="command line", **overrides)
-        experiment = dataclasses.replace(experiment, training=training)
-        model = resolve_model(experiment, args.component)
-        run = RunOptions.defaults(
-            experiment, model, save=args.save, load=args.load or args.save, pretrained=args.pretrained_checkpoint,
-            train_iters=args.train_iters, log_dir=args.log_dir, stop_after_iters=args.stop_after_iters,
-            exit_signal_handler=args.exit_signal_handler or None,
-        )
-        if args.no_pretrained:
-            run = dataclasses.replace(run, pretrained=None)
-        trainer = Trainer(experiment, run)
-    except (ConfigError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        return 2
+    experiment = load_experiment(args.config)
+    overrides = flag_overrides(args, args.training_fields)
+    if args.train_iters is not None and args.component != "base":
+        overrides["train_iters"] = args.train_iters
+    if args.train_iters is not None and "train_tokens" not in overrides:
+        overrides["train_tokens"] = None  # an explicit iteration budget wins over a token budget
+    training = replace(experiment.training, where="command line", **overrides)
+    experiment = dataclasses.replace(experiment, training=training)  # re-runs the cross-section checks
+    model = resolve_model(experiment, args.component)
+    run = RunOptions.defaults(
+        experiment, model, save=args.save, load=args.load or args.save, pretrained=args.pretrained_checkpoint,
+        train_iters=args.train_iters, log_dir=args.log_dir, stop_after_iters=args.stop_after_iters,
+        exit_signal_handler=args.exit_signal_handler or None,
+    )
+    if args.no_pretrained:
+        run = dataclasses.replace(run, pretrained=None)
+    trainer = Trainer(experiment, run)
     try:
         trainer.train()
     finally:
         trainer.close()
-    return 0
+
+
+def main(argv=None) -> int:
+    """Exit 2 for bad input (printed once, by rank 0), 1 for a failed run (e.g. diverged), a traceback for a bug."""
+    from megatron_demix.runtime.errors import run_command
+
+    args = parse_args(argv)
+    first_rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
+    return run_command("launch/train_component.py", train, args, quiet=not first_rank)
 
 
 if __name__ == "__main__":  # required: dist_checkpointing.save forks worker processes

@@ -1,0 +1,4 @@
+"""megatron-demix: DeMix data-mixture search on Megatron (see README.md)."""
+from megatron_demix.runtime.quiet import install_warning_filters
+
+install_warning_filters()

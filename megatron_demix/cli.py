@@ -1,11 +1,13 @@
 """`demix`: one command per pipeline stage, all driven by the experiment file.
 
-    demix prepare --config configs/demo.yaml      # tokenizer + Megatron indexed datasets
-    demix train --config configs/demo.yaml        # base, then the components (SLURM array or local)
+    demix check --config configs/demo.yaml        # validate the experiment file, print its job layout
+    demix prepare --config configs/demo.yaml      # tokenizer + Megatron indexed datasets, here
+    demix train --config configs/demo.yaml        # prepare job, base, then the components (SLURM array or local)
     demix demo --config configs/demo.yaml         # prepare, train, merge proxies, per-domain losses
 
 Stages register themselves in `COMMANDS` (name -> (help, add_arguments, run)); a new stage adds
-one entry, not a branch.
+one entry, not a branch. Exit status (runtime/errors.py): 2 for a bad experiment file or flag,
+1 for a failure while running (a job failed), a traceback only for a bug.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
-from megatron_demix.config.base import ConfigError
+from megatron_demix.runtime.errors import run_command
 
 
 class Command(NamedTuple):
@@ -34,6 +36,14 @@ def _load(args):
     from megatron_demix.config.experiment import load_experiment
 
     return load_experiment(args.config, {"work_dir": args.work_dir} if args.work_dir else None)
+
+
+def _run_check(args) -> None:
+    experiment = _load(args)
+    training = experiment.training
+    print(f"{args.config}: ok: {len(experiment.candidates)} candidates ({', '.join(d.name for d in experiment.candidates)});"
+          f" training TP={training.tensor_model_parallel_size} PP={training.pipeline_model_parallel_size},"
+          f" {experiment.train_ranks} process(es) per training job; merge on {experiment.merge.ranks} rank(s)")
 
 
 def _prepare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,16 +68,28 @@ def _jobs_arguments(parser: argparse.ArgumentParser) -> None:
     _config_argument(parser)
     parser.add_argument("--executor", choices=("auto", "local", "slurm"), default=None,
                         help="where jobs run (default: cluster.executor; auto = SLURM when a cluster answers)")
-    parser.add_argument("--ranks", type=int, default=2, help="processes per training job (torchrun/srun)")
+    parser.add_argument("--ranks", type=int, default=None,
+                        help="processes per training job (default: cluster.stages.train nodes x ntasks_per_node,"
+                             " else tensor x pipeline parallel size)")
 
 
 def _experiment_for_jobs(args):
     """The experiment, with its resolved copy written to the work dir: every job reads that one file."""
     from megatron_demix.cluster.executor import make_executor
-    from megatron_demix.config.base import replace
+    from megatron_demix.config.base import fail, replace
     from megatron_demix.config.experiment import dump_experiment
 
     experiment = _load(args)
+    training = experiment.training
+    replica = training.tensor_model_parallel_size * training.pipeline_model_parallel_size
+    if args.ranks is None:
+        args.ranks = experiment.train_ranks
+    elif args.ranks < 1 or args.ranks % replica:
+        fail("--ranks", f"{args.ranks} must be a positive multiple of tensor x pipeline parallel = {replica}"
+             f" (the training section of {args.config})")
+    elif experiment.cluster.resources("train").ntasks_per_node and args.ranks != experiment.train_ranks:
+        fail("--ranks", f"{args.ranks} contradicts cluster.stages.train of {args.config} (nodes x ntasks_per_node ="
+             f" {experiment.train_ranks}): leave --ranks out, or change the experiment")
     if args.executor:
         experiment = replace(experiment, cluster=replace(experiment.cluster, executor=args.executor))
     resolved = experiment.paths.root / "experiment.yaml"
@@ -76,11 +98,10 @@ def _experiment_for_jobs(args):
 
 
 def _run_train(args) -> None:
-    from megatron_demix.data.prepare import prepare
-    from megatron_demix.pipeline import train_models
+    from megatron_demix.pipeline import prepare_data, train_models
 
     experiment, resolved, executor = _experiment_for_jobs(args)
-    prepare(experiment)
+    prepare_data(resolved, executor)
     train_models(experiment, resolved, executor, args.ranks)
     print(f"checkpoints in {experiment.paths.checkpoints}")
 
@@ -96,6 +117,8 @@ def _run_demo(args) -> None:
 
 
 COMMANDS: dict[str, Command] = {
+    "check": Command("validate the experiment file (every section and their cross-checks) and print its job layout",
+                     _config_argument, _run_check),
     "prepare": Command("tokenize the experiment's datasets into Megatron indexed datasets", _prepare_arguments, _run_prepare),
     "train": Command("train the base, then every component (array job)", _jobs_arguments, _run_train),
     "demo": Command("run the whole pipeline on the experiment (the embedded default: configs/demo.yaml)", _jobs_arguments, _run_demo),
@@ -110,11 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("megatron").setLevel(logging.WARNING)
-    try:
-        COMMANDS[args.command].run(args)
-    except (ConfigError, ValueError, FileExistsError) as error:
-        print(f"demix {args.command}: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_command(f"demix {args.command}", COMMANDS[args.command].run, args))
 
 
 if __name__ == "__main__":

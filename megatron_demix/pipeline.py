@@ -1,8 +1,9 @@
-"""The DeMix stages as jobs: what `demix train`, `demix proxies` and `demix demo` run.
+"""The DeMix stages as jobs: what `demix train` and `demix demo` run.
 
 Every stage submits the project's scripts in `slurm/` through one executor (cluster/executor.py):
-sbatch on a SLURM cluster, or the same scripts run here when there is none. Stages skip work that
-is already complete, so a killed demo re-runs from where it stopped.
+sbatch on a SLURM cluster, or the same scripts run here when there is none. Each job names its
+stage (JobSpec.stage), so it gets that stage's resources from the experiment's `cluster.stages`.
+Stages skip work that is already complete, so a killed demo re-runs from where it stopped.
 """
 from __future__ import annotations
 
@@ -20,11 +21,16 @@ from megatron_demix.runtime.files import atomic_write_json
 log = logging.getLogger(__name__)
 
 
+def prepare_data(config_path: Path, executor: Executor) -> None:
+    """Tokenizer and indexed datasets as a job (at paper scale it is hours of CPU work, not the login node's)."""
+    executor.submit(JobSpec("prepare", "slurm/prepare.sh", [str(config_path)], stage="prepare")).wait()
+
+
 def train_models(experiment, config_path: Path, executor: Executor, ranks: int) -> None:
     """The base (general data), then one component per candidate as an array job, each on `ranks` processes."""
     script, args = "slurm/train_component.sh", [str(config_path)]
-    executor.submit(JobSpec("train-base", script, args, ntasks=ranks, env={"DEMIX_COMPONENT": "base"})).wait()
-    executor.submit(JobSpec("train", script, args, array=len(experiment.candidates), ntasks=ranks)).wait()
+    executor.submit(JobSpec("train-base", script, args, ntasks=ranks, env={"DEMIX_COMPONENT": "base"}, stage="train")).wait()
+    executor.submit(JobSpec("train", script, args, array=len(experiment.candidates), ntasks=ranks, stage="train")).wait()
 
 
 def demo_mixtures(experiment) -> dict[str, dict[str, float]]:
@@ -49,7 +55,7 @@ def build_proxies(experiment, config_path: Path, executor: Executor, mixtures: d
         mixture_file = experiment.paths.proxies / f"{name}.mixture.json"
         atomic_write_json(mixture_file, mixture)
         args = ["--config", str(config_path), "--mixture", str(mixture_file), "--output", str(output), "--overwrite"]
-        jobs.append(executor.submit(JobSpec(f"merge-{name}", "slurm/merge.sh", args, ntasks=experiment.merge.ranks)))
+        jobs.append(executor.submit(JobSpec(f"merge-{name}", "slurm/merge.sh", args, ntasks=experiment.merge.ranks, stage="merge")))
     for job in jobs:
         job.wait()
     return proxies
@@ -98,11 +104,9 @@ def format_table(losses: dict[str, dict[str, float]], mixtures: dict[str, dict[s
 
 def run_demo(experiment, config_path: Path, executor: Executor, ranks: int) -> dict:
     """prepare -> base + components -> proxies for a few mixtures -> per-domain losses, table and plot."""
-    from megatron_demix.data.prepare import prepare
-
     timings = {}
     start = time.perf_counter()
-    prepare(experiment)
+    prepare_data(config_path, executor)
     timings["prepare"] = time.perf_counter() - start
     start = time.perf_counter()
     train_models(experiment, config_path, executor, ranks)

@@ -1,14 +1,24 @@
 #!/bin/bash
-# Data preparation as a SLURM job: tokenizer + Megatron indexed datasets for every dataset.
+# Data preparation as a SLURM job: tokenizer + Megatron indexed datasets for every dataset of the
+# experiment (`demix train` and `demix demo` submit it as the `prepare` stage).
+#
 #   sbatch slurm/prepare.sh configs/demo.yaml
-# Site values (partition, account, time, CPUs) come from sbatch flags or SBATCH_* variables,
-# e.g. `SBATCH_PARTITION=cpu sbatch --cpus-per-task 32 slurm/prepare.sh exp.yaml`.
+#   sbatch -p cpu -c 32 -t 12:00:00 slurm/prepare.sh configs/paper.yaml
+#
+# Tokenizer worker processes: the experiment's prepare.workers (ask for as many cores with -c).
+# Submit from the repository root (or set DEMIX_REPO). Site values (partition, account, time, CPUs)
+# come from sbatch flags, SBATCH_* variables, or the experiment's cluster.stages.prepare when
+# `demix` submits it; the environment:
+#   DEMIX_PYTHON      interpreter (default: $DEMIX_REPO/.venv/bin/python)
 #SBATCH --job-name=demix-prepare
 #SBATCH --ntasks=1
-#SBATCH --output=demix-prepare-%j.out
+#SBATCH --cpus-per-task=2
+#SBATCH --time=04:00:00
+#SBATCH --output=%x-%j.out
 set -euo pipefail
 CONFIG=${1:?usage: sbatch slurm/prepare.sh EXPERIMENT.yaml}
-# sbatch runs a copy of this script; SLURM_SUBMIT_DIR is where it was submitted from.
-cd "${SLURM_SUBMIT_DIR:-.}"
-PYTHON=${DEMIX_PYTHON:-.venv/bin/python}
-exec "$PYTHON" -m megatron_demix.cli prepare --config "$CONFIG" --workers "${SLURM_CPUS_PER_TASK:-1}"
+REPO=${DEMIX_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
+PYTHON=${DEMIX_PYTHON:-$REPO/.venv/bin/python}
+# The repository's package first, whichever interpreter runs it; the config path stays relative to here.
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+exec "$PYTHON" -m megatron_demix.cli prepare --config "$CONFIG"

@@ -17,7 +17,7 @@ def test_demo_pipeline_on_slurm_and_rerun(slurm_cluster, demo_config_dict, tmp_p
     work = tmp_path / "work"
     config.write_text(yaml.safe_dump({
         **demo_config_dict, "work_dir": str(work),
-        "prepare": {"builtin_megabytes": 0.2, "workers": 2},
+        "prepare": {"builtin_megabytes": 0.3, "workers": 2},
         "training": {**demo_config_dict["training"], "base_train_iters": 12, "train_iters": 6, "eval_interval": 6},
         "cluster": {"executor": "slurm"},
     }))

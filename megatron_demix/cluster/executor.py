@@ -1,14 +1,15 @@
 """Run the project's job scripts on SLURM or on this machine, through one interface.
 
     executor = make_executor(experiment.cluster, log_dir=experiment.paths.logs)
-    job = executor.submit(JobSpec("train", "slurm/train_component.sh", [config], array=2, ntasks=2))
+    job = executor.submit(JobSpec("train", "slurm/train_component.sh", [config], array=2, ntasks=2, stage="train"))
     job.wait()            # raises JobFailed naming the failed tasks and their log files
 
 The unit of work is one of the readable bash scripts in `slurm/` (as in submitit's design, one
 executor interface with a SLURM and a local backend, but the scripts stay plain files an operator
 can read and `sbatch` by hand):
-- `SlurmExecutor` submits it with `sbatch --array`, site values from the `cluster:` section, and
-  polls all of the job's tasks with one `scontrol` call, backing off while they run.
+- `SlurmExecutor` submits it with `sbatch --array`, with the resources of the job's stage from the
+  `cluster:` section (cluster/config.py; a key the experiment leaves unset is not passed, so the
+  script's own #SBATCH line holds), and polls all of the job's tasks with one `scontrol` call.
 - `LocalExecutor` runs the same script with bash, once per array task and one task at a time,
   setting `DEMIX_TASK_ID` / `DEMIX_NTASKS`; without `SLURM_JOB_ID` the scripts start their ranks
   with torchrun / mpiexec instead of srun.
@@ -44,6 +45,10 @@ class JobSpec:
     """Ranks per task (sbatch --ntasks; torchrun/mpiexec -n locally)."""
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment for the script (e.g. DEMIX_COMPONENT=base)."""
+    stage: str | None = None
+    """Pipeline stage (prepare, train, merge, eval, search) whose resources the job gets."""
+    max_parallel: int | None = None
+    """At most this many array tasks run at once (sbatch --array=0-N%P)."""
 
 
 @dataclass
@@ -81,6 +86,10 @@ class Executor:
         job._executor = self
         return job
 
+    def ranks(self, spec: JobSpec) -> int:
+        """Processes per task: the stage's nodes x ntasks_per_node when the experiment sets it, else spec.ntasks."""
+        return self.cluster.ranks(spec.stage, spec.ntasks) if spec.stage else spec.ntasks
+
     def _submit(self, spec: JobSpec) -> Job:
         raise NotImplementedError
 
@@ -90,21 +99,23 @@ class Executor:
 
 class SlurmExecutor(Executor):
     def sbatch_args(self, spec: JobSpec) -> list[str]:
-        c = self.cluster
-        # Both counts: the scripts' own #SBATCH lines may set either, and flags override them one by one.
-        per_node = -(-spec.ntasks // c.nodes)
-        args = [f"--job-name=demix-{spec.name}", f"--ntasks={spec.ntasks}", f"--ntasks-per-node={per_node}", f"--nodes={c.nodes}",
-                f"--time={c.time}", f"--cpus-per-task={c.cpus_per_task}", "--export=ALL",
-                f"--output={self.log_dir}/{spec.name}-%A_%a.out" if spec.array else f"--output={self.log_dir}/{spec.name}-%j.out"]
+        """sbatch flags for `spec`: its rank count, and its stage's resources where the experiment sets them.
+
+        A resource the experiment leaves unset is not passed, so the script's own #SBATCH line applies.
+        """
+        r, ntasks = self.cluster.resources(spec.stage), self.ranks(spec)
+        # Both counts and the node count: the scripts' #SBATCH lines may set any, and flags override them one by one.
+        per_node = r.ntasks_per_node or -(-ntasks // (r.nodes or 1))
+        nodes = r.nodes or -(-ntasks // per_node)
+        log = f"{self.log_dir}/{spec.name}-%A_%a.out" if spec.array else f"{self.log_dir}/{spec.name}-%j.out"
+        args = [f"--job-name=demix-{spec.name}", f"--ntasks={ntasks}", f"--ntasks-per-node={per_node}",
+                f"--nodes={nodes}", "--export=ALL", f"--output={log}"]
         if spec.array:
-            args.append(f"--array=0-{spec.array - 1}")
-        if c.partition:
-            args.append(f"--partition={c.partition}")
-        if c.account:
-            args.append(f"--account={c.account}")
-        if c.gpus_per_node:
-            args.append(f"--gpus-per-node={c.gpus_per_node}")
-        return args + list(c.extra_sbatch_args)
+            args.append(f"--array=0-{spec.array - 1}" + (f"%{spec.max_parallel}" if spec.max_parallel else ""))
+        optional = {"time": r.time, "cpus-per-task": r.cpus_per_task, "gpus-per-node": r.gpus_per_node, "mem": r.mem,
+                    "partition": r.partition, "account": r.account}
+        args += [f"--{flag}={value}" for flag, value in optional.items() if value not in (None, 0)]
+        return args + list(r.extra_sbatch_args)
 
     def _submit(self, spec: JobSpec) -> Job:
         command = ["sbatch", "--parsable", *self.sbatch_args(spec), str(REPO / spec.script), *spec.args]
@@ -156,7 +167,7 @@ class LocalExecutor(Executor):
         job_id = f"local-{os.getpid()}-{time.strftime('%H%M%S')}"
         job = Job(job_id, spec, f"{self.log_dir}/{spec.name}-{job_id}_%a.out")
         for task in range(spec.array or 1):
-            env = {**os.environ, **spec.env, "DEMIX_TASK_ID": str(task), "DEMIX_NTASKS": str(spec.ntasks)}
+            env = {**os.environ, **spec.env, "DEMIX_TASK_ID": str(task), "DEMIX_NTASKS": str(self.ranks(spec))}
             env.pop("SLURM_JOB_ID", None)
             with open(job.log(task), "w") as log:
                 code = subprocess.run(["bash", str(REPO / spec.script), *spec.args], cwd=REPO, env=env,

@@ -6,7 +6,7 @@
 Debian's slurmctld/slurmd/munge (installed by scripts/bootstrap.sh), one node named after
 `hostname -s`, CPUs from `nproc` (or more, to run several-rank jobs on few cores), no cgroups, no
 accounting (use squeue / scontrol, not sacct). Needs root: the daemons run as root, as on the
-machines this project is developed on. Settings and their reasons: shared/notes/slurm-and-mpi.md.
+machines this project is developed on. The reasons for the settings are comments in `slurm_conf`.
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ def slurm_conf(cpus: int) -> str:
     node = socket.gethostname().split(".")[0]
     mem_kib = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
     real_memory = int(mem_kib / 1024 * 0.9)
+    # More CPUs than cores (to run several-rank jobs on a small machine) needs config_overrides, or the node goes INVAL.
     overrides = "SlurmdParameters=config_overrides\n" if cpus > os.cpu_count() else ""
     return f"""# Written by megatron_demix.cluster.local_slurm: a one-node cluster for the demo and tests.
 ClusterName=demix
@@ -48,6 +49,7 @@ SlurmdUser=root
 AuthType=auth/munge
 CryptoType=crypto/munge
 MpiDefault=none
+# No cgroups in a container: track processes by /proc, bind no tasks.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -58,6 +60,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=1
+# A job asking for more than the node has is refused by sbatch at once instead of pending forever.
 EnforcePartLimits=ALL
 ReturnToService=2
 StateSaveLocation=/var/spool/slurmctld
@@ -67,6 +70,7 @@ SlurmdPidFile={PID_FILES['slurmd']}
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
 InactiveLimit=0
+# SIGTERM to SIGKILL on scancel / requeue / time limit: the ranks' save-on-SIGTERM must fit (real sites: 30 s+).
 KillWait=5
 MinJobAge=300
 {overrides}NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={real_memory} State=UNKNOWN

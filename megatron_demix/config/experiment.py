@@ -27,7 +27,7 @@ from megatron_demix.config.base import ConfigError, build, fail
 from megatron_demix.data.config import DatasetConfig, PrepareConfig, TokenizerConfig
 from megatron_demix.eval.config import EvalConfig
 from megatron_demix.merge.config import MergeConfig
-from megatron_demix.model.config import ModelConfig, expand_preset
+from megatron_demix.model.config import ModelConfig, check_parallel_fits, expand_preset
 from megatron_demix.search.config import SearchConfig
 from megatron_demix.training.config import TrainingConfig
 
@@ -59,6 +59,29 @@ class ExperimentConfig:
             fail("datasets", f"exactly one dataset needs role: general (found {len(general)}: {general})")
         if not self.candidates:
             fail("datasets", "no candidate datasets: add at least one with role: candidate")
+        self._check_parallel_layout()
+
+    def _check_parallel_layout(self) -> None:
+        """Cross-section rules, checked here so a bad layout fails before data is prepared or jobs submitted."""
+        tp, pp = self.training.tensor_model_parallel_size, self.training.pipeline_model_parallel_size
+        try:
+            check_parallel_fits(self.model, tp, pp)
+        except ConfigError as error:
+            fail("training", str(error))
+        ranks = self.train_ranks
+        if ranks % (tp * pp):
+            fail("cluster.stages.train", f"{ranks} processes per job (nodes x ntasks_per_node) is not a multiple of"
+                 f" tensor x pipeline parallel = {tp * pp}")
+        merge_ranks = self.cluster.ranks("merge", self.merge.ranks)
+        if merge_ranks != self.merge.ranks:
+            fail("cluster.stages.merge", f"nodes x ntasks_per_node = {merge_ranks} differs from merge.ranks={self.merge.ranks}:"
+                 " set one of them")
+
+    @property
+    def train_ranks(self) -> int:
+        """Processes per training job: the train stage's nodes x ntasks_per_node, else one model replica (TP x PP)."""
+        training = self.training
+        return self.cluster.ranks("train", training.tensor_model_parallel_size * training.pipeline_model_parallel_size)
 
     @property
     def general(self) -> DatasetConfig:

@@ -32,14 +32,15 @@ def parse_input(text: str) -> tuple[str, float]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from megatron_demix.config.flags import add_config_flags
+    from megatron_demix.merge.config import MergeConfig
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inputs", nargs="+", type=parse_input, metavar="DIR:WEIGHT", help="checkpoints and their weights")
     parser.add_argument("--output", required=True, help="save root to create (iter_* + tracker)")
-    parser.add_argument("--method", choices=["linear", "task_arithmetic"], help="default: linear (or the experiment's merge.method)")
     parser.add_argument("--base", help="base checkpoint for task_arithmetic")
-    parser.add_argument("--scale", type=float, help="task-arithmetic scale (default 1)")
-    parser.add_argument("--dtype", choices=["same", "fp32", "bf16", "fp16"], help="output dtype (default: same as inputs)")
-    parser.add_argument("--no-normalize", action="store_true", help="use the weights as given instead of rescaling them to sum 1")
+    group = parser.add_argument_group("merge settings (default: the experiment's merge section with --config, else its defaults)")
+    parser.set_defaults(merge_fields=add_config_flags(group, MergeConfig, section="merge", exclude={"ranks"}))
     parser.add_argument("--verify", action="store_true", help="re-read a sample of output chunks and compare with a recomputation")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     parser.add_argument("--mixture", help="mixture JSON {component: weight}; needs --config")
@@ -53,25 +54,29 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def merge_kwargs(args) -> dict:
-    """merge() arguments from the flags, filled from the experiment when --mixture is used."""
+    """merge() arguments from the flags, over the experiment's merge section (--mixture) or MergeConfig's defaults."""
+    from megatron_demix.config.base import replace
+    from megatron_demix.config.flags import flag_overrides
+    from megatron_demix.merge.config import MergeConfig
+
+    base = None
     if args.mixture:
         from megatron_demix.config.experiment import load_experiment
         from megatron_demix.merge.mixture import mixture_inputs
 
         experiment = load_experiment(args.config)
         inputs, weights, base = mixture_inputs(experiment, args.mixture)
-        defaults = experiment.merge
-        method = args.method or defaults.method
-        kwargs = dict(method=method, scale=defaults.scale, dtype=defaults.dtype, normalize=defaults.normalize,
-                      base=base if method == "task_arithmetic" else None)
+        settings = experiment.merge
     else:
         inputs, weights = [p for p, _ in args.inputs], [w for _, w in args.inputs]
-        kwargs = dict(method=args.method or "linear", scale=1.0, dtype="same", normalize=True, base=None)
-    overrides = dict(scale=args.scale, dtype=args.dtype, base=args.base)
-    kwargs.update({k: v for k, v in overrides.items() if v is not None})
-    if args.no_normalize:
-        kwargs["normalize"] = False
-    return dict(inputs=inputs, weights=weights, output=args.output, verify=args.verify, overwrite=args.overwrite, **kwargs)
+        settings = MergeConfig()
+    settings = replace(settings, where="command line", **flag_overrides(args, args.merge_fields))
+    if args.base is not None:
+        base = args.base
+    elif settings.method != "task_arithmetic":
+        base = None
+    return dict(inputs=inputs, weights=weights, output=args.output, verify=args.verify, overwrite=args.overwrite,
+                method=settings.method, scale=settings.scale, dtype=settings.dtype, normalize=settings.normalize, base=base)
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,59 @@
+"""One exit-code convention for every command: 2 bad input or configuration, 1 a failure while running.
+
+    sys.exit(run_command("demix train", run, args))
+
+A known error becomes one line `demix train: error: ...` on stderr; anything else is a bug and
+keeps its traceback. Error classes are named by module so that checking them imports nothing:
+an error of a class can only have been raised once its module was imported.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+BAD_INPUT = 2
+"""Exit status for a bad file, flag or configuration: the user fixes the input and runs again."""
+FAILED = 1
+"""Exit status for a failure while running (a job failed, a daemon is missing)."""
+
+_ERRORS: dict[int, tuple[tuple[str, str], ...]] = {
+    BAD_INPUT: (
+        ("megatron_demix.config.base", "ConfigError"),
+        ("megatron_demix.checkpoint.layout", "CheckpointError"),
+        ("megatron_demix.data.readers", "DataError"),
+        ("megatron_demix.data.tokenizer", "TokenizerError"),
+    ),
+    FAILED: (
+        ("megatron_demix.cluster.executor", "JobFailed"),
+        ("megatron_demix.cluster.local_slurm", "LocalSlurmError"),
+        ("megatron_demix.merge.mpi", "LaunchError"),
+        ("megatron_demix.merge.io", "MergeError"),
+        ("megatron_demix.training.trainer", "TrainingDiverged"),
+        ("megatron_demix.data.prepare", "PrepareFailed"),
+        ("megatron_demix.training.checkpointing", "SaveFailed"),
+    ),
+}
+
+
+def exit_code(error: BaseException) -> int | None:
+    """BAD_INPUT or FAILED for a known error, None for anything else (a bug)."""
+    for code, names in _ERRORS.items():
+        known = tuple(getattr(sys.modules[module], name) for module, name in names if module in sys.modules)
+        if known and isinstance(error, known):
+            return code
+    return None
+
+
+def run_command(name: str, function: Callable, *args, quiet: bool = False) -> int:
+    """Run `function(*args)`: 0, or a known error as one line `name: error: ...` on stderr and its exit code
+    (`quiet`: no line, e.g. on every rank but the first); bugs propagate."""
+    try:
+        function(*args)
+    except Exception as error:
+        code = exit_code(error)
+        if code is None:
+            raise
+        if not quiet:
+            print(f"{name}: error: {error}", file=sys.stderr, flush=True)
+        return code
+    return 0

@@ -1,0 +1,23 @@
+"""Known library warnings that say nothing to a user of this tool, filtered once, here.
+
+Each filter names the warning and why it is expected; anything else still shows. Installed when
+`megatron_demix` is imported (its `__init__`), so every entry point (demix, launch/, tools/, job
+scripts) starts quiet in the same way. Fixed at the cause instead, elsewhere: megatron-core's
+TransformerConfig warns that its own default `cuda_graph_scope="full"` is deprecated; model/gpt.py
+passes the new spelling.
+"""
+from __future__ import annotations
+
+import warnings
+
+KNOWN_WARNINGS = (
+    # megatron-core on hosts without Transformer Engine / Apex (every CPU host; GPU hosts outside the
+    # NGC container): it falls back to torch norms, optimizers and multi-tensor helpers, which is the
+    # CPU path this project chooses deliberately (runtime/device.py, training/optimizer.py).
+    (UserWarning, r"(Transformer Engine and Apex are|Apex is|Transformer Engine is) not installed"),
+)
+
+
+def install_warning_filters() -> None:
+    for category, message in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)

@@ -1,0 +1,40 @@
+"""One exit-code convention (runtime/errors.py): 2 bad input, 1 a failure while running, bugs keep their traceback."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from megatron_demix.checkpoint.layout import CheckpointError
+from megatron_demix.cluster.executor import JobFailed
+from megatron_demix.config.base import ConfigError
+from megatron_demix.runtime.errors import BAD_INPUT, FAILED, run_command
+from tests.conftest import VENV_BIN
+
+
+def _raise(error):
+    raise error
+
+
+@pytest.mark.parametrize("error, code", [
+    (ConfigError("exp.yaml: training.lr: must be a number"), BAD_INPUT),
+    (CheckpointError("--load x: no checkpoint"), BAD_INPUT),
+    (JobFailed("job train (12): tasks failed"), FAILED),
+])
+def test_known_errors_become_one_line_and_their_code(capsys, error, code):
+    assert run_command("demix x", _raise, error) == code
+    assert capsys.readouterr().err == f"demix x: error: {error}\n"
+    assert run_command("demix x", _raise, error, quiet=True) == code and capsys.readouterr().err == ""
+
+
+def test_a_bug_keeps_its_traceback():
+    with pytest.raises(ValueError, match="a bug"):
+        run_command("demix x", _raise, ValueError("a bug"))
+
+
+def test_demix_command_exit_codes(tmp_path):
+    bad = tmp_path / "exp.yaml"
+    bad.write_text("name: x\nwork_dir: w\ndatasets: []\ntraining: {lr: fast}\n")
+    result = subprocess.run([str(VENV_BIN / "demix"), "check", "--config", str(bad)], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"demix check: error: {bad}: ")
