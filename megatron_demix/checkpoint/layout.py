@@ -27,6 +27,16 @@ def iteration_dir(save: Path, iteration: int | str) -> Path:
     return Path(save) / ("release" if iteration == "release" else f"iter_{int(iteration):07d}")
 
 
+def iteration_dirs(save: Path) -> dict[int, Path]:
+    """The `iter_%07d` directories of a save root by iteration, oldest first."""
+    found = {}
+    for path in Path(save).glob("iter_*") if Path(save).is_dir() else ():
+        suffix = path.name[len("iter_"):]
+        if path.is_dir() and suffix.isdigit():
+            found[int(suffix)] = path
+    return dict(sorted(found.items()))
+
+
 def read_tracker(save: Path) -> int | str | None:
     """The iteration in `<save>/latest_checkpointed_iteration.txt`, or None when there is none."""
     tracker = Path(save) / TRACKER_FILE
@@ -63,10 +73,24 @@ def checkpoint_format(path: Path) -> Literal["torch_dist", "legacy"] | None:
             raise CheckpointError(f"{metadata}: unreadable ({error}); the checkpoint is incomplete") from None
         if backend != "torch_dist":
             raise CheckpointError(f"{metadata}: sharded_backend {backend!r} is not supported (only torch_dist)")
+        if not (path / ".metadata").is_file():
+            raise CheckpointError(
+                f"{path}: has metadata.json but no .metadata, so it is an incomplete torch_dist checkpoint"
+                f" (a save that did not finish, or a partial copy){_complete_hint(path)}"
+            )
         return "torch_dist"
     if any(path.glob("mp_rank_*/model_optim_rng.pt")):
         return "legacy"
     return None
+
+
+def _complete_hint(path: Path) -> str:
+    """For an incomplete `iter_*` under a save root: the newest complete one to point the tracker at."""
+    complete = [it for it, d in iteration_dirs(path.parent).items() if (d / ".metadata").is_file() and d != path]
+    if not path.name.startswith("iter_") or not complete:
+        return "; point at a complete checkpoint"
+    return (f"; {iteration_dir(path.parent, complete[-1]).name} is complete: write {complete[-1]} into"
+            f" {path.parent / TRACKER_FILE} to use it, or point at another checkpoint")
 
 
 def resolve_checkpoint(path: str | Path) -> CheckpointDir:

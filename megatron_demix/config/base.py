@@ -6,14 +6,21 @@ dict into one, checking each value against the field's type hint:
     >>> build(MergeConfig, {"method": "linear"}, where="configs/demo.yaml: merge")
 
 Errors are `ConfigError` and read like
-`configs/demo.yaml: merge.method: 'avg' is not one of 'linear', 'task_arithmetic'`.
-Unknown keys list the allowed ones (with a close match first). Section dataclasses validate
-cross-field rules in `__post_init__` by raising `ConfigError` through `fail()`.
+`configs/demo.yaml: merge.method: 'avg' is not one of 'linear', 'task_arithmetic'` (the file, a
+colon, then the dotted key). Unknown keys list the allowed ones (with a close match first).
+Section dataclasses validate cross-field rules in `__post_init__` by raising `ConfigError`
+through `fail()` (and bounds through `require_at_least()`).
+
+Numbers are read the way a YAML user writes them: PyYAML (YAML 1.1) reads `3e-4` (no dot) as a
+string, so a string that spells a number is accepted for a number field; an int field accepts a
+float with an integral value (`train_tokens: 3.0e10`). Non-finite numbers (`.nan`, `.inf`) are refused.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -25,6 +32,33 @@ class ConfigError(ValueError):
 
 def fail(where: str, message: str) -> typing.NoReturn:
     raise ConfigError(f"{where}: {message}")
+
+
+def require_at_least(config, minimum: int, *names: str) -> None:
+    """`fail` naming the first field of `names` whose value (when set) is below `minimum`."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < minimum:
+            fail(name, f"{value} must be >= {minimum}")
+
+
+def child_where(where: str, key: str) -> str:
+    """`exp.yaml` + `training` -> `exp.yaml: training`; `exp.yaml: training` + `lr` -> `exp.yaml: training.lr`."""
+    return f"{where}.{key}" if ": " in where else f"{where}: {key}"
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _number(value: Any, where: str, kind: str) -> float | int:
+    """`value` as a finite int or float: YAML numbers, and strings that spell one (`3e-4`)."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value) if any(c in value for c in ".eE") else int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        fail(where, f"must be {kind} (got {value!r})")
+    if not math.isfinite(value):
+        fail(where, f"must be a finite number (got {value!r})")
+    return value
 
 
 def _allowed_keys_message(key: str, allowed: list[str]) -> str:
@@ -70,19 +104,18 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, dict):
             fail(where, f"must be a mapping (got {type(value).__name__})")
         key_hint, value_hint = get_args(hint) or (Any, Any)
-        return {_coerce(k, key_hint, where): _coerce(v, value_hint, f"{where}.{k}") for k, v in value.items()}
+        return {_coerce(k, key_hint, where): _coerce(v, value_hint, child_where(where, str(k))) for k, v in value.items()}
     if hint is bool:
         if not isinstance(value, bool):
             fail(where, f"must be true or false (got {value!r})")
         return value
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        number = _number(value, where, "an integer")
+        if number != int(number):
             fail(where, f"must be an integer (got {value!r})")
-        return value
+        return int(number)
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            fail(where, f"must be a number (got {value!r})")
-        return float(value)
+        return float(_number(value, where, "a number"))
     if hint is str:
         if not isinstance(value, str):
             fail(where, f"must be a string (got {value!r})")
@@ -105,7 +138,7 @@ def build(cls: type, data: Any, where: str):
         key = str(key).replace("-", "_")
         if key not in fields:
             fail(where, _allowed_keys_message(key, sorted(fields)))
-        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+        kwargs[key] = _coerce(value, hints[key], child_where(where, key))
     missing = [
         name for name, f in fields.items()
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
@@ -117,7 +150,7 @@ def build(cls: type, data: Any, where: str):
     except ConfigError as error:
         # __post_init__ messages start with the field name; put the section in front.
         message = str(error)
-        raise ConfigError(message if message.startswith(where) else f"{where}.{message}") from None
+        raise ConfigError(message if message.startswith(where) else child_where(where, message)) from None
 
 
 def to_dict(config) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from megatron_demix.config.base import fail
+from megatron_demix.config.base import fail, require_at_least
 
 BUILTIN_CORPORA = ("prose", "code", "math")
 """Corpora made on any machine from what Python and Debian ship (see data/builtin.py)."""
@@ -46,6 +46,8 @@ class TokenizerConfig:
     """Text read from each dataset to train the BPE (ignored with `path`)."""
 
     def __post_init__(self):
+        if self.train_megabytes <= 0:
+            fail("train_megabytes", f"{self.train_megabytes} must be > 0")
         if self.vocab_size < 260:
             fail("vocab_size", f"{self.vocab_size} is too small for a byte-level BPE (256 bytes + specials); use >= 260")
 
@@ -64,7 +66,6 @@ class PrepareConfig:
     """Documents per work item sent to a worker."""
 
     def __post_init__(self):
-        if self.workers < 1:
-            fail("workers", f"{self.workers} must be >= 1")
+        require_at_least(self, 1, "workers", "chunk_documents")
         if self.builtin_megabytes <= 0:
             fail("builtin_megabytes", f"{self.builtin_megabytes} must be > 0")

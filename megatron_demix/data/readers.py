@@ -9,7 +9,9 @@ Formats (DatasetConfig.format, `auto` decides by suffix):
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,3 +98,42 @@ def iter_documents(dataset: DatasetConfig, path: Path) -> Iterator[tuple[str, in
 def total_bytes(dataset: DatasetConfig, path: Path) -> int:
     """Size of the dataset's files, for a progress bar with an ETA."""
     return sum(f.stat().st_size for f in source_files(dataset, path))
+
+
+FULL_HASH_BYTES = 64 << 20
+"""Files up to this size are hashed whole; larger ones by samples (see `file_fingerprint`)."""
+SAMPLE_BYTES, SAMPLES = 1 << 20, 16
+
+
+def _content_hash(file: Path, size: int) -> str:
+    """blake2b of the whole file, or for a big file of its size and SAMPLES evenly spaced 1 MiB blocks
+    (first and last included): reading 16 MiB notices any append, truncation or rewrite of a region
+    in practice, where hashing hundreds of GB on every `demix prepare` would not be acceptable."""
+    digest = hashlib.blake2b(str(size).encode(), digest_size=16)
+    with open(file, "rb") as f:
+        if size <= FULL_HASH_BYTES:
+            while block := f.read(SAMPLE_BYTES):
+                digest.update(block)
+        else:
+            for i in range(SAMPLES):
+                f.seek((size - SAMPLE_BYTES) * i // (SAMPLES - 1))
+                digest.update(f.read(SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def file_fingerprint(file: Path, previous: dict | None = None) -> dict:
+    """Path, size, mtime and content hash of one source file. When size and mtime equal the `previous`
+    record's, its hash is reused (as make and rsync trust them), so an unchanged dataset is not read again."""
+    stat = os.stat(file)
+    record = {"path": str(Path(file).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if previous and {k: previous.get(k) for k in record} == record and "hash" in previous:
+        return {**record, "hash": previous["hash"]}
+    return {**record, "hash": _content_hash(Path(file), stat.st_size)}
+
+
+def source_fingerprint(dataset: DatasetConfig, path: Path, previous: list[dict] | None = None) -> list[dict]:
+    """`file_fingerprint` of every file the dataset reads (`.bin` and `.idx` of an indexed dataset)."""
+    files = ([Path(f"{path}.bin"), Path(f"{path}.idx")] if dataset_format(dataset, path) == "indexed"
+             else source_files(dataset, path))
+    before = {r.get("path"): r for r in previous or ()}
+    return [file_fingerprint(f, before.get(str(f.resolve()))) for f in files]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from megatron_demix.config.base import fail
+from megatron_demix.config.base import require_at_least
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -23,5 +23,4 @@ class MergeConfig:
     """MPI ranks of a merge job (mpiexec -n / srun -n)."""
 
     def __post_init__(self):
-        if self.ranks < 1:
-            fail("ranks", f"{self.ranks} must be >= 1")
+        require_at_least(self, 1, "ranks")

@@ -27,7 +27,7 @@ import torch
 
 from megatron_demix.checkpoint.layout import CheckpointError, iteration_dir, resolve_checkpoint, write_tracker
 from megatron_demix.merge import legacy, mpi
-from megatron_demix.merge.io import ChunkReader, DataFileWriter, MergeError, read_metadata, write_checkpoint_files
+from megatron_demix.merge.io import ChunkReader, DataFileWriter, MergeError, output_failure, read_metadata, write_checkpoint_files
 from megatron_demix.merge.items import compute_item, regions
 from megatron_demix.merge.methods import Method, get_method
 from megatron_demix.merge.plan import DTYPES, Plan, build_plan
@@ -180,6 +180,16 @@ def _on_root(comm, fn):
     return result
 
 
+def _writing(output: Path, fn):
+    """`fn` with a failed write (full disk, read-only or not permitted) as one clear MergeError."""
+    def run():
+        try:
+            return fn()
+        except OSError as error:
+            raise output_failure(getattr(error, "filename", None) or output, error) from None
+    return run
+
+
 def _iteration(path: Path) -> int | str:
     """The first input's iteration (from its `iter_*` directory name), so the proxy looks like it."""
     match = re.fullmatch(r"iter_(\d+)", path.name)
@@ -280,9 +290,9 @@ def merge(
     stack = contextlib.ExitStack()
     try:
         iteration = _iteration(plan.dirs[0])
-        tmp = _on_root(comm, lambda: stack.enter_context(atomic_directory(output, overwrite)))
+        tmp = _on_root(comm, _writing(output, lambda: stack.enter_context(atomic_directory(output, overwrite))))
         out_dir = iteration_dir(tmp, iteration)
-        _on_root(comm, lambda: out_dir.mkdir())
+        _on_root(comm, _writing(output, out_dir.mkdir))
         try:
             if isinstance(plan, legacy.LegacyPlan):
                 records, stats = _legacy_share(comm, plan, out_dir, weights, method_, scale, dtype, verify, provenance, root_log)
@@ -306,11 +316,11 @@ def merge(
             write_tracker(tmp, iteration)
             return [s for _, s, _ in gathered]
 
-        rank_stats = _on_root(comm, finish)
+        rank_stats = _on_root(comm, _writing(output, finish))
     except BaseException:
         stack.__exit__(*sys.exc_info())  # rank 0: removes the temporary directory
         raise
-    _on_root(comm, stack.close)  # rank 0: the rename that publishes the output
+    _on_root(comm, _writing(output, stack.close))  # rank 0: the rename that publishes the output
     summary = Summary(output, time.perf_counter() - start, sum(s.bytes_read for s in rank_stats),
                       sum(s.bytes_written for s in rank_stats), rank_stats)
     _log_summary(summary, root_log)

@@ -24,7 +24,7 @@ import torch
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, StorageMeta
 
-from megatron_demix.runtime.files import atomic_write_bytes, atomic_write_json
+from megatron_demix.runtime.files import atomic_write_bytes, atomic_write_json, write_failure
 
 METADATA_FILE = ".metadata"
 COMMON_FILE = "common.pt"
@@ -35,6 +35,24 @@ DCP_VERSION = "1.0.0"
 
 class MergeError(ValueError):
     """Bad merge input or a failed merge; the message names the input, the key and the fix."""
+
+
+def output_failure(path: Path, error: BaseException) -> MergeError:
+    """A one-line MergeError for a failed write under `path` (full disk, read-only, no permission)."""
+    return MergeError(write_failure(path, error) or f"{path}: cannot write ({error}); check the output file system")
+
+
+def require_finite(tensor: torch.Tensor, name: str, key: str) -> torch.Tensor:
+    """`tensor` if every value is finite; else a MergeError naming the input and the tensor. A NaN or inf
+    in a component (a diverged run) would spread to every proxy made from it, so it is refused."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise MergeError(
+            f"{name}: tensor {key} holds {bad} non-finite value(s) (NaN or inf): that checkpoint diverged;"
+            " merge an earlier checkpoint of it, or retrain it (training stops on NaN unless"
+            " training.check_for_nan_in_loss_and_grad is false)"
+        )
+    return tensor
 
 
 def read_metadata(path: Path) -> Metadata:
@@ -158,15 +176,15 @@ class DataFileWriter:
         self.bytes_written = 0
 
     def _append(self, index: MetadataIndex, write) -> None:
-        if self._stream is None:  # created lazily: a rank without work leaves no empty file
-            # Unbuffered: torch.save hands over each tensor's storage as one record, which then goes
-            # to the kernel without a copy through a Python buffer (a few small header writes cost less).
-            self._stream = open(self.file, "wb", buffering=0)
-        offset = self._stream.tell()
         try:
+            if self._stream is None:  # created lazily: a rank without work leaves no empty file
+                # Unbuffered: torch.save hands over each tensor's storage as one record, which then goes
+                # to the kernel without a copy through a Python buffer (a few small header writes cost less).
+                self._stream = open(self.file, "wb", buffering=0)
+            offset = self._stream.tell()
             write(self._stream)
-        except OSError as error:
-            raise MergeError(f"{self.file}: write failed ({error}); is the output file system full?") from None
+        except (OSError, RuntimeError) as error:  # RuntimeError: torch.save's own file errors
+            raise output_failure(self.file, error) from None
         length = self._stream.tell() - offset
         self.records[index] = _StorageInfo(self.relative_path, offset, length)
         self.bytes_written += length
@@ -182,9 +200,13 @@ class DataFileWriter:
 
     def close(self) -> None:
         if self._stream is not None:
-            os.fsync(self._stream.fileno())
-            self._stream.close()
-            self._stream = None
+            stream, self._stream = self._stream, None
+            try:
+                os.fsync(stream.fileno())
+            except OSError as error:
+                raise output_failure(self.file, error) from None
+            finally:
+                stream.close()
 
 
 def write_checkpoint_files(directory: Path, state_dict_metadata: dict, records: dict, first_input: Path, provenance: dict) -> None:

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from megatron_demix.merge.io import ChunkReader, MergeError
+from megatron_demix.merge.io import ChunkReader, MergeError, require_finite
 from megatron_demix.merge.methods import Method
 from megatron_demix.merge.plan import Item, Source
 
@@ -65,6 +65,7 @@ def regions(readers: list[ChunkReader], item: Item, method: Method, inputs: int)
 
 def compute_item(item: Item, next_region: Callable[[], object], names: list[str], weights: list[float], method: Method, scale: float):
     """The output of one item: merged fp32 cast to the output dtype, a checked copy, or an object's bytes.
+    Floating inputs and the result must be finite (`require_finite`).
 
     `next_region()` returns the item's regions in `region_order`; `names[i]` names reader i in errors.
     """
@@ -79,6 +80,8 @@ def compute_item(item: Item, next_region: Callable[[], object], names: list[str]
                     f" {names[0]}; non-floating tensors are copied, not averaged, so they must agree"
                 )
         return first
-    base = next_region() if method.needs_base else None
-    merged = method.combine(lambda i: next_region(), weights, scale=scale, base=base)
-    return merged if merged.dtype == item.dtype else merged.to(item.dtype)
+    key = f"{item.key} (region at {item.offsets})"
+    base = require_finite(next_region(), names[len(weights)], key) if method.needs_base else None
+    merged = method.combine(lambda i: require_finite(next_region(), names[i], key), weights, scale=scale, base=base)
+    merged = merged if merged.dtype == item.dtype else merged.to(item.dtype)
+    return require_finite(merged, f"the merge into {item.dtype}", key)

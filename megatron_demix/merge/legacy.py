@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_demix.merge.io import MergeError
+from megatron_demix.merge.io import MergeError, output_failure, require_finite
 from megatron_demix.merge.methods import Method
 from megatron_demix.merge.plan import DTYPES, balance
 
@@ -100,9 +100,11 @@ def _merge_model(key_prefix, models: list[dict], names, weights, method: Method,
                     raise MergeError(f"{name}: key {where} ({first.dtype}) differs from {names[0]}; non-floating tensors must agree")
             merged[key] = first.clone()
             continue
+        for value, name in zip(values, names):
+            require_finite(value, name, where)
         base = values[-1].float() if method.needs_base else None
         out = method.combine(lambda i: values[i].to(torch.float32, copy=True), weights, scale=scale, base=base)
-        merged[key] = out.to(DTYPES.get(dtype, first.dtype))
+        merged[key] = require_finite(out.to(DTYPES.get(dtype, first.dtype)), "the merge", where)
     extra = [k for m, n in zip(models[1:], names[1:]) for k in m if k not in models[0]]
     if extra:
         raise MergeError(f"{names[0]}: lacks key {key_prefix}.{extra[0]} that another input has; all inputs must be the same architecture")
@@ -117,8 +119,11 @@ def merge_rank_file(plan: LegacyPlan, relative: str, out_dir: Path, weights, met
         output[key] = _merge_model(f"{relative}:{key}", [s[key] for s in states], plan.names, weights, method, scale, dtype)
     output["demix_merge"] = provenance
     target = Path(out_dir) / relative
-    target.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(output, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(output, target)
+    except (OSError, RuntimeError) as error:  # RuntimeError: torch.save's own file errors
+        raise output_failure(target, error) from None
     return output
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from megatron_demix.config.base import fail
+from megatron_demix.config.base import ConfigError, fail, require_at_least
 
 PRESETS: dict[str, dict] = {
     # CPU tests and the demo: about 1M parameters besides the embedding.
@@ -50,6 +50,10 @@ class ModelConfig:
     init_method_std: float = 0.02
 
     def __post_init__(self):
+        require_at_least(self, 1, "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+                         "kv_channels", "seq_length", "max_position_embeddings", "rotary_base", "make_vocab_size_divisible_by")
+        if self.init_method_std <= 0:
+            fail("init_method_std", f"{self.init_method_std} must be > 0")
         if self.hidden_size % self.num_attention_heads:
             fail("hidden_size", f"{self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}")
         groups = self.num_query_groups or self.num_attention_heads
@@ -68,3 +72,19 @@ def expand_preset(data: dict | None, where: str = "model") -> dict:
     if preset not in PRESETS:
         fail(f"{where}.preset", f"{preset!r} is not one of {', '.join(repr(p) for p in PRESETS)}")
     return {**PRESETS[preset], **data}
+
+
+def check_parallel_fits(model: ModelConfig, tensor_parallel: int, pipeline_parallel: int) -> None:
+    """Raise a ConfigError naming the flag when TP/PP cannot split this model."""
+    groups = model.num_query_groups or model.num_attention_heads
+    if model.num_attention_heads % tensor_parallel or groups % tensor_parallel:
+        raise ConfigError(
+            f"--tensor-model-parallel-size {tensor_parallel} must divide model.num_attention_heads="
+            f"{model.num_attention_heads} and model.num_query_groups={groups}"
+        )
+    if model.ffn_hidden_size % tensor_parallel:
+        raise ConfigError(f"--tensor-model-parallel-size {tensor_parallel} must divide model.ffn_hidden_size={model.ffn_hidden_size}")
+    if model.num_layers % pipeline_parallel:
+        raise ConfigError(
+            f"--pipeline-model-parallel-size {pipeline_parallel} must divide model.num_layers={model.num_layers}"
+        )

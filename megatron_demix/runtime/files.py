@@ -6,6 +6,7 @@ file, and re-running it starts clean (stale temporaries are removed first).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -14,8 +15,26 @@ from pathlib import Path
 TMP_SUFFIX = ".tmp-demix"
 
 
-def _temporary_name(target: Path) -> Path:
+def temporary_name(target: Path) -> Path:
     return target.with_name(f".{target.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
+def write_failure(path: Path, error: BaseException) -> str | None:
+    """`path: cannot write (reason); fix` when `error` comes from the file system refusing a write (full,
+    read-only, not permitted), else None (a bug: keep its traceback). torch.save on a full disk raises
+    a RuntimeError ("enforce fail ... unexpected pos"), not an OSError, hence the free-space check."""
+    code = error.errno if isinstance(error, OSError) else None
+    existing = next((p for p in (Path(path), *Path(path).parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(existing).free
+    if code in (errno.ENOSPC, errno.EDQUOT) or free < 1 << 20:
+        reason = error.strerror if code else "no space left on device"
+        fix = f"the file system is full ({free / 2**20:.1f} MiB free): free space there or write elsewhere"
+    elif code in (errno.EROFS, errno.EACCES, errno.EPERM) or not os.access(existing, os.W_OK):
+        reason = error.strerror if code else str(error).strip().splitlines()[0]
+        fix = "the location is not writable: choose another directory"
+    else:
+        return None
+    return f"{path}: cannot write ({reason}); {fix}"
 
 
 def remove_stale_temporaries(target: Path) -> None:
@@ -29,7 +48,7 @@ def remove_stale_temporaries(target: Path) -> None:
 def atomic_write_bytes(target: Path, data: bytes) -> None:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_name(target)
+    tmp = temporary_name(target)
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -57,7 +76,7 @@ def atomic_directory(target: Path, overwrite: bool = False):
         raise FileExistsError(f"{target} already exists; remove it or pass --overwrite")
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target)
-    tmp = _temporary_name(target)
+    tmp = temporary_name(target)
     tmp.mkdir()
     try:
         yield tmp

@@ -11,9 +11,15 @@
 - `load_weights`: weights only, from a checkpoint of any TP/PP (a component starting from the
   base). Global shapes are checked against the checkpoint metadata first, so a base with other
   shapes fails before anything is loaded, naming the tensor and the config key to fix.
+- `remove_incomplete_checkpoints` (at start) and `prune_checkpoints` (after each save, with
+  training.keep_checkpoints): the save root holds only complete checkpoints, at most N of them.
+
+Saves must survive a SIGTERM sent to every process of the job (SLURM's scancel, requeue and
+time limit signal the whole step, not only the ranks): see `_write_results_in_process`.
 """
 from __future__ import annotations
 
+import queue
 import random
 import shutil
 from pathlib import Path
@@ -21,8 +27,11 @@ from pathlib import Path
 import numpy
 import torch
 
-from megatron_demix.checkpoint.layout import CheckpointError, iteration_dir, read_tracker, resolve_checkpoint, write_tracker
+from megatron_demix.checkpoint.layout import (
+    CheckpointError, iteration_dir, iteration_dirs, read_tracker, resolve_checkpoint, write_tracker,
+)
 from megatron_demix.runtime import device
+from megatron_demix.runtime.files import write_failure
 from megatron_demix.training.optimizer import load_optimizer_state, optimizer_sharded_state_dict
 
 
@@ -84,10 +93,36 @@ def _state_dict(model, optimizer, scheduler, *, is_loading: bool, with_rng: bool
     return state
 
 
+class SaveFailed(RuntimeError):
+    """The file system refused a checkpoint write (full, read-only): training stops, exit 1."""
+
+
+def _write_results_in_process() -> None:
+    """Make megatron-core's torch_dist writer hand its results back through an in-process queue.
+
+    megatron-core (0.16) collects the write results of every save through a queue served by a
+    `multiprocessing.Manager` process, started by the first save and kept for the life of the run.
+    SLURM signals every process of a job step on scancel, requeue or the time-limit signal, so
+    that helper dies of the SIGTERM the ranks catch to save, and the final save then fails with
+    BrokenPipeError, leaving a partial `iter_*`. Our saves are synchronous (`execute_sync` runs the
+    writer in this process; its forked writer workers live only for the duration of one save and
+    inherit the rank's SIGTERM handler), so a plain `queue.Queue` carries the results and nothing
+    long-lived remains to be killed. This is preferred over shielding the helper (ignoring SIGTERM
+    in it): a process that ignores SIGTERM outlives its job until SIGKILL, and one fewer process
+    per rank is simpler. Set once, before the first save creates the Manager.
+    """
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if not isinstance(filesystem_async._results_queue, queue.Queue):
+        filesystem_async._results_queue = queue.Queue()
+
+
 def save_checkpoint(save: Path, iteration: int, model, optimizer, scheduler, *, common: dict) -> Path:
     """Write `<save>/iter_%07d` on every rank, then point the tracker at it."""
     from megatron.core import dist_checkpointing
+    from torch.distributed.checkpoint.api import CheckpointException
 
+    _write_results_in_process()
     path = iteration_dir(save, iteration)
     if _rank0():
         # A directory the tracker does not name is a save a kill interrupted: start it afresh.
@@ -97,12 +132,54 @@ def save_checkpoint(save: Path, iteration: int, model, optimizer, scheduler, *, 
     torch.distributed.barrier()
     state = _state_dict(model, optimizer, scheduler, is_loading=False, with_rng=True)
     state.update(common, iteration=iteration, parallel=_layout(), checkpoint_version=3.0)
-    dist_checkpointing.save(state, str(path))
+    try:
+        dist_checkpointing.save(state, str(path))
+    except (OSError, RuntimeError, CheckpointException) as error:
+        # Every rank gets the CheckpointException; the coordinator's holds each rank's (error, traceback).
+        failures = list(error.failures.values()) if isinstance(error, CheckpointException) else []
+        cause = failures[0][0] if failures and isinstance(failures[0], tuple) else error
+        message = write_failure(path, cause)
+        if message is None:
+            raise
+        if _rank0():
+            shutil.rmtree(path, ignore_errors=True)
+        latest = read_tracker(save)
+        shown = "none" if latest is None else f"iteration {latest}"
+        raise SaveFailed(f"{message}; the latest complete checkpoint is {shown}") from None
     torch.distributed.barrier()
     if _rank0():
         write_tracker(save, iteration)
     torch.distributed.barrier()
     return path
+
+
+def remove_incomplete_checkpoints(save: Path) -> list[Path]:
+    """Delete (rank 0) the `iter_*` directories of `save` that a killed save left: those newer than
+    the tracker (written only after every rank finished) and those without `.metadata` (DCP writes
+    it last). A complete directory in a root without a tracker is kept: it may be a user's copy.
+    Returns the directories removed."""
+    latest = read_tracker(save) if Path(save).is_dir() else None
+    if latest == "release":
+        return []
+    def unfinished(path: Path) -> bool:  # (legacy mp_rank_* checkpoints have no .metadata: leave them)
+        return not (path / ".metadata").is_file() and not any(path.glob("mp_rank_*"))
+
+    removed = [path for it, path in iteration_dirs(save).items() if unfinished(path) or (latest is not None and it > latest)]
+    for path in removed:
+        shutil.rmtree(path)
+    return removed
+
+
+def prune_checkpoints(save: Path, keep: int) -> list[Path]:
+    """Delete (rank 0) all but the newest `keep` complete checkpoints of `save` (0: keep all)."""
+    latest = read_tracker(save)
+    if not keep or not isinstance(latest, int):
+        return []
+    complete = sorted(it for it in iteration_dirs(save) if it <= latest)
+    removed = [iteration_dir(save, it) for it in complete[:-keep]]
+    for path in removed:
+        shutil.rmtree(path)
+    return removed
 
 
 @torch.no_grad()  # the distributed optimizer copies into its fp32 main parameters in place

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from megatron_demix.config.base import fail
+from megatron_demix.config.base import fail, require_at_least
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -38,6 +38,13 @@ class TrainingConfig:
     seed: int = 1234
     save_interval: int = 0
     """Save every N iterations (0: only at the end)."""
+    keep_checkpoints: int = 0
+    """Keep only the newest N `iter_*` checkpoints of a save root (0: keep all). Default 0, as
+    Megatron-LM keeps every checkpoint: deleting a user's checkpoints must be asked for; set it
+    (e.g. 2) for long runs with a small save_interval so the disk does not fill."""
+    check_for_nan_in_loss_and_grad: bool = True
+    """Stop with an error, without saving, when the loss or the gradient norm is not finite
+    (Megatron-LM's --check-for-nan-in-loss-and-grad); the last good checkpoint stays the latest."""
     eval_interval: int = 25
     eval_iters: int = 2
     log_interval: int = 5
@@ -48,10 +55,13 @@ class TrainingConfig:
     pipeline (`pip install -e .[dali]`; see training/dali.py)."""
 
     def __post_init__(self):
-        for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "micro_batch_size",
-                     "global_batch_size", "train_iters", "base_train_iters"):
-            if getattr(self, name) < 1:
-                fail(name, f"{getattr(self, name)} must be >= 1")
+        require_at_least(self, 1, "tensor_model_parallel_size", "pipeline_model_parallel_size", "micro_batch_size",
+                         "global_batch_size", "train_iters", "base_train_iters", "train_tokens", "eval_iters",
+                         "log_interval")
+        require_at_least(self, 0, "lr_warmup_iters", "seed", "save_interval", "eval_interval", "keep_checkpoints",
+                         "weight_decay", "clip_grad", "min_lr")
+        if self.lr <= 0:
+            fail("lr", f"{self.lr} must be > 0")
         if self.global_batch_size % self.micro_batch_size:
             fail("global_batch_size", f"{self.global_batch_size} is not a multiple of micro_batch_size={self.micro_batch_size}")
         if not 0.0 <= self.beta < 1.0:

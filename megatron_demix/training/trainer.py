@@ -15,12 +15,16 @@ files, checkpoint shapes.
   5. optimizer and LR schedule (training/optimizer.py; after the weights, because the Megatron
      optimizer copies them into its fp32 main parameters when it is built);
 then each iteration runs `get_forward_backward_func()` over its microbatches, steps the
-optimizer and the schedule, logs, validates per domain and saves at the configured intervals.
+optimizer and the schedule, checks that the loss and gradient norm are finite, logs, validates
+per domain and saves at the configured intervals (keeping the newest `keep_checkpoints`).
+A non-finite loss or gradient norm raises `TrainingDiverged` before anything is saved, so the
+latest checkpoint stays the last good state (Megatron-LM's --check-for-nan-in-loss-and-grad).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import signal
 from dataclasses import dataclass
 from functools import partial
@@ -28,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_demix.checkpoint.layout import CheckpointError, read_tracker
+from megatron_demix.checkpoint.layout import CheckpointError, read_tracker, resolve_checkpoint
 from megatron_demix.config.base import ConfigError, to_dict
 from megatron_demix.model.gpt import build_gpt_model, check_parallel_fits
 from megatron_demix.runtime import device
@@ -88,6 +92,18 @@ def _resuming(run: RunOptions) -> bool:
     return run.load is not None and read_tracker(run.load) is not None
 
 
+def _require_writable(flag: str, directory: Path) -> None:
+    """A ConfigError (exit 2) now, rather than an OSError at the first save, when `directory` (or the
+    nearest existing parent it will be created in) is not writable. os.access is also false on a
+    read-only file system, even for root. Nothing is created here."""
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {directory}: {existing} is a file, not a directory; choose a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        reason = "read-only file system" if os.statvfs(existing).f_flag & os.ST_RDONLY else "permission denied"
+        raise ConfigError(f"{flag} {directory}: cannot write there ({reason}); choose a writable directory")
+
+
 def check_before_start(experiment, run: RunOptions, world_size: int) -> ParallelDims:
     """Every input check that needs no process group: fail fast, with the flag to change."""
     training = experiment.training
@@ -104,7 +120,16 @@ def check_before_start(experiment, run: RunOptions, world_size: int) -> Parallel
             f"--pretrained-checkpoint {run.pretrained}: no checkpoint there; train the base first"
             " (--component base) or point the flag at the base's save directory"
         )
+    for flag, directory in (("--save", run.save), ("--log-dir", run.log_dir)):
+        _require_writable(flag, Path(directory))
+    start = run.load if _resuming(run) else run.pretrained
+    if start is not None:
+        resolve_checkpoint(start)  # complete and of a known format, before any process group
     return dims
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient norm is not finite: training stops, nothing is saved; the launcher exits 1."""
 
 
 class _StopOnSigterm:
@@ -175,6 +200,9 @@ class Trainer:
             run.log_dir, total_iters=run.train_iters, name=run.model_name, enabled=torch.distributed.get_rank() == 0,
             tokens_per_iter=self.training.global_batch_size * experiment.model.seq_length,
         )
+        if torch.distributed.get_rank() == 0:
+            for path in checkpointing.remove_incomplete_checkpoints(run.save):
+                self.log.message(f"removed {path}: an incomplete checkpoint (a save that was killed)")
 
     # --- one step -------------------------------------------------------------------------------
 
@@ -249,6 +277,26 @@ class Trainer:
         }
         path = checkpointing.save_checkpoint(self.run.save, self.iteration, self.gpt, self.optimizer, self.scheduler, common=common)
         self.log.message(f"saved {path}")
+        if torch.distributed.get_rank() == 0:
+            removed = checkpointing.prune_checkpoints(self.run.save, self.training.keep_checkpoints)
+            if removed:
+                self.log.message(f"removed {', '.join(p.name for p in removed)} (training.keep_checkpoints={self.training.keep_checkpoints})")
+
+    def _check_finite(self, loss: float, grad_norm, lr: float) -> None:
+        """Raise `TrainingDiverged` on every rank alike: the loss is reduced over all ranks and the
+        grad norm over the model-parallel group (data-parallel grads are already equal)."""
+        grad_norm = None if grad_norm is None else float(grad_norm)
+        bad = [name for name, value in (("loss", loss), ("grad norm", grad_norm)) if value is not None and not math.isfinite(value)]
+        if not bad:
+            return
+        latest = read_tracker(self.run.save) if Path(self.run.save).is_dir() else None
+        shown_norm = "none" if grad_norm is None else f"{grad_norm:.4g}"
+        raise TrainingDiverged(
+            f"{self.run.model_name}: iteration {self.iteration}: {' and '.join(bad)} not finite (loss {loss:.4g},"
+            f" grad norm {shown_norm}, lr {lr:g}); stopped without saving, the latest checkpoint in {self.run.save}"
+            f" is {'none' if latest is None else f'iteration {latest}'}. Lower --lr or raise --lr-warmup-iters and"
+            " resume; training.check_for_nan_in_loss_and_grad: false trains on regardless"
+        )
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -265,8 +313,12 @@ class Trainer:
         while self.iteration < run.train_iters:
             records, lr, grad_norm = self.train_step()
             it = self.iteration
-            if it % training.log_interval == 0 or it == run.train_iters:
-                self.log.train(it, loss=self._mean_loss(records), lr=lr, grad_norm=grad_norm)
+            logging_now = it % training.log_interval == 0 or it == run.train_iters
+            loss = self._mean_loss(records) if logging_now or training.check_for_nan_in_loss_and_grad else None
+            if training.check_for_nan_in_loss_and_grad:
+                self._check_finite(loss, grad_norm, lr)
+            if logging_now:
+                self.log.train(it, loss=loss, lr=lr, grad_norm=grad_norm)
             if training.eval_interval and it % training.eval_interval == 0 and it < run.train_iters:
                 self.evaluate()
             if training.save_interval and it % training.save_interval == 0 and it < run.train_iters:

@@ -10,6 +10,7 @@ import io
 import json
 import math
 import pickle
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from megatron_demix.merge.methods import get_method
 from megatron_demix.merge.mpi import LaunchError, SerialComm, check_launch
 from megatron_demix.merge.plan import balance
 from merge_helpers import REPO, RUN, small_env
+
+from tests.filesystems import tmpfs
 
 QUIET = dict(comm=SerialComm(), log=lambda line: None)
 LINEAR, TASK = get_method("linear"), get_method("task_arithmetic")
@@ -289,3 +292,76 @@ def test_mixture_file_names_every_component(demo_config_dict, checkpoints, tmp_p
     assert proc.returncode == 0, proc.stderr
     provenance = json.loads((output / "iter_0000010" / "merge.json").read_text())
     assert provenance["weights"] == [0.25, 0.75] and provenance["inputs"][0].endswith("A/iter_0000010")
+
+
+# --- non-finite values and output file systems that refuse writes (issue 9) ---------------------
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_input_is_refused_naming_input_and_tensor(tmp_path, bad):
+    a = _dcp_checkpoint(tmp_path / "a", torch.ones(4, 3), torch.arange(5), b"x")
+    diverged = torch.ones(4, 3)
+    diverged[2, 1] = bad
+    b = _dcp_checkpoint(tmp_path / "b", diverged, torch.arange(5), b"x")
+    with pytest.raises(MergeError, match=rf"input 2 \({b}\): tensor w \(region at \(0, 0\)\) holds 1 non-finite value\(s\)"):
+        merge([a, b], [1, 1], tmp_path / "out", **QUIET)
+    assert leaves_nothing(tmp_path / "out")
+    # as the base of task arithmetic too
+    with pytest.raises(MergeError, match=rf"base \({b}\): tensor w .*non-finite"):
+        merge([a], [1], tmp_path / "out", method="task_arithmetic", base=b, **QUIET)
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_a_merge_that_overflows_the_output_dtype_is_refused(tmp_path):
+    a = _dcp_checkpoint(tmp_path / "a", torch.full((4, 3), 1e5), torch.arange(5), b"x")
+    with pytest.raises(MergeError, match=r"the merge into torch.float16: tensor w .*non-finite"):
+        merge([a], [1], tmp_path / "out", dtype="fp16", **QUIET)
+    assert leaves_nothing(tmp_path / "out")
+
+
+def test_legacy_input_with_nan_is_refused(tmp_path):
+    a, b = _legacy_checkpoint(tmp_path / "a", 1), _legacy_checkpoint(tmp_path / "b", 2)
+    target = iteration_dir(b, 5) / "mp_rank_01" / "model_optim_rng.pt"
+    state = torch.load(target, weights_only=False)
+    state["model"]["embedding.word_embeddings.weight"][0, 0] = float("nan")
+    torch.save(state, target)
+    with pytest.raises(MergeError, match=r"input 2 .*: tensor mp_rank_01/model_optim_rng.pt:model.embedding.word_embeddings.weight holds 1 non-finite"):
+        merge([a, b], [1, 1], tmp_path / "out", **QUIET)
+    assert leaves_nothing(tmp_path / "out")
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_nan_with_verify_is_one_line_naming_the_input_not_storage(tmp_path):
+    """The command line: one error line, exit 1, and not --verify's 'storage is unreliable'."""
+    a = _dcp_checkpoint(tmp_path / "a", torch.ones(4, 3), torch.arange(5), b"x")
+    b = _dcp_checkpoint(tmp_path / "b", torch.full((4, 3), float("nan")), torch.arange(5), b"x")
+    result = subprocess.run([*RUN, "--inputs", f"{a}:1", f"{b}:1", "--output", tmp_path / "out", "--verify"],
+                            capture_output=True, text=True, env=small_env(), timeout=120)
+    errors = [line for line in result.stderr.splitlines() if "error: " in line]
+    assert result.returncode == 1 and len(errors) == 1, result.stderr[-3000:]
+    assert f"input 2 ({b}): tensor w" in errors[0] and "12 non-finite" in errors[0] and "unreliable" not in result.stderr
+    assert leaves_nothing(tmp_path / "out")
+
+
+@pytest.mark.parametrize("size, read_only, message", [
+    ("200k", False, "cannot write (no space left on device); the file system is full"),
+    ("1m", True, "cannot write (Read-only file system); the location is not writable"),
+])
+def test_full_or_read_only_output_is_one_line(checkpoints, tmp_path, size, read_only, message):
+    with tmpfs(tmp_path / "fs", size, read_only) as fs:
+        result = subprocess.run([*RUN, "--inputs", f"{checkpoints['C']}:1", "--output", fs / "out"],
+                                capture_output=True, text=True, env=small_env(), timeout=120)
+        left = sorted(p.name for p in fs.iterdir())
+    errors = [line for line in result.stderr.splitlines() if "error: " in line]
+    assert result.returncode == 1 and len(errors) == 1 and message in errors[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and left == []
+
+
+def test_tracker_naming_a_directory_without_metadata(checkpoints, damaged_copy, tmp_path):
+    broken = damaged_copy("B")
+    shutil.copytree(broken / "iter_0000010", broken / "iter_0000011")
+    (broken / "iter_0000011" / ".metadata").unlink()
+    write_tracker(broken, 11)
+    with pytest.raises(MergeError, match=r"input 2 .*iter_0000011: has metadata.json but no .metadata.*iter_0000010 is complete: write 10 into"):
+        merge([checkpoints["A"], broken], [1, 1], tmp_path / "out", **QUIET)
+    assert leaves_nothing(tmp_path / "out")
