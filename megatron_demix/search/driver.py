@@ -1,0 +1,251 @@
+"""The DeMix search loop: pool -> rounds (propose, evaluate as array jobs, refit) -> final mixture + report.
+
+    result = run_search(experiment, "work/experiment.yaml", executor, resume=True)
+    result["mixture"]                  # {candidate: ratio}, sums to 1 (also in <work_dir>/search/final_mixture.json)
+    search_status(experiment)          # rounds done, evaluations, the current best predicted mixture
+
+Steps, in order (each one's output is on disk before the next starts, so `resume` continues):
+1. the prior (`search.prior` or the prepared token prior) and the pool of candidate mixtures;
+2. round 0: a random subset of the pool; round r > 0: fit the predictor on every result so far,
+   score the pool, let the acquisition pick mixtures not yet evaluated;
+3. evaluate the round (rounds.py: array jobs, retries, re-attachment); stop if too few results;
+4. refit on everything; the final mixture is the mean of the top-k predicted pool mixtures; its own
+   proxy is evaluated like any other; write final_mixture.json and the report.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import pickle
+import time
+
+import numpy as np
+
+from megatron_demix.cluster.executor import Executor
+from megatron_demix.runtime.files import atomic_write_bytes, atomic_write_json
+from megatron_demix.search.acquisition import ACQUISITIONS, NEEDS_ENSEMBLE, Candidates
+from megatron_demix.search.objective import composite, target_values, targets_of
+from megatron_demix.search.predictor import fit_ensemble, fit_predictor
+from megatron_demix.search.rounds import Runner, failures_by_mixture, evaluate_round
+from megatron_demix.search.sampler import MixtureSpace, resolve_prior
+from megatron_demix.search.state import RoundPaths, SearchPaths, check_settings, settings_of
+
+log = logging.getLogger(__name__)
+
+
+class SearchStopped(RuntimeError):
+    """Too few evaluations succeeded for the search to go on."""
+
+
+class Search:
+    """One experiment's search: its space, pool and state directory, and the fits over its results."""
+
+    def __init__(self, experiment):
+        self.experiment = experiment
+        self.config = experiment.search
+        self.prior = resolve_prior(experiment)
+        self.space = MixtureSpace.build(self.prior, self.config)
+        self.names = self.space.names
+        self.paths = SearchPaths.of(experiment)
+
+    def pool(self) -> np.ndarray:
+        if self.paths.pool.exists():
+            return np.load(self.paths.pool)
+        start = time.perf_counter()
+        pool = self.space.sample(self.config.pool_size, np.random.default_rng(self.config.seed))
+        log.info("pool: %d candidate mixtures of %d datasets in %.1fs", len(pool), len(self.names), time.perf_counter() - start)
+        _save_array(self.paths.pool, pool)
+        return pool
+
+    def rounds(self) -> list[RoundPaths]:
+        return [self.paths.round(r) for r in range(len(self.config.sizes))]
+
+    def results(self, include_final: bool = False) -> list[dict]:
+        """Every successful evaluation so far, each with its round's name."""
+        found = []
+        for round_paths in self.rounds() + ([self.paths.final] if include_final else []):
+            found += [{**result, "round": round_paths.name} for result in round_paths.read_results().values()]
+        return found
+
+    def matrix(self, results: list[dict], targets: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        X = np.array([[r["mixture"][n] for n in self.names] for r in results], dtype=np.float64)
+        lower = self.experiment.eval.lower_is_better
+        Y = np.array([target_values(r, targets, self.config.objective, lower) for r in results], dtype=np.float64)
+        return X, Y
+
+    def fit(self, results: list[dict], pool: np.ndarray, ensemble: bool):
+        """(predictor, pool predictions, pool composite scores, ensemble members and their pool predictions)."""
+        targets = targets_of(results, self.config.objective)
+        X, Y = self.matrix(results, targets)
+        start = time.perf_counter()
+        predictor = fit_predictor(X, Y, targets, self.config)
+        predicted = predictor.predict(pool)
+        scores = self.score(predicted, predicted, targets)
+        members = fit_ensemble(X, Y, predictor, self.config) if ensemble else []
+        member_predictions = [m.predict(pool) for m in members]
+        log.info("fitted %s on %d points in %.1fs; cross-validated Spearman: %s", "/".join(sorted(set(predictor.kinds))),
+                 len(X), time.perf_counter() - start,
+                 ", ".join(f"{t} {max(v.values()):.2f}" for t, v in predictor.cv_spearman.items()))
+        return predictor, predicted, scores, members, member_predictions
+
+    def score(self, values: np.ndarray, reference: np.ndarray, targets: list[str]) -> np.ndarray:
+        return composite(values, reference, targets, self.config.objective, self.config.domain_weights)
+
+    def propose(self, r: int, size: int, pool: np.ndarray) -> list[dict]:
+        rng = np.random.default_rng([self.config.seed, r])
+        if r == 0:
+            chosen = rng.choice(len(pool), size=min(size, len(pool)), replace=False)
+            return [self._proposal(r, i, int(p), pool) for i, p in enumerate(chosen)]
+        results = self.results()
+        needs_ensemble = self.config.acquisition in NEEDS_ENSEMBLE
+        predictor, predicted, scores, members, member_predictions = self.fit(results, pool, needs_ensemble)
+        round_paths = self.paths.round(r)
+        atomic_write_bytes(round_paths.model, pickle.dumps(predictor))
+        atomic_write_json(round_paths.cv, {"points": len(results), "kinds": dict(zip(predictor.targets, predictor.kinds)),
+                                           "cv_spearman": predictor.cv_spearman})
+        _save_array(round_paths.scores, scores)
+        evaluated = np.zeros(len(pool), dtype=bool)
+        for earlier in self.rounds()[:r]:
+            evaluated[[p["pool_index"] for p in earlier.read_proposals() or []]] = True
+        ensemble_scores = (np.stack([self.score(p, p, predictor.targets) for p in member_predictions])
+                           if member_predictions else None)
+        candidates = Candidates(pool, scores, ensemble_scores, evaluated, self.matrix(results, predictor.targets)[0])
+        chosen = ACQUISITIONS[self.config.acquisition](candidates, size, rng, self.config)
+        return [self._proposal(r, i, int(p), pool, predicted[p], scores[p], predictor.targets) for i, p in enumerate(chosen)]
+
+    def _proposal(self, r, i, pool_index, pool, predicted=None, score=None, targets=()) -> dict:
+        proposal = {"id": f"r{r}-{i:04d}", "pool_index": pool_index, "mixture": dict(zip(self.names, pool[pool_index].tolist()))}
+        if predicted is not None:
+            proposal.update(predicted=dict(zip(targets, predicted.tolist())), predicted_score=float(score))
+        return proposal
+
+
+def _save_array(path, array: np.ndarray) -> None:
+    """np.save under a temporary name, then rename (never a half-written .npy)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    tmp.replace(path)
+
+
+def _check_enough(round_paths: RoundPaths, outcome: dict, size: int, min_results: int | None) -> None:
+    needed = min(min_results, size) if min_results else math.ceil(size / 2)
+    if len(outcome["results"]) >= needed:
+        if outcome["failed"]:
+            log.warning("%s: %d mixture(s) failed for good, going on with %d results: %s", round_paths.name,
+                        len(outcome["failed"]), len(outcome["results"]), _describe_failures(outcome["failed"]))
+        return
+    raise SearchStopped(f"{round_paths.name}: only {len(outcome['results'])} of {size} evaluations succeeded (search.min_results"
+                        f" needs {needed}); failures: {_describe_failures(outcome['failed'])}. Fix the evaluation, then"
+                        " re-run with --resume (finished evaluations are kept), or lower search.min_results")
+
+
+def _describe_failures(failed: dict[str, list[dict]]) -> str:
+    return "; ".join(f"{i}: {f[-1].get('error', '?').splitlines()[0][:300]} (log: {f[-1].get('log')})" for i, f in failed.items())
+
+
+def check_resumable(experiment, resume: bool) -> Search:
+    """The experiment's search, after checking its prior and that its state directory may be (re)used."""
+    search = Search(experiment)
+    check_settings(search.paths, settings_of(experiment, search.prior), resume)
+    return search
+
+
+def run_search(experiment, config_path, executor: Executor, resume: bool = False) -> dict:
+    """Run (or with `resume`, continue) the search; returns the final_mixture.json content."""
+    search = check_resumable(experiment, resume)
+    paths = search.paths
+    paths.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(paths.settings, settings_of(experiment, search.prior))
+    pool = search.pool()
+    runner = Runner.make(executor, config_path, experiment)
+    sizes = search.config.sizes
+    for r, size in enumerate(sizes):
+        round_paths = paths.round(r)
+        proposals = round_paths.read_proposals()
+        if proposals is None:
+            proposals = search.propose(r, size, pool)
+            atomic_write_json(round_paths.proposals, proposals)
+        log.info("round %d/%d: %d mixtures (%s)", r + 1, len(sizes), len(proposals), "random from the pool" if r == 0 else search.config.acquisition)
+        _check_enough(round_paths, evaluate_round(round_paths, proposals, runner), size, search.config.min_results)
+    return finish(search, pool, runner)
+
+
+def finish(search: Search, pool: np.ndarray, runner: Runner) -> dict:
+    """The final mixture: mean of the top-k predicted; its own evaluation; final_mixture.json and the report."""
+    from megatron_demix.search.report import write_report
+
+    config, experiment = search.config, search.experiment
+    results = search.results()
+    predictor, predicted, scores, members, member_predictions = search.fit(results, pool, ensemble=True)
+    top = np.argsort(-scores, kind="stable")[: config.top_k]
+    final = pool[top].mean(axis=0)
+    final /= final.sum()
+    targets = predictor.targets
+    final_predicted = predictor.predict(final[None, :])
+    member_scores = np.array([search.score(m.predict(final[None, :]), p, targets)[0] for m, p in zip(members, member_predictions)])
+    answer = {
+        "mixture": dict(zip(search.names, final.tolist())),
+        "beta": experiment.training.beta,
+        "effective_shares": {experiment.general.name: experiment.training.beta,
+                             **{n: (1 - experiment.training.beta) * v for n, v in zip(search.names, final.tolist())}},
+        "prior": search.prior,
+        "objective": config.objective,
+        "targets": targets,
+        "predicted": {"score": float(search.score(final_predicted, predicted, targets)[0]),
+                      "uncertainty": float(member_scores.std()) if len(member_scores) else None,
+                      "ensemble_mean": float(member_scores.mean()) if len(member_scores) else None,
+                      "targets": dict(zip(targets, final_predicted[0].tolist()))},
+        "cv_spearman": predictor.cv_spearman,
+        "predictor": dict(zip(targets, predictor.kinds)),
+        "top_k": int(len(top)),
+        "evaluations": len(results),
+        "rounds": config.sizes,
+        "measured": None,
+    }
+    if config.evaluate_final:
+        proposals = [{"id": "final", "pool_index": -1, "mixture": answer["mixture"]}]
+        atomic_write_json(search.paths.final.proposals, proposals)
+        outcome = evaluate_round(search.paths.final, proposals, runner)
+        if "final" in outcome["results"]:
+            everything = search.results(include_final=True)
+            X, Y = search.matrix(everything, targets)
+            measured = search.score(Y, Y, targets)
+            index = next(i for i, r in enumerate(everything) if r["round"] == "final")
+            answer["measured"] = {"score": float(measured[index]), "targets": dict(zip(targets, Y[index].tolist())),
+                                  "metrics": everything[index]["metrics"],
+                                  "rank": int(1 + np.sum(measured > measured[index])), "of": len(everything)}
+        else:
+            log.warning("the final mixture's own evaluation failed: %s", _describe_failures(outcome["failed"]))
+    atomic_write_json(search.paths.final_mixture, answer)
+    write_report(search, pool, answer, scores)
+    log.info("final mixture: %s", ", ".join(f"{k} {v:.3f}" for k, v in answer["mixture"].items()))
+    return answer
+
+
+def search_status(experiment) -> dict:
+    """Where a search stands, from its state directory alone (no scheduler call): for `demix status`."""
+    search = Search(experiment)
+    rounds = []
+    latest_scores = None
+    for r, round_paths in enumerate(search.rounds()):
+        proposals = round_paths.read_proposals()
+        if proposals is None:
+            break
+        results = round_paths.read_results()
+        failures = failures_by_mixture(round_paths, results)
+        failed = sum(1 for f in failures.values() if len(f) > search.config.max_retries)
+        rounds.append({"round": r, "size": len(proposals), "done": len(results), "failed": failed,
+                       "pending": len(proposals) - len(results) - failed})
+        if round_paths.scores.exists():
+            latest_scores = round_paths.scores
+    best = None
+    if latest_scores is not None and search.paths.pool.exists():
+        pool, scores = np.load(search.paths.pool), np.load(latest_scores)
+        top = np.argsort(-scores, kind="stable")[: search.config.top_k]
+        best = dict(zip(search.names, pool[top].mean(axis=0).tolist()))
+    final = search.paths.final_mixture
+    return {"rounds": rounds, "planned": search.config.sizes, "best_predicted_mixture": best,
+            "final": json.loads(final.read_text()) if final.exists() else None}

@@ -1,0 +1,149 @@
+"""Score a batch of mixtures: the one entry point every executor's evaluation task runs.
+
+    evaluate_batch(config="work/experiment.yaml", mixtures=[{"id": "r0-0003", "mixture": {...}}],
+                   results_dir="work/search/round-0/results")
+
+Writes `results_dir/<id>.json` = {"id", "mixture", "domains", "metrics", "seconds"} per mixture,
+atomically, and skips mixtures that already have one (a retried or re-run task never evaluates a
+mixture twice). How a mixture is scored (`EVALUATORS`, chosen from the `eval:` section):
+- `command`: `eval.command` is a shell template run once per mixture with {mixture} (JSON
+  {candidate: ratio}), {output} (where it writes a flat JSON {metric: number}), {workdir}, and
+  {checkpoint}: when the template names it, the proxy is merged to disk first
+  (tools/merge/run.py on `merge.ranks` MPI ranks) and deleted afterwards. Metrics become domain
+  scores through `eval.tasks` (each metric its own domain when that is empty).
+- `lm_eval`: the built-in evaluation, launch/eval_proxy.py on the whole batch (it builds each proxy
+  in memory and writes per-mixture {"domains", "metrics"}).
+A failure of one mixture (non-zero exit, no or unreadable JSON, a NaN) does not stop the others;
+the batch then raises, naming each failed mixture, so the task's record is an error with its log.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from megatron_demix.eval.config import domain_scores
+from megatron_demix.runtime.files import atomic_write_json
+from megatron_demix.search.objective import check_finite
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[2]
+
+
+class EvaluationFailed(RuntimeError):
+    pass
+
+
+def _run(command: list[str] | str, where: str, **kwargs) -> None:
+    """Run with output to this task's log; a non-zero exit is an error naming the command."""
+    sys.stdout.flush()
+    code = subprocess.run(command, cwd=REPO, **kwargs).returncode
+    if code:
+        raise EvaluationFailed(f"{where} exited with status {code}")
+
+
+def _merge_proxy(config: str, experiment, mixture_file: Path, output: Path) -> None:
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    merge = [sys.executable, str(REPO / "tools/merge/run.py"), "--config", config, "--mixture", str(mixture_file),
+             "--output", str(output), "--overwrite"]
+    _run([str(mpiexec), "-n", str(experiment.merge.ranks), *merge] if mpiexec.exists() else merge, "the merge (tools/merge/run.py)")
+
+
+def fill_placeholders(template: str, **paths: Path) -> str:
+    """Replace {mixture} {output} {checkpoint} {workdir} by quoted paths; every other brace stays (JSON, awk, ...)."""
+    return re.sub(r"\{(" + "|".join(paths) + r")\}", lambda m: shlex.quote(str(paths[m.group(1)])), template)
+
+
+def evaluate_with_command(config: str, experiment, mixtures: list[dict], work_root: Path) -> dict[str, dict]:
+    """Run `eval.command` once per mixture; returns {id: result or the exception}."""
+    template = experiment.eval.command
+    outcomes = {}
+    for item in mixtures:
+        workdir = work_root / item["id"]
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True)
+        mixture_file, output, checkpoint = workdir / "mixture.json", workdir / "metrics.json", workdir / "checkpoint"
+        mixture_file.write_text(json.dumps(item["mixture"], indent=1))
+        try:
+            if "{checkpoint}" in template:
+                _merge_proxy(config, experiment, mixture_file, checkpoint)
+            command = fill_placeholders(template, mixture=mixture_file, output=output, checkpoint=checkpoint, workdir=workdir)
+            _run(["bash", "-c", command], f"eval.command for mixture {item['id']}")
+            if not output.exists():
+                raise EvaluationFailed(f"eval.command for mixture {item['id']} exited 0 but wrote no {{output}} file ({output})")
+            try:
+                raw = json.loads(output.read_text())
+            except json.JSONDecodeError as error:
+                raise EvaluationFailed(f"{output}: not JSON ({error})") from None
+            metrics = check_finite(raw, str(output))
+            tasks = experiment.eval.tasks or {name: [name] for name in metrics}
+            outcomes[item["id"]] = {"metrics": metrics, "domains": domain_scores(metrics, tasks, experiment.eval.lower_is_better)}
+        except (EvaluationFailed, ValueError, KeyError) as error:
+            outcomes[item["id"]] = error
+        finally:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    return outcomes
+
+
+def evaluate_with_lm_eval(config: str, experiment, mixtures: list[dict], work_root: Path) -> dict[str, dict]:
+    """launch/eval_proxy.py on the batch (one process, one harness start); reads its <id>.json files."""
+    work_root.mkdir(parents=True, exist_ok=True)
+    manifest = work_root / f"batch-{mixtures[0]['id']}.jsonl"
+    manifest.write_text("".join(json.dumps({"id": m["id"], "mixture": m["mixture"]}) + "\n" for m in mixtures))
+    output_dir = work_root / "lm_eval"
+    outcomes = {}
+    try:
+        _run([sys.executable, str(REPO / "launch/eval_proxy.py"), "--config", config, "--manifest", str(manifest),
+              "--output-dir", str(output_dir)], "launch/eval_proxy.py")
+    except EvaluationFailed as error:
+        failure = error
+    else:
+        failure = None
+    for item in mixtures:
+        path = output_dir / f"{item['id']}.json"
+        try:
+            data = json.loads(path.read_text())
+            outcomes[item["id"]] = {"domains": check_finite(data["domains"], f"{path}: domains"),
+                                    "metrics": check_finite(data.get("metrics") or data["domains"], f"{path}: metrics")}
+        except (OSError, json.JSONDecodeError, KeyError, ValueError) as error:
+            outcomes[item["id"]] = failure or EvaluationFailed(f"{path}: no usable result ({error})")
+    return outcomes
+
+
+EVALUATORS = {"command": evaluate_with_command, "lm_eval": evaluate_with_lm_eval}
+
+
+def evaluator_name(eval_config) -> str:
+    return "command" if eval_config.command else "lm_eval"
+
+
+def evaluate_batch(config: str, mixtures: list[dict], results_dir: str) -> dict:
+    """Evaluate the mixtures that have no result yet; returns {"evaluated": [...], "skipped": [...]}; raises on any failure."""
+    from megatron_demix.config.experiment import load_experiment
+
+    experiment = load_experiment(config)
+    results_dir = Path(results_dir)
+    todo = [m for m in mixtures if not (results_dir / f"{m['id']}.json").exists()]
+    skipped = [m["id"] for m in mixtures if m not in todo]
+    start = time.perf_counter()
+    outcomes = EVALUATORS[evaluator_name(experiment.eval)](config, experiment, todo, results_dir.parent / "work") if todo else {}
+    seconds = (time.perf_counter() - start) / max(len(todo), 1)
+    failed = {}
+    for item in todo:
+        outcome = outcomes[item["id"]]
+        if isinstance(outcome, Exception):
+            failed[item["id"]] = f"{type(outcome).__name__}: {outcome}"
+            log.error("mixture %s failed: %s", item["id"], outcome)
+            continue
+        atomic_write_json(results_dir / f"{item['id']}.json", {"id": item["id"], "mixture": item["mixture"],
+                                                               "seconds": round(seconds, 3), **outcome})
+    if failed:
+        raise EvaluationFailed(f"{len(failed)} of {len(todo)} mixture(s) failed: "
+                               + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+    return {"evaluated": [m["id"] for m in todo], "skipped": skipped}

@@ -1,0 +1,131 @@
+"""The surrogate: one regressor per target (a domain score or a metric), mixture shares as features.
+
+    predictor = fit_predictor(X, Y, targets, config)      # X [n, k] shares, Y [n, T] measured
+    predictor.predict(pool)                                # [m, T]
+    predictor.cv_spearman                                  # {target: {kind: rho}} out-of-fold
+
+Kinds are a registry (`lightgbm`, `ridge`); `auto` keeps, per target, the kind with the higher
+k-fold (leave-one-out on few points) cross-validated Spearman between out-of-fold predictions and
+measured scores: the points a model is fitted on never score it. `fit_ensemble` refits the
+chosen kinds on bootstrap resamples, for an uncertainty (the spread of the members' predictions).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from megatron_demix.search.config import SearchConfig
+
+
+def lightgbm_params(n: int, config: SearchConfig, seed: int) -> dict:
+    """The paper's 300 iterations / lr 0.02, with leaf settings that let trees split on tens of points.
+
+    LightGBM's defaults (min_data_in_leaf 20, 31 leaves) need 40 rows for a single split, so on the
+    paper's 16-56 first-round points every tree is one leaf predicting mean(y) (LightGBM issue #5783;
+    the reference code's fits are all constant there). A leaf of n/8 rows (2 at least, the default
+    20 at most) and n/4 leaves (4..31) keep splits possible on 16 points and reach the defaults near
+    160-250 points; min_data_in_bin 1 lets the histogram bins follow the few distinct values.
+    """
+    return dict(n_estimators=config.lgbm_iterations, learning_rate=config.lgbm_learning_rate, random_state=seed,
+                min_child_samples=int(np.clip(n // 8, 2, 20)), num_leaves=int(np.clip(n // 4, 4, 31)),
+                min_data_in_bin=1, n_jobs=1, verbose=-1)
+
+
+def _lightgbm(n: int, config: SearchConfig, seed: int):
+    from lightgbm import LGBMRegressor
+
+    return LGBMRegressor(**lightgbm_params(n, config, seed))
+
+
+def _ridge(n: int, config: SearchConfig, seed: int):
+    from sklearn.linear_model import Ridge
+
+    return Ridge(alpha=config.ridge_alpha)  # the reference code's small-n model
+
+
+MODELS = {"lightgbm": _lightgbm, "ridge": _ridge}
+"""Regressor kinds: name -> factory(n points, config, seed) of an sklearn-style estimator."""
+
+
+def _fit(kind: str, X: np.ndarray, y: np.ndarray, config: SearchConfig, seed: int):
+    model = MODELS[kind](len(X), config, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # sklearn's feature-name chatter
+        model.fit(X, y)
+    return model
+
+
+def _predict(model, X: np.ndarray) -> np.ndarray:
+    """Predictions; LightGBM fits on one thread (tiny data) but predicts a large pool on every core."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if hasattr(model, "booster_") and len(X) > 10_000:
+            return np.asarray(model.booster_.predict(X, num_threads=os.cpu_count() or 1), dtype=np.float64)
+        return np.asarray(model.predict(X), dtype=np.float64)
+
+
+def folds(n: int, config: SearchConfig, seed: int) -> list[np.ndarray]:
+    """Test indices of k shuffled folds; leave-one-out when n < 2 k (each fold would be tiny)."""
+    k = n if n < 2 * config.cv_folds else config.cv_folds
+    order = np.random.default_rng(seed).permutation(n)
+    return [order[i::k] for i in range(k)]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rho; 0.0 when either side is constant (no ranking information), so it never wins a choice."""
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(spearmanr(a, b).statistic)
+
+
+def cross_validated_spearman(kind: str, X: np.ndarray, y: np.ndarray, config: SearchConfig, seed: int) -> float:
+    """Spearman between out-of-fold predictions and measured y (every point predicted by a model that never saw it)."""
+    predicted = np.empty(len(y))
+    for test in folds(len(y), config, seed):
+        train = np.setdiff1d(np.arange(len(y)), test)
+        predicted[test] = _predict(_fit(kind, X[train], y[train], config, seed), X[test])
+    return spearman(predicted, y)
+
+
+@dataclass
+class Predictor:
+    """Fitted regressors, one per target, with the kind chosen for each and the cross-validation table."""
+
+    targets: list[str]
+    kinds: list[str]
+    models: list = field(repr=False)
+    cv_spearman: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.stack([_predict(m, X) for m in self.models], axis=1)
+
+
+def fit_predictor(X: np.ndarray, Y: np.ndarray, targets: list[str], config: SearchConfig, cross_validate: bool = True) -> Predictor:
+    """One regressor per target column of Y; with `auto`, the kind with the best cross-validated Spearman."""
+    kinds, models, table = [], [], {}
+    candidates = list(MODELS) if config.predictor == "auto" else [config.predictor]
+    for t, name in enumerate(targets):
+        y = Y[:, t]
+        if cross_validate or len(candidates) > 1:
+            table[name] = {kind: cross_validated_spearman(kind, X, y, config, config.seed + t) for kind in candidates}
+            kind = max(candidates, key=lambda k: table[name][k])
+        else:
+            kind = candidates[0]
+        kinds.append(kind)
+        models.append(_fit(kind, X, y, config, config.seed + t))
+    return Predictor(list(targets), kinds, models, table)
+
+
+def fit_ensemble(X: np.ndarray, Y: np.ndarray, predictor: Predictor, config: SearchConfig) -> list[Predictor]:
+    """`ensemble_size` refits of the predictor's kinds on bootstrap resamples of the points."""
+    rng = np.random.default_rng(config.seed + 1000)
+    members = []
+    for b in range(config.ensemble_size):
+        rows = rng.integers(0, len(X), size=len(X))
+        models = [_fit(kind, X[rows], Y[rows, t], config, config.seed + 100 * b + t) for t, kind in enumerate(predictor.kinds)]
+        members.append(Predictor(predictor.targets, predictor.kinds, models))
+    return members

@@ -1,0 +1,128 @@
+"""The search report, `<work_dir>/search/report/`: final_mixture.json, summary.md and three plots.
+
+- predicted_vs_measured.png: per target, each round's predicted score (by the predictor that
+  proposed it) against the measured one: whether the surrogate could be trusted, round by round;
+- final_vs_prior.png: the final mixture's shares next to the prior's;
+- scores_by_round.png: the measured composite score of every evaluated mixture, per round
+  (round 0 is random search; the final mixture is marked).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from megatron_demix.runtime.files import atomic_write_json, atomic_write_text
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_predicted_vs_measured(search, targets: list[str], output) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(targets), figsize=(4 * len(targets), 3.8), squeeze=False)
+    for t, (ax, target) in enumerate(zip(axes[0], targets)):
+        for round_paths in search.rounds()[1:]:
+            proposals = {p["id"]: p for p in round_paths.read_proposals() or [] if "predicted" in p}
+            pairs = [(proposals[i]["predicted"][target], search.matrix([r], targets)[1][0, t])
+                     for i, r in round_paths.read_results().items() if i in proposals]
+            if pairs:
+                x, y = zip(*pairs)
+                ax.scatter(x, y, s=18, label=round_paths.name)
+        low, high = ax.get_xlim()
+        ax.plot([low, high], [low, high], color="grey", lw=0.8, ls="--")
+        ax.set_xlabel(f"predicted {target}")
+        ax.set_ylabel(f"measured {target}")
+        ax.legend(fontsize=8)
+    fig.suptitle("Predicted (when proposed) vs measured, per round")
+    fig.tight_layout()
+    fig.savefig(output, dpi=110)
+    plt.close(fig)
+
+
+def plot_final_vs_prior(names: list[str], final: dict, prior: dict, output) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(names), 3.8))
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, [prior[n] for n in names], 0.4, label="prior")
+    ax.bar(x + 0.2, [final[n] for n in names], 0.4, label="final mixture")
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_ylabel("share")
+    ax.set_ylim(0, 1.3 * max(max(final.values()), max(prior.values())))  # room for the legend
+    ax.set_title("Final mixture against the prior")
+    ax.legend(ncol=2)
+    fig.tight_layout()
+    fig.savefig(output, dpi=110)
+    plt.close(fig)
+
+
+def plot_scores_by_round(names: list[str], scores: dict[str, np.ndarray], final_score: float | None, output) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(names), 3.8))
+    data = [scores[n] for n in names]
+    ax.boxplot(data, showfliers=False)
+    for i, values in enumerate(data, start=1):
+        ax.scatter(np.full(len(values), i) + np.random.default_rng(i).uniform(-0.12, 0.12, len(values)), values, s=10, alpha=0.6)
+    if final_score is not None:
+        ax.axhline(final_score, color="red", lw=1, label="final mixture")
+        ax.legend(fontsize=8)
+    ax.set_xticks(range(1, len(names) + 1), names)
+    ax.set_ylabel("measured composite score (higher is better)")
+    ax.set_title("Score distribution per round")
+    fig.tight_layout()
+    fig.savefig(output, dpi=110)
+    plt.close(fig)
+
+
+def write_report(search, pool: np.ndarray, answer: dict, pool_scores: np.ndarray) -> None:
+    report = search.paths.report
+    report.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(report / "final_mixture.json", answer)
+    targets = answer["targets"]
+    everything = search.results(include_final=True)
+    X, Y = search.matrix(everything, targets)
+    measured = search.score(Y, Y, targets)
+    by_round: dict[str, list[float]] = {}
+    for result, score in zip(everything, measured):
+        by_round.setdefault(result["round"], []).append(float(score))
+    rounds = [r.name for r in search.rounds() if r.name in by_round]
+    final_score = answer["measured"]["score"] if answer["measured"] else None
+    plot_predicted_vs_measured(search, targets, report / "predicted_vs_measured.png")
+    plot_final_vs_prior(search.names, answer["mixture"], answer["prior"], report / "final_vs_prior.png")
+    plot_scores_by_round(rounds, {r: np.array(by_round[r]) for r in rounds}, final_score, report / "scores_by_round.png")
+    atomic_write_text(report / "summary.md", summary_markdown(search, answer, by_round, rounds))
+
+
+def summary_markdown(search, answer: dict, by_round: dict, rounds: list[str]) -> str:
+    lines = [f"# Mixture search: {search.experiment.name}", "",
+             f"{answer['evaluations']} evaluations in rounds of {answer['rounds']}; objective `{answer['objective']}`; "
+             f"final mixture = mean of the top {answer['top_k']} predicted of {len(np.load(search.paths.pool))} pool mixtures.", "",
+             "| candidate | prior | final mixture | effective share (beta = %.2f) |" % answer["beta"], "|---|---|---|---|"]
+    lines += [f"| {n} | {answer['prior'][n]:.4f} | {answer['mixture'][n]:.4f} | {answer['effective_shares'][n]:.4f} |" for n in search.names]
+    general = search.experiment.general.name
+    lines += [f"| {general} (general, in every component) | | | {answer['effective_shares'][general]:.4f} |", ""]
+    predicted = answer["predicted"]
+    uncertainty = f" +- {predicted['uncertainty']:.3f} (std over {search.config.ensemble_size} bootstrap fits)" if predicted["uncertainty"] is not None else ""
+    lines.append(f"Predicted score of the final mixture: {predicted['score']:.3f}{uncertainty}.")
+    if answer["measured"]:
+        m = answer["measured"]
+        lines.append(f"Measured (its own proxy): {m['score']:.3f}, rank {m['rank']} of {m['of']} evaluated mixtures.")
+    else:
+        lines.append("Measured: not evaluated (search.evaluate_final is false, or its evaluation failed).")
+    lines += ["", "## Rounds", "", "| round | evaluated | best measured | median measured | CV Spearman of its predictor |", "|---|---|---|---|---|"]
+    for r in rounds:
+        cv_file = search.paths.root / r / "cv.json"
+        cv = json.loads(cv_file.read_text())["cv_spearman"] if cv_file.exists() else {}
+        cv_text = ", ".join(f"{t}: " + "/".join(f"{k} {v:.2f}" for k, v in kinds.items()) for t, kinds in cv.items()) or "- (random)"
+        values = by_round[r]
+        lines.append(f"| {r} | {len(values)} | {max(values):.3f} | {float(np.median(values)):.3f} | {cv_text} |")
+    lines += ["", "Final predictor, cross-validated Spearman (out-of-fold predictions vs measured): "
+              + ", ".join(f"{t}: " + "/".join(f"{k} {v:.2f}" for k, v in kinds.items()) for t, kinds in answer["cv_spearman"].items()),
+              "", "Plots: predicted_vs_measured.png, final_vs_prior.png, scores_by_round.png.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,112 @@
+"""Evaluate one round's mixtures as array jobs, with retries, re-attachment and progress lines.
+
+    outcome = evaluate_round(round_paths, proposals, runner)      # {"results": {...}, "failed": {...}}
+
+Each attempt is one array job (`cluster/tasks.py`) of batches of `mixtures_per_task` mixtures.
+After it ends, mixtures without a result are retried in a new attempt, up to `max_retries` times;
+a mixture that failed every time is reported with its errors and log paths. Everything is read
+back from disk, so a driver killed at any point resumes here: attempts whose job still runs are
+re-attached (never resubmitted), finished results are never evaluated again.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+
+from megatron_demix.cluster.executor import Executor
+from megatron_demix.cluster.tasks import Call, TaskArray, Watcher
+from megatron_demix.search.config import SearchConfig
+from megatron_demix.search.state import RoundPaths
+
+log = logging.getLogger(__name__)
+EVALUATE = "megatron_demix.search.evaluate:evaluate_batch"
+
+
+@dataclass
+class Runner:
+    """How rounds are run: the executor, the experiment file the tasks read, and the search settings."""
+
+    executor: Executor
+    config_path: str
+    search: SearchConfig
+    tag: str
+    """Short id of the experiment's work dir: makes job names unique across concurrent searches."""
+
+    @classmethod
+    def make(cls, executor: Executor, config_path, experiment) -> "Runner":
+        tag = hashlib.sha1(str(experiment.work_dir).encode()).hexdigest()[:6]
+        return cls(executor, str(config_path), experiment.search, tag)
+
+
+def failures_by_mixture(round_paths: RoundPaths, results: dict) -> dict[str, list[dict]]:
+    """Per mixture without a result, the error records of the finished tasks that held it."""
+    failures: dict[str, list[dict]] = {}
+    for folder in round_paths.attempts():
+        array = TaskArray(folder)
+        for task, record in array.records().items():
+            if record is None or record["state"] == "success":
+                continue
+            for item in array.calls[task].kwargs["mixtures"]:
+                if item["id"] not in results:
+                    failures.setdefault(item["id"], []).append(record)
+    return failures
+
+
+class Progress:
+    """Logs `done / failed / pending` with a rate and an ETA when the counts change (or every minute)."""
+
+    def __init__(self, name: str, total: int, done_before: int):
+        self.name, self.total, self.done_before = name, total, done_before
+        self.start, self.last, self.last_line = time.monotonic(), None, 0.0
+
+    def __call__(self, done: int, failed: int) -> None:
+        now = time.monotonic()
+        counts = (done, failed)
+        if counts == self.last and now - self.last_line < 60:
+            return
+        self.last, self.last_line = counts, now
+        pending = self.total - done - failed
+        new = done - self.done_before
+        rate = new / max(now - self.start, 1e-9)
+        eta = f", ETA {pending / rate / 60:.1f} min" if new > 0 and pending else ""
+        log.info("%s: %d/%d done, %d failed, %d pending (%.2f mixtures/min%s)", self.name, done, self.total, failed,
+                 pending, rate * 60, eta)
+
+
+def evaluate_round(round_paths: RoundPaths, proposals: list[dict], runner: Runner) -> dict:
+    """Run every proposal to a result or to a final failure; returns {"results": {id: result}, "failed": {id: [errors]}}."""
+    config = runner.search
+    ids = [p["id"] for p in proposals]
+    progress = Progress(round_paths.name, len(ids), len(round_paths.read_results()))
+    watcher = Watcher(runner.executor, max_delay=config.poll_seconds)
+    while True:
+        results = {k: v for k, v in round_paths.read_results().items() if k in ids}
+        failures = failures_by_mixture(round_paths, results)
+        retryable = [p for p in proposals if p["id"] not in results and len(failures.get(p["id"], [])) <= config.max_retries]
+        given_up = {i: f for i, f in failures.items() if i not in results and len(f) > config.max_retries}
+        progress(len(results), len(given_up))
+        unfinished = [TaskArray(f) for f in round_paths.attempts() if None in TaskArray(f).records().values()]
+        if unfinished:
+            for array in unfinished:  # re-attach (or, if the submission never happened, submit now)
+                array.submit(runner.executor, "slurm/eval_proxy.sh", stage="eval", max_parallel=config.max_parallel)
+
+            def show(polled):
+                done = len([f for f in round_paths.results.glob("*.json") if f.stem in ids]) if round_paths.results.is_dir() else 0
+                progress(done, len(given_up))
+
+            watcher.wait(unfinished, progress=show)
+            continue
+        if not retryable:
+            return {"results": results, "failed": given_up}
+        attempt = len(round_paths.attempts())
+        if attempt:
+            log.warning("%s: retrying %d mixture(s) (attempt %d): %s", round_paths.name, len(retryable), attempt,
+                        "; ".join(f"{i}: {f[-1].get('error', '?')[:200]} (log: {f[-1].get('log')})"
+                                  for i, f in failures.items() if i not in results)[:2000])
+        batches = [retryable[i:i + config.mixtures_per_task] for i in range(0, len(retryable), config.mixtures_per_task)]
+        calls = [Call(EVALUATE, {"config": runner.config_path, "results_dir": str(round_paths.results),
+                                 "mixtures": [{"id": p["id"], "mixture": p["mixture"]} for p in batch]}) for batch in batches]
+        array = TaskArray.create(round_paths.attempt(attempt), f"eval-{runner.tag}-{round_paths.name}-a{attempt}", calls)
+        array.submit(runner.executor, "slurm/eval_proxy.sh", stage="eval", max_parallel=config.max_parallel)

@@ -1,0 +1,81 @@
+"""The surrogate and the objective: trees that split on few points, honest cross-validation, ranks and weights."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from megatron_demix.config.base import ConfigError
+from megatron_demix.search.acquisition import ACQUISITIONS, Candidates
+from megatron_demix.search.config import SearchConfig
+from megatron_demix.search.objective import composite, target_values, targets_of
+from megatron_demix.search.predictor import cross_validated_spearman, fit_ensemble, fit_predictor, lightgbm_params
+
+
+def _data(n, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.dirichlet(np.ones(3), n)
+    y = 1 - ((X - [0.2, 0.5, 0.3]) ** 2).sum(axis=1) + rng.normal(0, 0.005, n)
+    return X, y
+
+
+def test_lightgbm_splits_on_sixteen_points_where_its_defaults_would_not():
+    X, y = _data(16)
+    params = lightgbm_params(16, SearchConfig(), seed=0)
+    assert params["min_child_samples"] == 2 and params["n_estimators"] == 300 and params["learning_rate"] == 0.02
+    predictor = fit_predictor(X, y[:, None], ["score"], SearchConfig(predictor="lightgbm"), cross_validate=False)
+    assert np.ptp(predictor.predict(X)[:, 0]) > 0.05  # not one constant leaf (LightGBM's defaults need 40 rows)
+    from lightgbm import LGBMRegressor
+
+    constant = LGBMRegressor(n_estimators=300, learning_rate=0.02, verbose=-1).fit(X, y).predict(X)
+    assert np.ptp(constant) == 0  # the reference code's behaviour on 16 points
+
+
+def test_cross_validated_spearman_is_out_of_fold_and_auto_picks_the_better_kind():
+    X, y = _data(48)
+    config = SearchConfig()
+    assert cross_validated_spearman("lightgbm", X, y, config, seed=0) > 0.6
+    noise = np.random.default_rng(1).normal(size=48)
+    assert abs(cross_validated_spearman("lightgbm", X, noise, config, seed=0)) < 0.5  # memorising noise does not score
+    predictor = fit_predictor(X, np.stack([y, X[:, 0]], axis=1), ["bowl", "linear"], config)
+    assert set(predictor.cv_spearman["linear"]) == {"lightgbm", "ridge"}
+    assert predictor.kinds[1] == max(predictor.cv_spearman["linear"], key=predictor.cv_spearman["linear"].get)
+    members = fit_ensemble(X, y[:, None], fit_predictor(X, y[:, None], ["s"], config), SearchConfig(ensemble_size=4))
+    spread = np.std([m.predict(X[:5])[:, 0] for m in members], axis=0)
+    assert len(members) == 4 and spread.max() > 0
+
+
+def test_macro_rank_uses_percentile_ranks_and_domain_weights():
+    reference = np.array([[0.0, 10.0], [1.0, 20.0], [2.0, 30.0], [3.0, 40.0]])
+    values = np.array([[3.0, 10.0], [0.0, 40.0]])
+    equal = composite(values, reference, ["math", "code"], "macro_rank", {})
+    assert equal == pytest.approx([(1.0 + 0.25) / 2, (0.25 + 1.0) / 2])
+    weighted = composite(values, reference, ["math", "code"], "macro_rank", {"math": 3, "code": 1})
+    assert weighted[0] > weighted[1]
+    with pytest.raises(ConfigError, match="search.domain_weights: unknown domain"):
+        composite(values, reference, ["math", "code"], "macro_rank", {"prose": 1})
+
+
+def test_one_metric_objective_is_oriented_by_lower_is_better():
+    results = [{"domains": {"d": 1.0}, "metrics": {"ppl": 12.0, "acc": 0.5}}]
+    assert targets_of(results, "ppl") == ["ppl"]
+    assert target_values(results[0], ["ppl"], "ppl", lower_is_better=["ppl"]) == [-12.0]
+    with pytest.raises(ConfigError, match="search.objective: 'bleu' is not a metric"):
+        targets_of(results, "bleu")
+
+
+@pytest.mark.parametrize("name", sorted(ACQUISITIONS))
+def test_acquisitions_pick_distinct_unevaluated_mixtures(name):
+    rng = np.random.default_rng(0)
+    pool = rng.dirichlet(np.ones(3), 5000)
+    score = -np.abs(pool - [0.2, 0.5, 0.3]).sum(axis=1)
+    evaluated = np.zeros(len(pool), bool)
+    evaluated[np.argsort(-score)[:3]] = True
+    ensemble = score[None, :] + rng.normal(0, 0.01, (4, len(pool)))
+    config = SearchConfig(acquisition_top=64, min_distance=0.05)
+    picks = ACQUISITIONS[name](Candidates(pool, score, ensemble, evaluated, pool[evaluated]), 8, rng, config)
+    assert len(picks) == len(set(picks)) == 8 and not evaluated[picks].any()
+    assert np.median(score[picks]) > np.quantile(score, 0.9)  # exploits the prediction
+    if name == "ucb":
+        chosen = pool[picks]
+        gaps = np.abs(chosen[:, None, :] - chosen[None, :, :]).sum(axis=2) + np.eye(8) * 9
+        assert gaps.min() >= 0.05  # the diversity constraint

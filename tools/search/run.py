@@ -1,0 +1,56 @@
+"""The DeMix mixture search: sample a pool, evaluate proxies in rounds of array jobs, fit, answer.
+
+    python tools/search/run.py --config configs/demo.yaml                  # executor from cluster.executor
+    python tools/search/run.py --config configs/paper.yaml --executor slurm
+    python tools/search/run.py --config configs/paper.yaml --resume        # continue after a kill / preemption
+    sbatch slurm/search.sh configs/paper.yaml                              # the driver as a job
+
+Writes <work_dir>/search/ (state, final_mixture.json, report/). Settings: the experiment's
+`search:` and `eval:` sections. Exit status 2 for bad input or configuration, 1 when the search
+stops (too few evaluations succeeded; the message names the failures and their logs).
+"""
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="experiment YAML (e.g. configs/demo.yaml)")
+    parser.add_argument("--executor", choices=("auto", "local", "slurm"), help="where evaluations run (default: cluster.executor)")
+    parser.add_argument("--resume", action="store_true", help="continue the search in <work_dir>/search/ instead of refusing to touch it")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+    from megatron_demix.cluster.executor import make_executor
+    from megatron_demix.config.base import ConfigError, replace
+    from megatron_demix.config.experiment import dump_experiment, load_experiment
+    from megatron_demix.search.driver import SearchStopped, check_resumable, run_search
+
+    try:
+        experiment = load_experiment(args.config)
+        if args.executor:
+            experiment = replace(experiment, cluster=replace(experiment.cluster, executor=args.executor))
+        check_resumable(experiment, args.resume)  # before touching the work dir: running tasks read its experiment.yaml
+        resolved = experiment.paths.root / "experiment.yaml"  # every evaluation task reads this copy (as `demix` jobs do)
+        dump_experiment(experiment, resolved)
+        executor = make_executor(experiment.cluster, Path(experiment.work_dir) / "search" / "logs")
+        answer = run_search(experiment, resolved, executor, resume=args.resume)
+    except ConfigError as error:
+        print(f"search: error: {error}", file=sys.stderr)
+        return 2
+    except SearchStopped as error:
+        print(f"search: stopped: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps({"mixture": answer["mixture"], "predicted": answer["predicted"]["score"],
+                      "measured": (answer["measured"] or {}).get("score")}, indent=1))
+    print(f"report: {Path(experiment.work_dir) / 'search' / 'report'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
