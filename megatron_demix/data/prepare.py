@@ -11,7 +11,13 @@ Steps, each skipped when its output is already complete:
    `token_count.json` is written last and marks the dataset complete;
 4. `token_prior.json`: the candidates' token shares (the search's "Uniform" baseline).
 Outputs are written under temporary names and renamed when complete, so a killed run leaves no
-half-written dataset and re-running picks up where it stopped.
+half-written dataset and re-running picks up where it stopped (removing what the killed run left).
+
+A dataset counts as done only while everything its tokens depend on is unchanged: the source
+files (path, size and content hash, see readers.source_fingerprint), the text field, the
+end-of-document setting and the tokenizer. Any change re-tokenizes it and updates the prior.
+A worker process that dies (killed, out of memory) ends the run with `PrepareFailed` naming the
+dataset; nothing is left half-written.
 """
 from __future__ import annotations
 
@@ -20,8 +26,12 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
 from pathlib import Path
 
@@ -33,9 +43,14 @@ from megatron_demix.data.builtin import write_builtin
 from megatron_demix.data.config import DatasetConfig
 from megatron_demix.data.readers import DataError
 from megatron_demix.data.tokenizer import DemixTokenizer, load_tokenizer, train_bpe
-from megatron_demix.runtime.files import TMP_SUFFIX, atomic_write_json, remove_stale_temporaries
+from megatron_demix.eval.builtin_tasks import write_builtin_tasks
+from megatron_demix.runtime.files import TMP_SUFFIX, atomic_write_json, remove_stale_temporaries, temporary_name
 
 log = logging.getLogger(__name__)
+
+
+class PrepareFailed(RuntimeError):
+    """Preparation failed while running (not because of the input): e.g. a tokenizer worker died."""
 
 
 def dataset_source(experiment: ExperimentConfig, dataset: DatasetConfig) -> Path:
@@ -101,6 +116,11 @@ _worker_append_eod = True
 
 def _init_worker(tokenizer_path: str, append_eod: bool) -> None:
     global _worker_tokenizer, _worker_append_eod
+    if sys.platform == "linux":  # die with the parent: a kill -9 of `demix prepare` leaves no worker behind
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     _worker_tokenizer = load_tokenizer(tokenizer_path)
     _worker_append_eod = append_eod
 
@@ -121,6 +141,19 @@ def _chunks(documents, size: int):
     documents = iter(documents)
     while chunk := list(islice(documents, size)):
         yield [text for text, _ in chunk], sum(n for _, n in chunk)
+
+
+def _encode_in_order(pool: ProcessPoolExecutor, chunks, in_flight: int):
+    """`pool.map(_encode_chunk, chunks)` in order with at most `in_flight` chunks read ahead (map would
+    read the whole dataset first). Unlike multiprocessing.Pool, whose imap waits forever for the
+    task of a worker that died, the executor fails every pending result with BrokenProcessPool."""
+    pending = deque()
+    for chunk in chunks:
+        pending.append(pool.submit(_encode_chunk, chunk))
+        if len(pending) >= in_flight:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 # ----------------------------------------------------------------------------- one dataset
@@ -145,18 +178,20 @@ def _tokenize_to_indexed(dataset: DatasetConfig, source: Path, prefix: Path, tok
     from tqdm import tqdm
 
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(Path(f"{prefix}.bin"))
-    tmp_prefix = prefix.with_name(f".{prefix.name}.{os.getpid()}{TMP_SUFFIX}")
-    builder = IndexedDatasetBuilder(f"{tmp_prefix}.bin", dtype=DType.optimal_dtype(tokenizer.vocab_size))
+    targets = {suffix: Path(f"{prefix}{suffix}") for suffix in (".bin", ".idx")}
+    temporaries = {suffix: temporary_name(target) for suffix, target in targets.items()}
+    for target in targets.values():
+        remove_stale_temporaries(target)
+    builder = IndexedDatasetBuilder(str(temporaries[".bin"]), dtype=DType.optimal_dtype(tokenizer.vocab_size))
     documents = tokens = 0
     bar = tqdm(total=readers.total_bytes(dataset, source), unit="B", unit_scale=True, desc=f"prepare {dataset.name}",
                mininterval=0.5 if sys.stderr.isatty() else 10, file=sys.stderr)
     try:
         # Workers are single-threaded so that --workers is the honest degree of parallelism.
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        with multiprocessing.get_context("fork").Pool(workers, _init_worker, (str(tokenizer.path), append_eod)) as pool:
+        with ProcessPoolExecutor(workers, multiprocessing.get_context("fork"), _init_worker, (str(tokenizer.path), append_eod)) as pool:
             chunks = _chunks(readers.iter_documents(dataset, source), chunk_documents)
-            for ids, lengths, size in pool.imap(_encode_chunk, chunks):
+            for ids, lengths, size in _encode_in_order(pool, chunks, in_flight=4 * workers):
                 offsets = np.concatenate([[0], np.cumsum(lengths)])
                 for i, length in enumerate(lengths):
                     builder.add_document(ids[offsets[i]:offsets[i + 1]], [int(length)])
@@ -166,17 +201,39 @@ def _tokenize_to_indexed(dataset: DatasetConfig, source: Path, prefix: Path, tok
                 bar.set_postfix(tokens=tokens, refresh=False)
         if documents == 0:
             raise DataError(f"{source}: dataset '{dataset.name}' has no documents (empty file or only empty texts)")
-        builder.finalize(f"{tmp_prefix}.idx")
-    except BaseException:
+        builder.finalize(str(temporaries[".idx"]))
+    except BaseException as error:
         builder.data_file.close()
-        for suffix in (".bin", ".idx"):
-            Path(f"{tmp_prefix}{suffix}").unlink(missing_ok=True)
+        for tmp in temporaries.values():
+            tmp.unlink(missing_ok=True)
+        if isinstance(error, BrokenProcessPool):
+            raise PrepareFailed(
+                f"dataset '{dataset.name}' ({source}): a tokenizer worker process died (killed, or out of memory);"
+                " nothing was written; run `demix prepare` again (with fewer --workers if memory is short)"
+            ) from None
         raise
     finally:
         bar.close()
-    os.replace(f"{tmp_prefix}.bin", f"{prefix}.bin")
-    os.replace(f"{tmp_prefix}.idx", f"{prefix}.idx")
+    for suffix, target in targets.items():
+        os.replace(temporaries[suffix], target)
     return {"documents": documents, "tokens": tokens}
+
+
+def _inputs(experiment: ExperimentConfig, dataset: DatasetConfig, source: Path, tokenizer: DemixTokenizer,
+            previous_files: list[dict] | None) -> dict:
+    """Everything the prepared tokens depend on; recorded in token_count.json."""
+    inputs = {"source": str(source), "files": readers.source_fingerprint(dataset, source, previous_files),
+              "tokenizer": tokenizer.fingerprint(), "format": readers.dataset_format(dataset, source)}
+    if inputs["format"] != "indexed":  # an indexed dataset is linked as it is: these do not apply
+        inputs.update(text_field=dataset.text_field, append_eod=experiment.prepare.append_eod)
+    return inputs
+
+
+def _same_inputs(recorded: dict, current: dict) -> bool:
+    """Equal but for file modification times (a touched but unchanged file is still prepared)."""
+    def content(inputs: dict) -> dict:
+        return {**inputs, "files": [{k: v for k, v in f.items() if k != "mtime_ns"} for f in inputs.get("files", ())]}
+    return content(recorded) == content(current)
 
 
 def prepare_dataset(experiment: ExperimentConfig, dataset: DatasetConfig, tokenizer: DemixTokenizer,
@@ -185,12 +242,13 @@ def prepare_dataset(experiment: ExperimentConfig, dataset: DatasetConfig, tokeni
     paths = experiment.paths
     prefix, count_file = paths.dataset_prefix(dataset.name), paths.token_count(dataset.name)
     source = dataset_source(experiment, dataset)
-    fingerprint = tokenizer.fingerprint()
-    if count_file.is_file() and readers.is_indexed(prefix):
-        record = json.loads(count_file.read_text())
-        if record.get("tokenizer") == fingerprint and record.get("source") == str(source):
-            log.info("%s: already prepared (%d tokens), skipping", dataset.name, record["tokens"])
-            return record
+    previous = json.loads(count_file.read_text()) if count_file.is_file() else {}
+    inputs = _inputs(experiment, dataset, source, tokenizer, previous.get("inputs", {}).get("files"))
+    if previous and readers.is_indexed(prefix):
+        if _same_inputs(previous.get("inputs", {}), inputs):
+            log.info("%s: already prepared (%d tokens), skipping", dataset.name, previous["tokens"])
+            return previous
+        log.info("%s: its source, settings or tokenizer changed since it was prepared: preparing it again", dataset.name)
     count_file.unlink(missing_ok=True)
     start = time.perf_counter()
     if readers.dataset_format(dataset, source) == "indexed":
@@ -199,7 +257,7 @@ def prepare_dataset(experiment: ExperimentConfig, dataset: DatasetConfig, tokeni
         counts = _tokenize_to_indexed(dataset, source, prefix, tokenizer, workers,
                                       experiment.prepare.chunk_documents, experiment.prepare.append_eod)
     seconds = time.perf_counter() - start
-    record = {**counts, "tokenizer": fingerprint, "source": str(source), "seconds": round(seconds, 3),
+    record = {**counts, "inputs": inputs, "seconds": round(seconds, 3),
               "workers": workers, "tokens_per_second": round(counts["tokens"] / max(seconds, 1e-9))}
     atomic_write_json(count_file, record)
     log.info("%s: %d documents, %d tokens in %.1fs (%.0f tokens/s, %d workers)", dataset.name,
@@ -222,4 +280,5 @@ def prepare(experiment: ExperimentConfig, workers: int | None = None) -> dict[st
     tokenizer = ensure_tokenizer(experiment)
     counts = {d.name: prepare_dataset(experiment, d, tokenizer, workers) for d in experiment.datasets}
     atomic_write_json(experiment.paths.token_prior, token_prior(experiment, counts))
+    write_builtin_tasks(experiment, tokenizer)  # lm-eval tasks from the held-out documents (eval/builtin_tasks.py)
     return counts

@@ -22,6 +22,7 @@ from megatron_demix.runtime.files import atomic_write_json
 def domain_losses(experiment, checkpoints: list[Path], samples: int = 64, micro_batch_size: int = 8) -> dict[str, dict[str, float]]:
     """{checkpoint: {domain: mean token loss}} over `samples` validation sequences per domain."""
     from megatron_demix.data.tokenizer import load_tokenizer
+    from megatron_demix.eval.forward import on_model_device
     from megatron_demix.model.gpt import build_gpt_model
     from megatron_demix.runtime.distributed import init_distributed
     from megatron_demix.runtime.parallel import ParallelDims, initialize_model_parallel
@@ -48,7 +49,7 @@ def domain_losses(experiment, checkpoints: list[Path], samples: int = 64, micro_
             total, count = 0.0, 0.0
             for start in range(0, min(samples, len(dataset)), micro_batch_size):
                 batch = [dataset[i] for i in range(start, min(start + micro_batch_size, samples, len(dataset)))]
-                batch = {k: torch.stack([s[k] for s in batch]) for k in BATCH_KEYS}
+                batch = on_model_device({k: torch.stack([s[k] for s in batch]) for k in BATCH_KEYS}, model)
                 with torch.no_grad():
                     loss = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"])
                 mask = batch["loss_mask"].float()

@@ -60,10 +60,9 @@ def fill_placeholders(template: str, **paths: Path) -> str:
     return re.sub(r"\{(" + "|".join(paths) + r")\}", lambda m: shlex.quote(str(paths[m.group(1)])), template)
 
 
-def evaluate_with_command(config: str, experiment, mixtures: list[dict], work_root: Path) -> dict[str, dict]:
-    """Run `eval.command` once per mixture; returns {id: result or the exception}."""
+def evaluate_with_command(config: str, experiment, mixtures: list[dict], work_root: Path, record) -> None:
+    """Run `eval.command` once per mixture; `record(id, result or exception)` after each one."""
     template = experiment.eval.command
-    outcomes = {}
     for item in mixtures:
         workdir = work_root / item["id"]
         shutil.rmtree(workdir, ignore_errors=True)
@@ -83,21 +82,23 @@ def evaluate_with_command(config: str, experiment, mixtures: list[dict], work_ro
                 raise EvaluationFailed(f"{output}: not JSON ({error})") from None
             metrics = check_finite(raw, str(output))
             tasks = experiment.eval.tasks or {name: [name] for name in metrics}
-            outcomes[item["id"]] = {"metrics": metrics, "domains": domain_scores(metrics, tasks, experiment.eval.lower_is_better)}
+            outcome = {"metrics": metrics, "domains": domain_scores(metrics, tasks, experiment.eval.lower_is_better)}
         except (EvaluationFailed, ValueError, KeyError) as error:
-            outcomes[item["id"]] = error
+            outcome = error
         finally:
             shutil.rmtree(checkpoint, ignore_errors=True)
-    return outcomes
+        record(item["id"], outcome)
 
 
-def evaluate_with_lm_eval(config: str, experiment, mixtures: list[dict], work_root: Path) -> dict[str, dict]:
-    """launch/eval_proxy.py on the batch (one process, one harness start); reads its <id>.json files."""
+def evaluate_with_lm_eval(config: str, experiment, mixtures: list[dict], work_root: Path, record) -> None:
+    """launch/eval_proxy.py on the batch (one process, one harness start); reads its <id>.json files.
+
+    The launcher writes each mixture's file as soon as it is scored and skips present ones, so a
+    killed batch re-run evaluates only the missing mixtures."""
     work_root.mkdir(parents=True, exist_ok=True)
     manifest = work_root / f"batch-{mixtures[0]['id']}.jsonl"
     manifest.write_text("".join(json.dumps({"id": m["id"], "mixture": m["mixture"]}) + "\n" for m in mixtures))
     output_dir = work_root / "lm_eval"
-    outcomes = {}
     try:
         _run([sys.executable, str(REPO / "launch/eval_proxy.py"), "--config", config, "--manifest", str(manifest),
               "--output-dir", str(output_dir)], "launch/eval_proxy.py")
@@ -109,11 +110,11 @@ def evaluate_with_lm_eval(config: str, experiment, mixtures: list[dict], work_ro
         path = output_dir / f"{item['id']}.json"
         try:
             data = json.loads(path.read_text())
-            outcomes[item["id"]] = {"domains": check_finite(data["domains"], f"{path}: domains"),
-                                    "metrics": check_finite(data.get("metrics") or data["domains"], f"{path}: metrics")}
+            outcome = {"domains": check_finite(data["domains"], f"{path}: domains"),
+                       "metrics": check_finite(data.get("metrics") or data["domains"], f"{path}: metrics")}
         except (OSError, json.JSONDecodeError, KeyError, ValueError) as error:
-            outcomes[item["id"]] = failure or EvaluationFailed(f"{path}: no usable result ({error})")
-    return outcomes
+            outcome = failure or EvaluationFailed(f"{path}: no usable result ({error})")
+        record(item["id"], outcome)
 
 
 EVALUATORS = {"command": evaluate_with_command, "lm_eval": evaluate_with_lm_eval}
@@ -131,18 +132,21 @@ def evaluate_batch(config: str, mixtures: list[dict], results_dir: str) -> dict:
     results_dir = Path(results_dir)
     todo = [m for m in mixtures if not (results_dir / f"{m['id']}.json").exists()]
     skipped = [m["id"] for m in mixtures if m not in todo]
-    start = time.perf_counter()
-    outcomes = EVALUATORS[evaluator_name(experiment.eval)](config, experiment, todo, results_dir.parent / "work") if todo else {}
-    seconds = (time.perf_counter() - start) / max(len(todo), 1)
-    failed = {}
-    for item in todo:
-        outcome = outcomes[item["id"]]
+    failed, by_id, last = {}, {m["id"]: m for m in todo}, [time.perf_counter()]
+
+    def record(ident: str, outcome) -> None:
+        """Keep each mixture's result the moment it is known: a killed batch keeps the finished ones."""
+        now, seconds = time.perf_counter(), time.perf_counter() - last[0]
+        last[0] = now
         if isinstance(outcome, Exception):
-            failed[item["id"]] = f"{type(outcome).__name__}: {outcome}"
-            log.error("mixture %s failed: %s", item["id"], outcome)
-            continue
-        atomic_write_json(results_dir / f"{item['id']}.json", {"id": item["id"], "mixture": item["mixture"],
-                                                               "seconds": round(seconds, 3), **outcome})
+            failed[ident] = f"{type(outcome).__name__}: {outcome}"
+            log.error("mixture %s failed: %s", ident, outcome)
+            return
+        atomic_write_json(results_dir / f"{ident}.json", {"id": ident, "mixture": by_id[ident]["mixture"],
+                                                          "seconds": round(seconds, 3), **outcome})
+
+    if todo:
+        EVALUATORS[evaluator_name(experiment.eval)](config, experiment, todo, results_dir.parent / "work", record)
     if failed:
         raise EvaluationFailed(f"{len(failed)} of {len(todo)} mixture(s) failed: "
                                + "; ".join(f"{k}: {v}" for k, v in failed.items()))

@@ -1,0 +1,79 @@
+"""Evaluate many proxies in one process: the components are loaded once, each mixture refills the model.
+
+    python launch/eval_proxy.py --config configs/demo.yaml --manifest round0.jsonl --output-dir runs/demo/evals
+    python launch/eval_proxy.py --config X.yaml --manifest M.jsonl --output-dir D --tasks demix_code_choice arc_easy
+    # under SLURM: one array task per manifest shard (the search writes the shards)
+
+Manifest: one JSON object per line, {"id": "m0", "mixture": {"<candidate>": weight, ...}}, the
+weights over every candidate dataset of the experiment, summing to 1. One result per mixture,
+`<output-dir>/<id>.json` (megatron_demix/eval/proxies.py has its fields), written atomically;
+present results are skipped, so re-running a killed job evaluates only the missing mixtures.
+`--tasks` replaces eval.tasks (each named task is then its own domain). Offline: the built-in
+tasks read local files; HF_DATASETS_OFFLINE=1 is set unless the environment says otherwise.
+Exit status 2 for bad input (config, manifest, task names, checkpoints), 1 for a failure while running.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="the experiment YAML")
+    parser.add_argument("--manifest", required=True, type=Path, help="JSONL: {\"id\": ..., \"mixture\": {candidate: weight}} per line")
+    parser.add_argument("--output-dir", required=True, type=Path, help="where <id>.json results go")
+    parser.add_argument("--tasks", nargs="+", help="lm-eval task names (default: eval.tasks, else the built-in tasks)")
+    return parser.parse_args(argv)
+
+
+def read_manifest(path: Path) -> list[dict]:
+    """The manifest's entries; a line that is not a JSON object fails naming the file and line."""
+    from megatron_demix.eval.config import EvalInputError
+
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as error:
+        raise EvalInputError(f"--manifest {path}: cannot read it ({error.strerror})") from None
+    entries = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise EvalInputError(f"--manifest {path} line {number}: not JSON ({error.msg})") from None
+    if not entries:
+        raise EvalInputError(f"--manifest {path}: no mixtures in it")
+    return entries
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from megatron_demix.checkpoint.layout import CheckpointError
+    from megatron_demix.config.base import ConfigError
+    from megatron_demix.config.experiment import load_experiment
+    from megatron_demix.data.tokenizer import TokenizerError
+    from megatron_demix.eval.proxies import check_mixtures, evaluate_mixtures
+    from megatron_demix.merge.io import MergeError
+
+    try:
+        experiment = load_experiment(args.config)
+        mixtures = read_manifest(args.manifest)
+        lines = [n for n, line in enumerate(args.manifest.read_text().splitlines(), 1) if line.strip()]
+        check_mixtures(experiment, mixtures, where=lambda i: f"--manifest {args.manifest} line {lines[i]}")
+        evaluate_mixtures(experiment, mixtures, args.output_dir, args.tasks)
+    except (ConfigError, MergeError, CheckpointError, TokenizerError) as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""Many proxies per process: load the components once, then per mixture refill the model and evaluate.
+
+    results = evaluate_mixtures(experiment, [{"id": "m0", "mixture": {"code": 0.3, "math": 0.7}}], "evals/")
+
+For each mixture the model's parameters are recomputed in place, sum_i w_i * Theta_i in fp32
+(the merge library's arithmetic, `checkpoint/tensors.fill_model`), cast to the stored dtype, then
+to the model's; the proxy never touches the disk. When the components do not fit in memory
+together (`eval.cache_components: auto` compares their size with half the available memory), each
+mixture is merged-on-load from disk instead, chunk by chunk; the log says which, with the numbers.
+
+Each result is written atomically to `<output_dir>/<id>.json`:
+    {"id", "mixture", "domains": {domain: score, higher is better}, "metrics": {task: value},
+     "metric_names": {task: metric}, "lm_eval": {"version", "task_versions", "results"}, "seconds"}
+and a mixture whose file exists is skipped, so a killed job re-run evaluates only the rest.
+Everything is checked before the first evaluation: ids, mixtures (over the experiment's
+candidates, summing to 1) and task names.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from megatron_demix.eval.config import EvalInputError, domain_scores
+from megatron_demix.runtime.files import atomic_write_json, remove_stale_temporaries
+
+GB = 1e9
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """Which tasks run, how each is scored, and how they form domains."""
+
+    domains: dict[str, list[str]]
+    metric_names: dict[str, str]
+    """Task -> metric set by the config (or the built-in tasks); others: the task's first metric."""
+    lower_is_better: tuple[str, ...]
+    include_paths: tuple[str, ...]
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(dict.fromkeys(t for names in self.domains.values() for t in names))
+
+
+def task_plan(experiment, tasks=None) -> TaskPlan:
+    """The tasks to run: `tasks` (a list: each task its own domain; a dict: domain -> tasks), else
+    `eval.tasks`, else the built-in tasks of every dataset (which `demix prepare` writes)."""
+    from megatron_demix.eval.builtin_tasks import default_tasks, tasks_dir
+
+    settings = experiment.eval
+    builtin, builtin_metrics = default_tasks(experiment)
+    if isinstance(tasks, (list, tuple)):
+        domains = {t: [t] for t in tasks}
+    else:
+        domains = dict(tasks or settings.tasks or builtin)
+    include = [str(tasks_dir(experiment))] if tasks_dir(experiment).is_dir() else []
+    if settings.include_path:
+        include.append(str(Path(settings.include_path).expanduser()))
+    if not domains:
+        raise EvalInputError(f"{tasks_dir(experiment)}: no built-in task could be made from the held-out documents;"
+                             " name lm-eval tasks in eval.tasks")
+    uses_builtin = any(t in builtin_metrics for names in domains.values() for t in names)
+    if uses_builtin and not tasks_dir(experiment).is_dir():
+        raise EvalInputError(f"{tasks_dir(experiment)}: the built-in tasks are missing; run `demix prepare --config <experiment.yaml>`")
+    return TaskPlan(domains, {**builtin_metrics, **settings.metrics}, tuple(settings.lower_is_better), tuple(include))
+
+
+def task_manager(plan: TaskPlan):
+    """lm-eval's TaskManager, checked to know every task of `plan` (or an EvalInputError naming the unknown).
+
+    Indexing lm-eval's own ~15k task YAMLs takes tens of seconds on a small machine, so when the
+    include paths (the built-in tasks, eval.include_path) hold every task, they are indexed alone.
+    """
+    from lm_eval.tasks import TaskManager
+
+    include = list(plan.include_paths) or None
+    if include:
+        local = TaskManager(include_path=include, include_defaults=False)
+        if set(plan.tasks) <= set(local.all_tasks):
+            return local
+    manager = TaskManager(include_path=include)
+    known = set(manager.all_tasks)
+    for domain, names in plan.domains.items():
+        unknown = [t for t in names if t not in known]
+        if unknown:
+            raise EvalInputError(
+                f"eval.tasks.{domain}: unknown lm-eval task(s) {', '.join(unknown)}; check the name with"
+                f" `python -m megatron_demix.eval ls tasks`, or put its YAML in eval.include_path"
+                f" (searched: {', '.join(plan.include_paths) or 'lm-eval only'})"
+            )
+    return manager
+
+
+def check_mixtures(experiment, mixtures: list[dict], where: Callable[[int], str] = lambda i: f"mixtures[{i}]") -> None:
+    """Every entry {"id": str, "mixture": {candidate: weight}} over this experiment's candidates, summing to 1."""
+    names = [d.name for d in experiment.candidates]
+    seen = set()
+    for i, entry in enumerate(mixtures):
+        if not isinstance(entry, dict) or not isinstance(entry.get("mixture"), dict) or "id" not in entry:
+            raise EvalInputError(f"{where(i)}: expected {{\"id\": \"...\", \"mixture\": {{candidate: weight}}}}")
+        ident = entry["id"]
+        if not isinstance(ident, str) or not ID_PATTERN.fullmatch(ident):
+            raise EvalInputError(f"{where(i)}: id {ident!r} must be a string of letters, digits, '.', '_' or '-' (it names the result file)")
+        if ident in seen:
+            raise EvalInputError(f"{where(i)}: id {ident!r} appears twice")
+        seen.add(ident)
+        mixture = entry["mixture"]
+        missing, unknown = [n for n in names if n not in mixture], sorted(set(mixture) - set(names))
+        bad = [k for k, w in mixture.items() if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0]
+        if missing or unknown or bad:
+            raise EvalInputError(
+                f"{where(i)} (id {ident}): not a mixture of experiment {experiment.name!r}, whose candidates are"
+                f" {', '.join(names)}" + (f"; missing: {', '.join(missing)}" if missing else "")
+                + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+                + (f"; weights must be numbers >= 0: {', '.join(bad)}" if bad else "")
+            )
+        total = math.fsum(mixture.values())
+        if abs(total - 1.0) > 1e-6:
+            raise EvalInputError(f"{where(i)} (id {ident}): weights sum to {total:.6g}, not 1")
+
+
+def primary_metric(results: dict, task: str, wanted: str | None) -> tuple[str, float, bool]:
+    """(metric name, value, higher is better) of one task in lm-eval's results dict."""
+    values = results["results"].get(task)
+    if values is None:
+        raise KeyError(f"lm-eval returned no results for task {task!r}")
+    keys = [k for k in values if "," in k and "_stderr" not in k]
+    if wanted:
+        key = wanted if "," in wanted else next((k for k in keys if k.split(",")[0] == wanted), None)
+        if key is None or key not in values:
+            raise EvalInputError(f"eval.metrics.{task}: {wanted!r} is not a metric of task {task} (it has {', '.join(keys)})")
+    else:
+        key = keys[0]
+    name = key.split(",")[0]
+    higher = results.get("higher_is_better", {}).get(task, {}).get(name, True)
+    return key, float(values[key]), bool(higher)
+
+
+def result_record(ident: str, mixture: dict, results: dict, plan: TaskPlan, seconds: float) -> dict:
+    import lm_eval
+
+    metrics, names, lower = {}, {}, []
+    for task in plan.tasks:
+        key, value, higher = primary_metric(results, task, plan.metric_names.get(task))
+        metrics[task], names[task] = value, key
+        if not higher or task in plan.lower_is_better or key.split(",")[0] in plan.lower_is_better:
+            lower.append(task)
+    return {
+        "id": ident, "mixture": mixture, "domains": domain_scores(metrics, plan.domains, lower),
+        "metrics": metrics, "metric_names": names,
+        "lm_eval": {"version": lm_eval.__version__, "task_versions": results.get("versions", {}),
+                    "results": results["results"]},
+        "seconds": round(seconds, 3),
+    }
+
+
+class TaskSuite:
+    """The plan's tasks loaded once (datasets read, documents built), evaluated per proxy as
+    lm-eval's `simple_evaluate` does: num_fewshot defaulted to 0, the few-shot sampler and the
+    random, numpy and torch generators re-seeded with lm-eval's default seeds before every run, so
+    each proxy sees the same prompts as a separate `simple_evaluate` would give it."""
+
+    def __init__(self, plan: TaskPlan, manager):
+        self.loaded = manager.load(plan.tasks)
+        for task in self.loaded["tasks"].values():
+            if task.get_config("num_fewshot") is None:
+                task.set_config(key="num_fewshot", value=0)
+
+    def run(self, lm, limit: int | None = None) -> dict:
+        """lm-eval's results dict, reduced to plain JSON: results, versions, higher_is_better."""
+        import random
+
+        import numpy
+        import torch
+        from lm_eval.evaluator import evaluate
+        from lm_eval.defaults import DEFAULT_OTHER_SEED, DEFAULT_RANDOM_SEED
+
+        random.seed(DEFAULT_RANDOM_SEED)
+        numpy.random.seed(DEFAULT_OTHER_SEED)
+        torch.manual_seed(DEFAULT_OTHER_SEED)
+        for task in self.loaded["tasks"].values():
+            task.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)
+        results = evaluate(lm=lm, task_dict=self.loaded, limit=limit, log_samples=False, verbosity="WARNING")
+        kept = {key: results.get(key, {}) for key in ("results", "versions", "higher_is_better")}
+        return json.loads(json.dumps(kept, default=str))  # plain JSON types, as the result file holds them
+
+
+def simple_evaluate(lm, plan: TaskPlan, manager, limit: int | None = None) -> dict:
+    """One proxy through lm-eval's own `simple_evaluate` (what a separate run does), reduced like `TaskSuite.run`."""
+    import lm_eval
+
+    results = lm_eval.simple_evaluate(model=lm, tasks=plan.tasks, task_manager=manager, limit=limit, log_samples=False,
+                                      verbosity="WARNING")
+    kept = {key: results.get(key, {}) for key in ("results", "versions", "higher_is_better")}
+    return json.loads(json.dumps(kept, default=str))
+
+
+def result_path(output_dir: Path, ident: str) -> Path:
+    return Path(output_dir) / f"{ident}.json"
+
+
+def hold_components(source, mode: str, log) -> object:
+    """The cached components, or `source` itself (merge-on-load per mixture) when they do not fit."""
+    import psutil
+
+    need, available = source.bytes_to_cache, psutil.virtual_memory().available
+    fits = need < 0.5 * available
+    if mode == "always" or (mode == "auto" and fits):
+        log(f"[eval] holding the components in memory: {need / GB:.3f} GB ({available / GB:.1f} GB available)")
+        return source.cached()
+    log(f"[eval] components need {need / GB:.3f} GB in memory, {available / GB:.1f} GB available"
+        f" (eval.cache_components={mode}): merging on load from disk for each mixture")
+    return source
+
+
+def evaluate_mixtures(experiment, mixtures: list[dict], output_dir, tasks=None, *,
+                      log: Callable[[str], None] = lambda line: print(line, flush=True)) -> dict[str, dict]:
+    """Evaluate each mixture's proxy; returns {id: result} (those found on disk included)."""
+    from megatron_demix.checkpoint.inference import inference_model
+    from megatron_demix.checkpoint.tensors import ComponentSource, fill_model, model_regions
+    from megatron_demix.data.tokenizer import load_tokenizer
+    from megatron_demix.merge.engine import check_weights
+    from megatron_demix.merge.methods import get_method
+    from megatron_demix.merge.mixture import mixture_inputs
+    from megatron_demix.eval.model import MegatronDemixLM, _dtype
+
+    output_dir = Path(output_dir)
+    check_mixtures(experiment, mixtures)
+    plan = task_plan(experiment, tasks)
+    suite = TaskSuite(plan, task_manager(plan))
+    done = {m["id"]: json.loads(result_path(output_dir, m["id"]).read_text())
+            for m in mixtures if result_path(output_dir, m["id"]).is_file()}
+    pending = [m for m in mixtures if m["id"] not in done]
+    log(f"[eval] {len(mixtures)} mixture(s): {len(done)} already evaluated, {len(pending)} to evaluate;"
+        f" tasks: {', '.join(plan.tasks)}")
+    if not pending:
+        return done
+    settings = experiment.eval
+    method = get_method(experiment.merge.method)
+    paths, _, base = mixture_inputs(experiment, pending[0]["mixture"])
+    names = [f"component {d.name} ({p})" for d, p in zip(experiment.candidates, paths)]
+    source = ComponentSource.open(paths, names, method=method.name, base=base, scale=experiment.merge.scale)
+    tokenizer = load_tokenizer(experiment.paths.tokenizer)
+    model = inference_model(experiment, tokenizer.vocab_size, dtype=_dtype(settings.dtype))
+    regions = model_regions(model)
+    lm = MegatronDemixLM.from_model(model, tokenizer, experiment, batch_size=settings.batch_size, max_length=settings.max_length)
+    components = hold_components(source, settings.cache_components, log)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        for number, entry in enumerate(pending, 1):
+            began = time.perf_counter()
+            _, given, _ = mixture_inputs(experiment, entry["mixture"])
+            weights = check_weights(given, names, method, normalize=experiment.merge.normalize)
+            fill_model(model, components, weights, regions)
+            results = suite.run(lm, settings.limit)
+            record = result_record(entry["id"], entry["mixture"], results, plan, time.perf_counter() - began)
+            target = result_path(output_dir, entry["id"])
+            remove_stale_temporaries(target)
+            atomic_write_json(target, record)
+            done[entry["id"]] = record
+            rate = (time.perf_counter() - start) / number
+            log(f"[eval] {number}/{len(pending)} {entry['id']}: {record['domains']} ({record['seconds']:.1f} s;"
+                f" ETA {rate * (len(pending) - number):.0f} s)")
+    finally:
+        components.close()
+        source.close()
+    return done
