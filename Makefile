@@ -13,7 +13,7 @@ setup:
 # stop it with `.venv/bin/python -m megatron_demix.cluster.local_slurm stop`).
 demo: setup
 	$(VENV)/bin/python -m megatron_demix.cluster.local_slurm start
-	$(VENV)/bin/demix demo --config $(CONFIG)
+	$(VENV)/bin/demix run --config $(CONFIG)
 
 test: setup
 	$(VENV)/bin/python -m pytest -q tests $(PYTEST_ARGS)

@@ -3,7 +3,10 @@
     demix check --config configs/demo.yaml        # validate the experiment file, print its job layout
     demix prepare --config configs/demo.yaml      # tokenizer + Megatron indexed datasets, here
     demix train --config configs/demo.yaml        # prepare job, base, then the components (SLURM array or local)
-    demix demo --config configs/demo.yaml         # prepare, train, merge proxies, per-domain losses
+    demix run --config configs/demo.yaml          # everything: prepare, train, search; the mixture and a report
+    demix run --config X --submit                 # the same chain submitted to SLURM at once; then:
+    demix status --config X                       # stage, jobs, search rounds, best mixture so far
+    demix run --config X --dry-run                # the jobs it would submit and the compute they need
 
 Stages register themselves in `COMMANDS` (name -> (help, add_arguments, run)); a new stage adds
 one entry, not a branch. Exit status (runtime/errors.py): 2 for a bad experiment file or flag,
@@ -73,8 +76,8 @@ def _jobs_arguments(parser: argparse.ArgumentParser) -> None:
                              " else tensor x pipeline parallel size)")
 
 
-def _experiment_for_jobs(args):
-    """The experiment, with its resolved copy written to the work dir: every job reads that one file."""
+def _experiment_for_jobs(args, write: bool = True):
+    """The experiment, with its resolved copy written to the work dir (unless not `write`): every job reads that one file."""
     from megatron_demix.cluster.executor import make_executor
     from megatron_demix.config.base import fail, replace
     from megatron_demix.config.experiment import dump_experiment
@@ -93,7 +96,8 @@ def _experiment_for_jobs(args):
     if args.executor:
         experiment = replace(experiment, cluster=replace(experiment.cluster, executor=args.executor))
     resolved = experiment.paths.root / "experiment.yaml"
-    dump_experiment(experiment, resolved)
+    if write:
+        dump_experiment(experiment, resolved)
     return experiment, resolved, make_executor(experiment.cluster, experiment.paths.logs)
 
 
@@ -106,14 +110,72 @@ def _run_train(args) -> None:
     print(f"checkpoints in {experiment.paths.checkpoints}")
 
 
-def _run_demo(args) -> None:
-    from megatron_demix.pipeline import run_demo
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    _jobs_arguments(parser)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--submit", action="store_true",
+                      help="submit the whole chain to SLURM at once (afterok dependencies) and return; follow it with demix status")
+    mode.add_argument("--dry-run", action="store_true",
+                      help="print every job it would submit (sbatch flags, dependencies) and the compute estimate; submit nothing")
 
-    experiment, resolved, executor = _experiment_for_jobs(args)
-    report = run_demo(experiment, resolved, executor, args.ranks)
-    print(f"\n{report['table']}\n")
-    print("seconds: " + ", ".join(f"{k} {v}" for k, v in report["seconds"].items()) + f" ({report['executor']})")
-    print(f"report: {experiment.paths.root / 'report'} (demo.txt, demo.json, losses.png)")
+
+def _run_run(args) -> None:
+    from megatron_demix.pipeline import plan_pipeline, run_pipeline, submit_pipeline
+
+    experiment, resolved, executor = _experiment_for_jobs(args, write=not args.dry_run)
+    if args.dry_run:
+        _print_plan(plan_pipeline(experiment, resolved, executor, args.ranks))
+        return
+    if args.submit:
+        for job in submit_pipeline(experiment, resolved, executor, args.ranks):
+            after = f" (after {', '.join(job['after'])})" if job["after"] else ""
+            print(f"submitted {job['name']:<12} job {job['id']}{after}")
+        print(f"follow it with: demix status --config {args.config}")
+        return
+    result = run_pipeline(experiment, resolved, executor, args.ranks)
+    answer, prior = result["answer"], result["answer"]["prior"]
+    print("\nfinal mixture (vs the token prior):")
+    for name, share in answer["mixture"].items():
+        print(f"  {name:<20} {share:6.3f}   prior {prior[name]:6.3f}   {share - prior[name]:+.3f}")
+    measured = answer.get("measured") or {}
+    if measured:
+        print(f"its own proxy, evaluated: rank {measured['rank']} of {measured['of']} evaluated mixtures")
+    print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()) + f" ({type(executor).__name__})")
+    print(f"report: {result['report']} (summary.md, final_mixture.json, *.png)")
+
+
+def _print_plan(plan: dict) -> None:
+    for job in plan["jobs"]:
+        env = " ".join(f"{k}={v}" for k, v in job["env"].items())
+        after = f"  [after {', '.join(job['after'])}]" if job["after"] else ""
+        print(f"{job['name']}{after}\n  {env + ' ' if env else ''}sbatch {' '.join(job['sbatch'])} {job['script']} {' '.join(job['args'])}")
+    c = plan["compute"]
+    print(f"\nmodel: {c['parameters'] / 1e9:.2f}B parameters; training tokens: "
+          + ", ".join(f"{k} {v / 1e9:.1f}B" for k, v in c["train_tokens"].items()))
+    print(f"training compute: {c['train_flops']:.3g} FLOPs = {c['train_gpu_hours']:,.0f} GPU-hours ({c['assumption']})")
+    ceiling = c["allocation_ceiling_gpu_hours"]
+    print(f"evaluations: {c['evaluations']}; allocation ceilings (GPUs x time limits): "
+          + ", ".join(f"{k} {v:,.0f} GPU-hours" if v is not None else f"{k} (no time limit set)" for k, v in ceiling.items()))
+
+
+def _run_status(args) -> None:
+    from megatron_demix.pipeline import pipeline_status
+
+    status = pipeline_status(_load(args))
+    print(f"stage: {status['stage']}")
+    print("models: " + ", ".join(f"{k} {v['iteration'] or 0}/{v['of']}" for k, v in status["models"].items()))
+    for job in status["jobs"]:
+        states = sorted({s.split()[0] for s in job["states"].values()}) or ["(no longer known to SLURM)"]
+        print(f"job {job['name']:<12} {job['id']:<10} {', '.join(states)}")
+    search = status["search"] or {}
+    for r in search.get("rounds", []):
+        print(f"search round {r['round']}: {r['done']}/{r['size']} evaluated, {r['failed']} failed, {r['pending']} pending")
+    if search.get("planned"):
+        print(f"search rounds planned: {search['planned']}")
+    best = (search.get("final") or {}).get("mixture") or search.get("best_predicted_mixture")
+    if best:
+        label = "final mixture" if search.get("final") else "best predicted mixture so far"
+        print(f"{label}: " + ", ".join(f"{k} {v:.3f}" for k, v in best.items()))
 
 
 COMMANDS: dict[str, Command] = {
@@ -121,7 +183,9 @@ COMMANDS: dict[str, Command] = {
                      _config_argument, _run_check),
     "prepare": Command("tokenize the experiment's datasets into Megatron indexed datasets", _prepare_arguments, _run_prepare),
     "train": Command("train the base, then every component (array job)", _jobs_arguments, _run_train),
-    "demo": Command("run the whole pipeline on the experiment (the embedded default: configs/demo.yaml)", _jobs_arguments, _run_demo),
+    "run": Command("the whole pipeline: prepare, base, components, search; ends with the mixture and a report",
+                   _run_arguments, _run_run),
+    "status": Command("where a pipeline stands: stage, jobs, search rounds, the best mixture so far", _config_argument, _run_status),
 }
 
 

@@ -1,131 +1,223 @@
-"""The DeMix stages as jobs: what `demix train` and `demix demo` run.
+"""The DeMix pipeline as jobs: what `demix train`, `demix run` and `demix status` do.
+
+    prepare -> base -> components (array) -> search (rounds of evaluation arrays) -> final mixture
 
 Every stage submits the project's scripts in `slurm/` through one executor (cluster/executor.py):
 sbatch on a SLURM cluster, or the same scripts run here when there is none. Each job names its
 stage (JobSpec.stage), so it gets that stage's resources from the experiment's `cluster.stages`.
-Stages skip work that is already complete, so a killed demo re-runs from where it stopped.
+Three ways to run it:
+- `run_pipeline`: stage after stage from this process, waiting for each job; a stage whose output
+  is complete is skipped, so a re-run after a kill continues where it stopped;
+- `submit_pipeline`: the whole chain submitted at once with `afterok` dependencies (SLURM only);
+  the search driver runs as a job (slurm/search.sh); `pipeline_status` follows it;
+- `plan_pipeline`: the jobs either of them would submit, their resources and dependencies, and an
+  estimate of the compute (`demix run --dry-run`).
 """
 from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from megatron_demix.checkpoint.layout import read_tracker
-from megatron_demix.cluster.executor import Executor, JobSpec
+from megatron_demix.cluster.executor import Executor, JobFailed, JobSpec, SlurmExecutor, slurm_job_states
 from megatron_demix.runtime.files import atomic_write_json
 
 log = logging.getLogger(__name__)
 
+TRAIN_SCRIPT = "slurm/train_component.sh"
+
+ASSUMED_GPU_FLOPS = 989e12
+"""Peak dense bf16 FLOP/s of one H100 SXM, the GPU the compute estimate assumes."""
+ASSUMED_MFU = 0.40
+"""Model FLOPs utilisation the estimate assumes (Megatron-LM reaches about 40% on dense models of this size)."""
+
+
+def prepare_spec(config_path: Path) -> JobSpec:
+    return JobSpec("prepare", "slurm/prepare.sh", [str(config_path)], stage="prepare")
+
+
+def base_spec(config_path: Path, ranks: int) -> JobSpec:
+    return JobSpec("train-base", TRAIN_SCRIPT, [str(config_path)], ntasks=ranks, env={"DEMIX_COMPONENT": "base"}, stage="train")
+
+
+def components_spec(experiment, config_path: Path, ranks: int) -> JobSpec:
+    return JobSpec("train", TRAIN_SCRIPT, [str(config_path)], array=len(experiment.candidates), ntasks=ranks, stage="train")
+
+
+def search_spec(config_path: Path) -> JobSpec:
+    # The driver submits its evaluation arrays to the same cluster; --resume makes a requeued driver continue.
+    return JobSpec("search", "slurm/search.sh", [str(config_path), "--resume", "--executor", "slurm"], stage="search")
+
 
 def prepare_data(config_path: Path, executor: Executor) -> None:
-    """Tokenizer and indexed datasets as a job (at paper scale it is hours of CPU work, not the login node's)."""
-    executor.submit(JobSpec("prepare", "slurm/prepare.sh", [str(config_path)], stage="prepare")).wait()
+    """Tokenizer and indexed datasets as a job (at paper scale hours of CPU work, not the login node's).
+
+    Always submitted: `demix prepare` itself skips datasets whose sources and settings are unchanged,
+    and only it can tell (it fingerprints the sources)."""
+    executor.submit(prepare_spec(config_path)).wait()
+
+
+def model_complete(experiment, name: str) -> bool:
+    """Has `base` or a component reached its iteration budget (its save root's tracker says so)?"""
+    from megatron_demix.training.trainer import train_iters_for
+
+    iteration = read_tracker(experiment.paths.checkpoint(name))
+    return isinstance(iteration, int) and iteration >= train_iters_for(experiment, name)
 
 
 def train_models(experiment, config_path: Path, executor: Executor, ranks: int) -> None:
-    """The base (general data), then one component per candidate as an array job, each on `ranks` processes."""
-    script, args = "slurm/train_component.sh", [str(config_path)]
-    executor.submit(JobSpec("train-base", script, args, ntasks=ranks, env={"DEMIX_COMPONENT": "base"}, stage="train")).wait()
-    executor.submit(JobSpec("train", script, args, array=len(experiment.candidates), ntasks=ranks, stage="train")).wait()
+    """The base (general data), then one component per candidate as an array job; finished models are skipped."""
+    if not model_complete(experiment, "base"):
+        executor.submit(base_spec(config_path, ranks)).wait()
+    if not all(model_complete(experiment, d.name) for d in experiment.candidates):
+        # Tasks of finished components resume at their last iteration, validate and end.
+        executor.submit(components_spec(experiment, config_path, ranks)).wait()
 
 
-def demo_mixtures(experiment) -> dict[str, dict[str, float]]:
-    """The token prior plus, per candidate, a mixture leaning 80% on it: proxies that should differ."""
-    prior = json.loads(experiment.paths.token_prior.read_text())
-    names = list(prior)
-    mixtures = {"prior": prior}
-    for name in names:
-        rest = (1 - 0.8) / max(len(names) - 1, 1)
-        mixtures[f"mostly-{name}"] = {n: 0.8 if n == name else rest for n in names}
-    return mixtures
+@dataclass
+class StageClock:
+    """Wall time per stage, printed as the pipeline goes and returned at the end."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str):
+        log.info("stage %s ...", name)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 1)
+        log.info("stage %s done in %.1fs", name, self.seconds[name])
 
 
-def build_proxies(experiment, config_path: Path, executor: Executor, mixtures: dict[str, dict[str, float]]) -> dict[str, Path]:
-    """Merge one proxy per mixture (an MPI job each, `merge.ranks` ranks); existing proxies are kept."""
-    proxies, jobs = {}, []
-    for name, mixture in mixtures.items():
-        output = experiment.paths.proxies / name
-        proxies[name] = output
-        if read_tracker(output) is not None:
-            continue
-        mixture_file = experiment.paths.proxies / f"{name}.mixture.json"
-        atomic_write_json(mixture_file, mixture)
-        args = ["--config", str(config_path), "--mixture", str(mixture_file), "--output", str(output), "--overwrite"]
-        jobs.append(executor.submit(JobSpec(f"merge-{name}", "slurm/merge.sh", args, ntasks=experiment.merge.ranks, stage="merge")))
-    for job in jobs:
-        job.wait()
-    return proxies
+def run_pipeline(experiment, config_path: Path, executor: Executor, ranks: int) -> dict:
+    """prepare -> base -> components -> search, each stage skipped when complete; returns the final answer."""
+    from megatron_demix.search.driver import run_search
+
+    clock = StageClock()
+    with clock.stage("prepare"):
+        prepare_data(config_path, executor)
+    with clock.stage("train"):
+        train_models(experiment, config_path, executor, ranks)
+    with clock.stage("search"):
+        final = experiment.paths.root / "search" / "final_mixture.json"
+        answer = json.loads(final.read_text()) if final.exists() else run_search(experiment, config_path, executor, resume=True)
+    return {"answer": answer, "seconds": clock.seconds, "report": str(final.parent / "report")}
 
 
-def evaluate_losses(config_path: Path, checkpoints: dict[str, Path], output: Path) -> dict[str, dict[str, float]]:
-    """Validation loss per domain of each checkpoint, in a separate process (it starts its own process group)."""
-    command = [sys.executable, "-m", "megatron_demix.eval.loss", "--config", str(config_path), "--output", str(output)]
-    for path in checkpoints.values():
-        command += ["--checkpoint", str(path)]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    by_path = json.loads(output.read_text())
-    return {name: by_path[str(path)] for name, path in checkpoints.items()}
+def chain_specs(experiment, config_path: Path, ranks: int) -> list[JobSpec]:
+    """The jobs of the whole pipeline, each depending on the one before (ids filled in at submission)."""
+    return [prepare_spec(config_path), base_spec(config_path, ranks), components_spec(experiment, config_path, ranks),
+            search_spec(config_path)]
 
 
-def plot_losses(losses: dict[str, dict[str, float]], domains: list[str], output: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(losses) * len(domains) / 2, 4))
-    width = 0.8 / len(losses)
-    for i, (model, per_domain) in enumerate(losses.items()):
-        ax.bar([d + i * width for d in range(len(domains))], [per_domain[d] for d in domains], width, label=model)
-    ax.set_xticks([d + 0.4 - width / 2 for d in range(len(domains))], domains)
-    ax.set_ylabel("validation loss (lower is better)")
-    ax.set_title("Held-out loss per domain: base, components, merged proxies")
-    low = min(min(v.values()) for v in losses.values())
-    ax.set_ylim(bottom=max(0.0, low - 0.5))
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
+def jobs_file(experiment) -> Path:
+    return experiment.paths.root / "jobs.json"
 
 
-def format_table(losses: dict[str, dict[str, float]], mixtures: dict[str, dict[str, float]], domains: list[str]) -> str:
-    width = max(map(len, losses)) + 2
-    lines = [f"{'model':<{width}}{'mixture':<28}" + "".join(f"{d:>10}" for d in domains)]
-    for model, per_domain in losses.items():
-        mixture = ", ".join(f"{k} {v:.2f}" for k, v in mixtures.get(model, {}).items()) or "-"
-        lines.append(f"{model:<{width}}{mixture:<28}" + "".join(f"{per_domain[d]:>10.3f}" for d in domains))
-    return "\n".join(lines)
+def submit_pipeline(experiment, config_path: Path, executor: Executor, ranks: int) -> list[dict]:
+    """Submit every stage at once, chained with afterok; records the job ids in <work_dir>/jobs.json."""
+    if not isinstance(executor, SlurmExecutor):
+        from megatron_demix.config.base import ConfigError
+
+        raise ConfigError("--submit needs SLURM (cluster.executor: slurm, or --executor slurm, with sbatch on PATH):"
+                          " without it run `demix run` in the foreground")
+    submitted, previous = [], None
+    for spec in chain_specs(experiment, config_path, ranks):
+        if previous is not None:
+            spec = JobSpec(**{**spec.__dict__, "after": (previous,)})
+        job = executor.submit(spec)
+        submitted.append({"name": spec.name, "id": job.id, "after": list(spec.after), "log": job.log_pattern})
+        previous = job.id
+    atomic_write_json(jobs_file(experiment), {"submitted": time.strftime("%Y-%m-%dT%H:%M:%S"), "jobs": submitted})
+    return submitted
 
 
-def run_demo(experiment, config_path: Path, executor: Executor, ranks: int) -> dict:
-    """prepare -> base + components -> proxies for a few mixtures -> per-domain losses, table and plot."""
-    timings = {}
-    start = time.perf_counter()
-    prepare_data(config_path, executor)
-    timings["prepare"] = time.perf_counter() - start
-    start = time.perf_counter()
-    train_models(experiment, config_path, executor, ranks)
-    timings["train"] = time.perf_counter() - start
-    mixtures = demo_mixtures(experiment)
-    start = time.perf_counter()
-    proxies = build_proxies(experiment, config_path, executor, mixtures)
-    timings["merge"] = time.perf_counter() - start
+def plan_pipeline(experiment, config_path: Path, executor: Executor, ranks: int) -> dict:
+    """What `demix run --submit` would submit (sbatch flags, dependencies) and the compute it would spend."""
+    slurm = SlurmExecutor(executor.cluster, executor.log_dir)
+    jobs = []
+    for i, spec in enumerate(chain_specs(experiment, config_path, ranks)):
+        jobs.append({"name": spec.name, "script": spec.script, "args": spec.args, "env": spec.env,
+                     "after": [jobs[i - 1]["name"]] if i else [], "sbatch": slurm.sbatch_args(spec)})
+    search = experiment.search
+    evaluations = sum(search.sizes) + (1 if search.evaluate_final else 0)
+    eval_tasks = -(-evaluations // search.mixtures_per_task)
+    jobs.append({"name": "eval (submitted by the search driver, one array per round)", "script": "slurm/eval_proxy.sh",
+                 "args": [], "env": {}, "after": ["search"], "tasks": eval_tasks,
+                 "sbatch": slurm.sbatch_args(JobSpec("eval", "slurm/eval_proxy.sh", array=eval_tasks, stage="eval"))})
+    return {"jobs": jobs, "compute": compute_estimate(experiment, evaluations, eval_tasks)}
+
+
+def _hours(time_limit: str | None) -> float | None:
+    """A SLURM time limit in hours: M, M:S, H:M:S, D-H, D-H:M or D-H:M:S."""
+    if not time_limit:
+        return None
+    days, _, clock = time_limit.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if days:
+        h, m, s = (parts + [0, 0])[:3]
+    elif len(parts) == 3:
+        h, m, s = parts
+    else:
+        h, m, s = 0, parts[0], parts[1] if len(parts) == 2 else 0
+    return int(days or 0) * 24 + h + m / 60 + s / 3600
+
+
+def compute_estimate(experiment, evaluations: int, eval_tasks: int) -> dict:
+    """GPU-hours of training from the model's FLOPs per token, and every stage's allocation ceiling."""
+    from megatron_demix.model.flops import parameter_count, training_flops_per_token
+    from megatron_demix.training.trainer import train_iters_for
+
+    vocab = experiment.tokenizer.vocab_size if experiment.tokenizer.path is None else None
+    tokens_per_iter = experiment.training.global_batch_size * experiment.model.seq_length
+    train_tokens = {name: train_iters_for(experiment, name) * tokens_per_iter
+                    for name in ["base", *(d.name for d in experiment.candidates)]}
+    vocab = vocab or 151_936  # a user tokenizer's size is known only once loaded; Qwen3's is the paper's
+    flops = sum(train_tokens.values()) * training_flops_per_token(experiment.model, vocab)
+    cluster = experiment.cluster
+
+    def ceiling(stage: str, jobs: int) -> float | None:
+        r = cluster.resources(stage)
+        hours = _hours(r.time)
+        return None if hours is None else jobs * (r.nodes or 1) * (r.gpus_per_node or 0) * hours
+
+    return {
+        "parameters": parameter_count(experiment.model, vocab),
+        "train_tokens": train_tokens,
+        "train_flops": flops,
+        "train_gpu_hours": flops / (ASSUMED_GPU_FLOPS * ASSUMED_MFU) / 3600,
+        "assumption": f"{ASSUMED_GPU_FLOPS / 1e12:.0f} TFLOP/s per GPU at {ASSUMED_MFU:.0%} MFU (H100 bf16)",
+        "evaluations": evaluations,
+        "allocation_ceiling_gpu_hours": {"train": ceiling("train", 1 + len(experiment.candidates)),
+                                         "eval": ceiling("eval", eval_tasks)},
+    }
+
+
+def pipeline_status(experiment) -> dict:
+    """Where the pipeline stands: each stage from its outputs, the submitted jobs' states, the search's rounds."""
+    from megatron_demix.search.driver import search_status
+    from megatron_demix.training.trainer import train_iters_for
+
     paths = experiment.paths
-    checkpoints = {"base": paths.checkpoint("base"), **{d.name: paths.checkpoint(d.name) for d in experiment.candidates},
-                   **{f"proxy:{name}": path for name, path in proxies.items()}}
-    start = time.perf_counter()
-    losses = evaluate_losses(config_path, checkpoints, paths.root / "report" / "losses.json")
-    timings["evaluate"] = time.perf_counter() - start
-    domains = [d.name for d in experiment.datasets]
-    plot_losses(losses, domains, paths.root / "report" / "losses.png")
-    report = {"mixtures": mixtures, "losses": losses, "seconds": {k: round(v, 1) for k, v in timings.items()},
-              "executor": type(executor).__name__}
-    atomic_write_json(paths.root / "report" / "demo.json", report)
-    table = format_table(losses, {f"proxy:{k}": v for k, v in mixtures.items()}, domains)
-    (paths.root / "report" / "demo.txt").write_text(table + "\n")
-    return {**report, "table": table}
+    models = {}
+    for name in ["base", *(d.name for d in experiment.candidates)]:
+        iteration = read_tracker(paths.checkpoint(name))
+        models[name] = {"iteration": iteration, "of": train_iters_for(experiment, name)}
+    jobs = json.loads(jobs_file(experiment).read_text())["jobs"] if jobs_file(experiment).exists() else []
+    for job in jobs:
+        try:
+            job["states"] = slurm_job_states(job["id"])
+        except (OSError, JobFailed):
+            job["states"] = {}
+    search = search_status(experiment) if paths.token_prior.exists() or experiment.search.prior else None
+    if search is None or not models["base"]["iteration"]:
+        stage = "prepare" if not paths.token_prior.exists() else "train"
+    elif not all(model_complete(experiment, d.name) for d in experiment.candidates):
+        stage = "train"
+    else:
+        stage = "done" if search["final"] else "search"
+    return {"stage": stage, "prepared": paths.token_prior.exists(), "models": models, "jobs": jobs, "search": search}

@@ -49,6 +49,9 @@ class JobSpec:
     """Pipeline stage (prepare, train, merge, eval, search) whose resources the job gets."""
     max_parallel: int | None = None
     """At most this many array tasks run at once (sbatch --array=0-N%P)."""
+    after: tuple[str, ...] = ()
+    """Job ids that must end COMPLETED first (sbatch --dependency=afterok); if one fails, SLURM cancels this
+    job (--kill-on-invalid-dep). The local executor runs jobs in submission order, so it needs none."""
 
 
 @dataclass
@@ -115,6 +118,8 @@ class SlurmExecutor(Executor):
         optional = {"time": r.time, "cpus-per-task": r.cpus_per_task, "gpus-per-node": r.gpus_per_node, "mem": r.mem,
                     "partition": r.partition, "account": r.account}
         args += [f"--{flag}={value}" for flag, value in optional.items() if value not in (None, 0)]
+        if spec.after:
+            args += [f"--dependency=afterok:{':'.join(spec.after)}", "--kill-on-invalid-dep=yes"]
         return args + list(r.extra_sbatch_args)
 
     def _submit(self, spec: JobSpec) -> Job:

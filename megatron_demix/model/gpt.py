@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from megatron_demix.config.base import ConfigError
-from megatron_demix.model.config import ModelConfig
+from megatron_demix.model.config import ModelConfig, check_parallel_fits  # noqa: F401  (re-exported: callers import it here)
 from megatron_demix.runtime import device
 
 
@@ -20,22 +19,6 @@ def padded_vocab_size(vocab_size: int, model: ModelConfig, tensor_parallel: int)
     """Megatron-LM's padding: a multiple of make_vocab_size_divisible_by x TP (the embedding splits by TP)."""
     multiple = model.make_vocab_size_divisible_by * tensor_parallel
     return -(-vocab_size // multiple) * multiple
-
-
-def check_parallel_fits(model: ModelConfig, tensor_parallel: int, pipeline_parallel: int) -> None:
-    """Raise a ConfigError naming the flag when TP/PP cannot split this model."""
-    groups = model.num_query_groups or model.num_attention_heads
-    if model.num_attention_heads % tensor_parallel or groups % tensor_parallel:
-        raise ConfigError(
-            f"--tensor-model-parallel-size {tensor_parallel} must divide model.num_attention_heads="
-            f"{model.num_attention_heads} and model.num_query_groups={groups}"
-        )
-    if model.ffn_hidden_size % tensor_parallel:
-        raise ConfigError(f"--tensor-model-parallel-size {tensor_parallel} must divide model.ffn_hidden_size={model.ffn_hidden_size}")
-    if model.num_layers % pipeline_parallel:
-        raise ConfigError(
-            f"--pipeline-model-parallel-size {pipeline_parallel} must divide model.num_layers={model.num_layers}"
-        )
 
 
 def _use_transformer_engine() -> bool:
@@ -63,6 +46,8 @@ def transformer_config(model: ModelConfig, tensor_parallel: int, pipeline_parall
 
     check_parallel_fits(model, tensor_parallel, pipeline_parallel)
     return TransformerConfig(
+        # megatron-core 0.16's own default ("full") warns that it is deprecated; [] is the new spelling.
+        cuda_graph_scope=[],
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
         ffn_hidden_size=model.ffn_hidden_size,

@@ -1,0 +1,126 @@
+"""`demix run` end to end: in the foreground (local executor, lm-eval on the built-in tasks), the
+whole chain submitted to the real local SLURM cluster at once, a kill during the search, and the
+paper-scale dry run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from megatron_demix.cluster.executor import slurm_job_states
+from tests.conftest import REPO, VENV_BIN
+from tests.search.conftest import SCRIPT as SYNTHETIC_EVAL
+
+DEMIX = str(VENV_BIN / "demix")
+TINY_TRAINING = {"base_train_iters": 12, "train_iters": 6, "eval_interval": 6, "log_interval": 6}
+
+
+def _experiment(tmp_path, demo_config_dict, **sections) -> tuple:
+    """The demo experiment, reduced: small corpora, a few iterations, a 4+2+1 search."""
+    work = tmp_path / "work"
+    data = {**demo_config_dict, "work_dir": str(work),
+            "training": {**demo_config_dict["training"], **TINY_TRAINING},
+            "search": {"round_sizes": [4, 2, 1], "pool_size": 2000, "top_k": 16, "ensemble_size": 2, "poll_seconds": 1.0,
+                       "mixtures_per_task": 4},
+            **sections}
+    config = tmp_path / "experiment.yaml"
+    config.write_text(yaml.safe_dump(data))
+    return config, work
+
+
+def _synthetic_eval(tmp_path, sleep: float = 0.0) -> dict:
+    """An `eval:` section scoring each mixture with tests/search/synthetic_eval.py (no checkpoints needed)."""
+    command = (f"{sys.executable} {SYNTHETIC_EVAL} {{mixture}} {{output}} --optimum code=0.7,math=0.3 --noise 0.01"
+               f" --counter {tmp_path / 'evaluations.txt'} --sleep {sleep}")
+    return {"command": command, "tasks": {"general": ["quality"], "target": ["closeness"]}}
+
+
+def _demix(*args, timeout=900, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([DEMIX, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def _evaluations(tmp_path) -> list[str]:
+    counter = tmp_path / "evaluations.txt"
+    return counter.read_text().splitlines() if counter.exists() else []
+
+
+def test_dry_run_of_the_paper_config_lists_every_job_and_the_compute():
+    out = _demix("run", "--config", REPO / "configs" / "paper.yaml", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    train = next(i for i, line in enumerate(lines) if line.startswith("train ") and "[after train-base]" in line)
+    assert "--array=0-6" in lines[train + 1] and "--nodes=8" in lines[train + 1] and "--gpus-per-node=8" in lines[train + 1]
+    assert any(line.startswith("search") and "[after train]" in line for line in lines)
+    gpu_hours = next(line for line in lines if line.startswith("training compute"))
+    assert 1_000 < float(gpu_hours.split("= ")[1].split(" GPU-hours")[0].replace(",", "")) < 10_000
+    assert not os.path.exists("/scratch/demix/paper/experiment.yaml"), "a dry run writes nothing"
+
+
+def test_local_pipeline_ends_with_a_mixture_and_a_rerun_redoes_nothing(tmp_path, demo_config_dict):
+    """The demo's pipeline, reduced: prepare, base, 2 components, a 4+2+1 search scored by lm-eval on the built-in tasks."""
+    config, work = _experiment(tmp_path, demo_config_dict, cluster={"executor": "local"},
+                               eval={"limit": 8, "batch_size": 8})
+    out = _demix("run", "--config", config)
+    assert out.returncode == 0, out.stderr[-4000:]
+    answer = json.loads((work / "search" / "final_mixture.json").read_text())
+    assert set(answer["mixture"]) == {"code", "math"} and abs(sum(answer["mixture"].values()) - 1) < 1e-9
+    assert answer["evaluations"] == 7 and answer["measured"] is not None
+    assert "final mixture (vs the token prior)" in out.stdout and "stage seconds: prepare" in out.stdout
+    report = work / "search" / "report"
+    assert (report / "summary.md").exists() and any(report.glob("*.png"))
+
+    results = {p: p.stat().st_mtime_ns for p in (work / "search").rglob("results/*.json")}
+    checkpoints = {p: p.stat().st_mtime_ns for p in (work / "checkpoints").rglob("*.distcp")}
+    start = time.monotonic()
+    again = _demix("run", "--config", config)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert {p: p.stat().st_mtime_ns for p in (work / "search").rglob("results/*.json")} == results
+    assert {p: p.stat().st_mtime_ns for p in (work / "checkpoints").rglob("*.distcp")} == checkpoints
+    assert time.monotonic() - start < 60, "a finished pipeline re-runs in seconds (only the prepare check runs)"
+
+
+def test_killed_during_the_search_the_rerun_continues_it(tmp_path, demo_config_dict):
+    config, work = _experiment(tmp_path, demo_config_dict, cluster={"executor": "local"}, eval=_synthetic_eval(tmp_path, 1.0))
+    first = subprocess.Popen([DEMIX, "run", "--config", str(config)], cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while len(_evaluations(tmp_path)) < 2 and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    done_before = len(_evaluations(tmp_path))
+    assert 2 <= done_before < 8, "killed during the search"
+    again = _demix("run", "--config", config)
+    assert again.returncode == 0, again.stderr[-4000:]
+    names = [line.split()[0] for line in _evaluations(tmp_path)]
+    # 4 + 2 + 1 and the final mixture's own proxy; at most the one evaluation the kill interrupted runs twice.
+    assert 8 <= len(names) <= 9 and len(set(names)) == 8
+    assert json.loads((work / "search" / "final_mixture.json").read_text())["evaluations"] == 7
+
+
+@pytest.mark.slurm
+def test_submitted_chain_runs_to_the_final_mixture_on_slurm(slurm_cluster, tmp_path, demo_config_dict):
+    config, work = _experiment(tmp_path, demo_config_dict, cluster={"executor": "slurm"}, eval=_synthetic_eval(tmp_path))
+    out = _demix("run", "--config", config, "--submit", timeout=120)
+    assert out.returncode == 0, out.stderr[-4000:]
+    jobs = json.loads((work / "jobs.json").read_text())["jobs"]
+    assert [j["name"] for j in jobs] == ["prepare", "train-base", "train", "search"]
+    assert [j["after"] for j in jobs] == [[], [jobs[0]["id"]], [jobs[1]["id"]], [jobs[2]["id"]]]
+    search_job = jobs[-1]["id"]
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        states = slurm_job_states(search_job)
+        if states and all(s.split()[0] not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING") for s in states.values()):
+            break
+        time.sleep(2)
+    assert list(slurm_job_states(search_job).values()) == ["COMPLETED 0:0"], (work / "logs").iterdir()
+    answer = json.loads((work / "search" / "final_mixture.json").read_text())
+    assert abs(sum(answer["mixture"].values()) - 1) < 1e-9
+    status = _demix("status", "--config", config, timeout=60)
+    assert status.returncode == 0 and "stage: done" in status.stdout and "final mixture" in status.stdout
