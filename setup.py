@@ -12,7 +12,6 @@ setup(
     version="0.1.0",
     description="Choose a pretraining data mixture by merging component models (DeMix) on Megatron",
     packages=find_packages(include=["megatron_demix", "megatron_demix.*"]),
-    package_data={"megatron_demix": ["configs/*.yaml", "eval/tasks/**/*"]},
     python_requires=">=3.11",
     install_requires=[
         # A CPU build of torch 2.13.0 lies on the CI machines; unpinned torch pulls a CUDA build.
@@ -30,7 +29,8 @@ setup(
         "psutil==7.2.2",
         "numpy",
         "scipy",
-        "pandas",
+        # Ridge, the search's small-sample predictor (search/predictor.py).
+        "scikit-learn==1.9.1",
     ],
     extras_require={
         "dali": ["nvidia-dali-cuda120==2.4.0"],
@@ -38,5 +38,9 @@ setup(
         "gpu": ["transformer-engine[pytorch]"],
         "test": ["pytest==9.2.0", "pytest-timeout==2.4.0"],
     },
-    entry_points={"console_scripts": ["demix=megatron_demix.cli:main"]},
+    entry_points={"console_scripts": [
+        "demix=megatron_demix.cli:main",
+        # lm-eval's own command line with the megatron-demix model registered (lm_eval imports no plugins).
+        "demix-lm-eval=megatron_demix.eval.__main__:main",
+    ]},
 )

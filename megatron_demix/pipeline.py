@@ -103,7 +103,7 @@ def run_pipeline(experiment, config_path: Path, executor: Executor, ranks: int) 
     with clock.stage("train"):
         train_models(experiment, config_path, executor, ranks)
     with clock.stage("search"):
-        final = experiment.paths.root / "search" / "final_mixture.json"
+        final = experiment.paths.search / "final_mixture.json"
         answer = json.loads(final.read_text()) if final.exists() else run_search(experiment, config_path, executor, resume=True)
     return {"answer": answer, "seconds": clock.seconds, "report": str(final.parent / "report")}
 
@@ -112,10 +112,6 @@ def chain_specs(experiment, config_path: Path, ranks: int) -> list[JobSpec]:
     """The jobs of the whole pipeline, each depending on the one before (ids filled in at submission)."""
     return [prepare_spec(config_path), base_spec(config_path, ranks), components_spec(experiment, config_path, ranks),
             search_spec(config_path)]
-
-
-def jobs_file(experiment) -> Path:
-    return experiment.paths.root / "jobs.json"
 
 
 def submit_pipeline(experiment, config_path: Path, executor: Executor, ranks: int) -> list[dict]:
@@ -132,7 +128,7 @@ def submit_pipeline(experiment, config_path: Path, executor: Executor, ranks: in
         job = executor.submit(spec)
         submitted.append({"name": spec.name, "id": job.id, "after": list(spec.after), "log": job.log_pattern})
         previous = job.id
-    atomic_write_json(jobs_file(experiment), {"submitted": time.strftime("%Y-%m-%dT%H:%M:%S"), "jobs": submitted})
+    atomic_write_json(experiment.paths.jobs, {"submitted": time.strftime("%Y-%m-%dT%H:%M:%S"), "jobs": submitted})
     return submitted
 
 
@@ -207,7 +203,7 @@ def pipeline_status(experiment) -> dict:
     for name in ["base", *(d.name for d in experiment.candidates)]:
         iteration = read_tracker(paths.checkpoint(name))
         models[name] = {"iteration": iteration, "of": train_iters_for(experiment, name)}
-    jobs = json.loads(jobs_file(experiment).read_text())["jobs"] if jobs_file(experiment).exists() else []
+    jobs = json.loads(experiment.paths.jobs.read_text())["jobs"] if experiment.paths.jobs.exists() else []
     for job in jobs:
         try:
             job["states"] = slurm_job_states(job["id"])

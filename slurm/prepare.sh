@@ -1,6 +1,6 @@
 #!/bin/bash
 # Data preparation as a SLURM job: tokenizer + Megatron indexed datasets for every dataset of the
-# experiment (`demix train` and `demix demo` submit it as the `prepare` stage).
+# experiment (`demix train` and `demix run` submit it as the `prepare` stage).
 #
 #   sbatch slurm/prepare.sh configs/demo.yaml
 #   sbatch -p cpu -c 32 -t 12:00:00 slurm/prepare.sh configs/paper.yaml

@@ -16,6 +16,8 @@ can read and `sbatch` by hand):
 """
 from __future__ import annotations
 
+import glob
+import logging
 import os
 import shutil
 import subprocess
@@ -26,6 +28,9 @@ from pathlib import Path
 from megatron_demix.cluster.config import ClusterConfig
 
 REPO = Path(__file__).resolve().parents[2]
+log = logging.getLogger(__name__)
+PROGRESS_SECONDS = 30.0
+"""While a job runs, a waiting `demix` logs its state and the last line of its log this often."""
 RUNNING_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
 
 
@@ -135,7 +140,33 @@ class SlurmExecutor(Executor):
         return Job(job_id, spec, pattern)
 
     def _wait(self, job: Job, timeout: float | None) -> dict[str, str]:
-        return wait_for_slurm_job(job.id, timeout)
+        return wait_for_slurm_job(job.id, timeout, progress=Progress(job))
+
+
+class Progress:
+    """Every PROGRESS_SECONDS: `job (id): state, elapsed | the last line its newest log holds` (rate and ETA
+    when the job logs them, as the trainer does)."""
+
+    def __init__(self, job: Job):
+        self.job, self.start = job, time.monotonic()
+        self.due = self.start + PROGRESS_SECONDS
+
+    def __call__(self, summary: str) -> None:
+        now = time.monotonic()
+        if now < self.due:
+            return
+        self.due = now + PROGRESS_SECONDS
+        logs = sorted(glob.glob(self.job.log_pattern.replace("%a", "*")), key=os.path.getmtime)
+        elapsed = time.strftime("%H:%M:%S", time.gmtime(now - self.start))
+        log.info("%s (%s): %s, %s | %s", self.job.spec.name, self.job.id, summary, elapsed, _last_line(logs[-1]) if logs else "")
+
+
+def _last_line(path: str) -> str:
+    """The last non-empty line of a log (its last progress-bar frame, for tqdm's carriage returns)."""
+    with open(path, "rb") as f:
+        f.seek(max(0, os.path.getsize(path) - 4096))
+        lines = [l.strip() for l in f.read().decode(errors="replace").replace("\r", "\n").splitlines() if l.strip()]
+    return lines[-1][:200] if lines else ""
 
 
 def slurm_job_states(job_id: str) -> dict[str, str]:
@@ -150,14 +181,20 @@ def slurm_job_states(job_id: str) -> dict[str, str]:
     return states
 
 
-def wait_for_slurm_job(job_id: str, timeout: float | None = None) -> dict[str, str]:
-    """Poll until no task of `job_id` is pending or running (0.5 s, backing off to 10 s)."""
+def wait_for_slurm_job(job_id: str, timeout: float | None = None, progress=None) -> dict[str, str]:
+    """Poll until no task of `job_id` is pending or running (0.5 s, backing off to 10 s);
+    `progress(summary)` is called after each poll."""
     deadline = None if timeout is None else time.monotonic() + timeout
     delay = 0.5
     while True:
         states = slurm_job_states(job_id)
         if states and not any(s.split()[0] in RUNNING_STATES for s in states.values()):
             return states
+        if progress is not None:
+            counts = {}
+            for state in states.values():
+                counts[state.split()[0]] = counts.get(state.split()[0], 0) + 1
+            progress(", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())))
         if deadline is not None and time.monotonic() > deadline:
             subprocess.run(["scancel", job_id])
             raise JobFailed(f"SLURM job {job_id} still running after {timeout:.0f}s (cancelled): {states}")
@@ -174,9 +211,13 @@ class LocalExecutor(Executor):
         for task in range(spec.array or 1):
             env = {**os.environ, **spec.env, "DEMIX_TASK_ID": str(task), "DEMIX_NTASKS": str(self.ranks(spec))}
             env.pop("SLURM_JOB_ID", None)
-            with open(job.log(task), "w") as log:
-                code = subprocess.run(["bash", str(REPO / spec.script), *spec.args], cwd=REPO, env=env,
-                                      stdout=log, stderr=subprocess.STDOUT).returncode
+            progress = Progress(job)
+            with open(job.log(task), "w") as output:
+                process = subprocess.Popen(["bash", str(REPO / spec.script), *spec.args], cwd=REPO, env=env,
+                                           stdout=output, stderr=subprocess.STDOUT)
+                while (code := process.poll()) is None:
+                    progress(f"task {task + 1} of {spec.array or 1} running")
+                    time.sleep(0.2)
             job.states[f"{job_id}_{task}"] = f"{'COMPLETED' if code == 0 else 'FAILED'} {code}:0"
         return job
 

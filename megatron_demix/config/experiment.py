@@ -37,17 +37,27 @@ class ExperimentConfig:
     """Everything one DeMix experiment needs; sections are documented in their own modules."""
 
     name: str
+    """Short name of the experiment (job names, reports)."""
     work_dir: str
     """Root of every output: prepared data, tokenizer, checkpoints, proxies, evaluations, reports."""
     datasets: list[DatasetConfig]
+    """The general dataset (exactly one, `role: general`) and the candidates, one component each."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """See `tokenizer:` below."""
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    """See `prepare:` below."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """See `model:` below."""
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    """See `training:` below."""
     merge: MergeConfig = field(default_factory=MergeConfig)
+    """See `merge:` below."""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    """See `eval:` below."""
     search: SearchConfig = field(default_factory=SearchConfig)
+    """See `search:` below."""
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """See `cluster:` below."""
 
     def __post_init__(self):
         names = [d.name for d in self.datasets]
@@ -147,6 +157,21 @@ class WorkPaths:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def eval_tasks(self) -> Path:
+        """The built-in lm-eval tasks (YAML + held-out JSONL) that `demix prepare` writes."""
+        return self.root / "eval" / "tasks"
+
+    @property
+    def search(self) -> Path:
+        """The search's state directory (search/state.py names the files inside)."""
+        return self.root / "search"
+
+    @property
+    def jobs(self) -> Path:
+        """Job ids of `demix run --submit`, read by `demix status`."""
+        return self.root / "jobs.json"
 
 
 def load_experiment(path: str | os.PathLike, overrides: dict | None = None) -> ExperimentConfig:

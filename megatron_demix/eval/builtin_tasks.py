@@ -38,7 +38,7 @@ BPB_CHARACTERS = 4000
 
 
 def tasks_dir(experiment) -> Path:
-    return experiment.paths.root / "eval" / "tasks"
+    return experiment.paths.eval_tasks
 
 
 def task_names(dataset: str) -> dict[str, str]:

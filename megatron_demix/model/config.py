@@ -31,23 +31,37 @@ class ModelConfig:
     preset: Literal["tiny", "qwen3-1.7b"] | None = None
     """Named architecture whose values fill every key not given explicitly."""
     num_layers: int = 4
+    """Transformer layers (--num-layers)."""
     hidden_size: int = 64
+    """Model width (--hidden-size)."""
     ffn_hidden_size: int = 192
+    """MLP inner width (--ffn-hidden-size); with SwiGLU each of its two input projections has this width."""
     num_attention_heads: int = 4
+    """Query heads (--num-attention-heads)."""
     num_query_groups: int | None = None
     """Grouped-query attention groups (Megatron's --num-query-groups); unset means multi-head attention."""
     kv_channels: int | None = None
     """Per-head dimension; unset means hidden_size / num_attention_heads."""
     seq_length: int = 128
+    """Tokens per training sequence (--seq-length); also the evaluation window unless eval.max_length is set."""
     max_position_embeddings: int = 128
+    """Longest position the model supports (--max-position-embeddings)."""
     normalization: Literal["RMSNorm", "LayerNorm"] = "RMSNorm"
+    """Layer norm kind (--normalization)."""
     swiglu: bool = True
+    """Gated SiLU MLP (--swiglu); off: GELU."""
     position_embedding_type: Literal["rope", "learned_absolute"] = "rope"
+    """Rotary or learned absolute positions (--position-embedding-type)."""
     rotary_base: int = 10000
+    """RoPE base (--rotary-base)."""
     qk_layernorm: bool = False
+    """Norm on queries and keys, as Qwen3 (--qk-layernorm)."""
     untie_embeddings_and_output_weights: bool = False
+    """Separate output layer instead of the tied input embedding."""
     make_vocab_size_divisible_by: int = 128
+    """The vocabulary is padded to a multiple of this x TP, as Megatron-LM does."""
     init_method_std: float = 0.02
+    """Standard deviation of the weight initialisation (--init-method-std)."""
 
     def __post_init__(self):
         require_at_least(self, 1, "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",

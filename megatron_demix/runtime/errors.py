@@ -31,6 +31,7 @@ _ERRORS: dict[int, tuple[tuple[str, str], ...]] = {
         ("megatron_demix.training.trainer", "TrainingDiverged"),
         ("megatron_demix.data.prepare", "PrepareFailed"),
         ("megatron_demix.training.checkpointing", "SaveFailed"),
+        ("megatron_demix.search.driver", "SearchStopped"),
     ),
 }
 

@@ -15,6 +15,11 @@ KNOWN_WARNINGS = (
     # NGC container): it falls back to torch norms, optimizers and multi-tensor helpers, which is the
     # CPU path this project chooses deliberately (runtime/device.py, training/optimizer.py).
     (UserWarning, r"(Transformer Engine and Apex are|Apex is|Transformer Engine is) not installed"),
+    # megatron-core 0.16's torch_dist loader calls torch.distributed.checkpoint's deprecated
+    # `load_state_dict` and builds torch ShardedTensors; torch 2.13 warns on every load. Both are
+    # inside megatron-core, not in this project's code, and the loads are correct.
+    (FutureWarning, r"`load_state_dict` is deprecated"),
+    (FutureWarning, r"Please use DTensor instead and we are deprecating ShardedTensor"),
 )
 
 

@@ -75,7 +75,7 @@ class SearchPaths:
 
     @classmethod
     def of(cls, experiment) -> "SearchPaths":
-        return cls(Path(experiment.work_dir) / "search")
+        return cls(experiment.paths.search)
 
     @property
     def settings(self) -> Path:

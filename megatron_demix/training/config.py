@@ -16,17 +16,27 @@ class TrainingConfig:
     """How the base and each component are trained."""
 
     tensor_model_parallel_size: int = 1
+    """Tensor parallel size (TP): each layer split over this many GPUs."""
     pipeline_model_parallel_size: int = 1
+    """Pipeline parallel size (PP): the layers split into this many stages."""
     micro_batch_size: int = 4
+    """Sequences per forward/backward pass on one data-parallel rank."""
     global_batch_size: int = 8
+    """Sequences per optimizer step over all ranks (gradient accumulation makes up the rest)."""
     lr: float = 3e-3
+    """Peak learning rate, after warmup."""
     min_lr: float = 6e-4
     """Cosine decay ends here (the paper: 20% of peak)."""
     lr_warmup_iters: int = 10
+    """Linear warmup iterations."""
     weight_decay: float = 0.1
+    """AdamW weight decay."""
     adam_beta1: float = 0.9
+    """AdamW beta1."""
     adam_beta2: float = 0.95
+    """AdamW beta2."""
     clip_grad: float = 1.0
+    """Gradient norm clipping (0: off)."""
     base_train_iters: int = 100
     """Iterations of the base model on the general data."""
     train_iters: int = 50
@@ -36,6 +46,7 @@ class TrainingConfig:
     beta: float = 0.5
     """Share of general data in every component's blend (the paper's beta)."""
     seed: int = 1234
+    """Seeds initialisation, data order and dropout."""
     save_interval: int = 0
     """Save every N iterations (0: only at the end)."""
     keep_checkpoints: int = 0
@@ -46,8 +57,11 @@ class TrainingConfig:
     """Stop with an error, without saving, when the loss or the gradient norm is not finite
     (Megatron-LM's --check-for-nan-in-loss-and-grad); the last good checkpoint stays the latest."""
     eval_interval: int = 25
+    """Validate on every domain every N iterations (0: only at the end)."""
     eval_iters: int = 2
+    """Validation batches per domain."""
     log_interval: int = 5
+    """Log loss, rate and ETA every N iterations."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """`auto`: bf16 on GPU hosts, fp32 on CPU (see runtime/device.py)."""
     dataloader: Literal["torch", "dali"] = "torch"

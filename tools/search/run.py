@@ -25,31 +25,29 @@ def main(argv=None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue the search in <work_dir>/search/ instead of refusing to touch it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from megatron_demix.runtime.errors import run_command
 
+    return run_command("search", search, args)
+
+
+def search(args) -> None:
     from megatron_demix.cluster.executor import make_executor
-    from megatron_demix.config.base import ConfigError, replace
+    from megatron_demix.config.base import replace
     from megatron_demix.config.experiment import dump_experiment, load_experiment
-    from megatron_demix.search.driver import SearchStopped, check_resumable, run_search
+    from megatron_demix.search.driver import check_resumable, run_search
+    from megatron_demix.search.state import SearchPaths
 
-    try:
-        experiment = load_experiment(args.config)
-        if args.executor:
-            experiment = replace(experiment, cluster=replace(experiment.cluster, executor=args.executor))
-        check_resumable(experiment, args.resume)  # before touching the work dir: running tasks read its experiment.yaml
-        resolved = experiment.paths.root / "experiment.yaml"  # every evaluation task reads this copy (as `demix` jobs do)
-        dump_experiment(experiment, resolved)
-        executor = make_executor(experiment.cluster, Path(experiment.work_dir) / "search" / "logs")
-        answer = run_search(experiment, resolved, executor, resume=args.resume)
-    except ConfigError as error:
-        print(f"search: error: {error}", file=sys.stderr)
-        return 2
-    except SearchStopped as error:
-        print(f"search: stopped: {error}", file=sys.stderr)
-        return 1
+    experiment = load_experiment(args.config)
+    if args.executor:
+        experiment = replace(experiment, cluster=replace(experiment.cluster, executor=args.executor))
+    check_resumable(experiment, args.resume)  # before touching the work dir: running tasks read its experiment.yaml
+    resolved = experiment.paths.root / "experiment.yaml"  # every evaluation task reads this copy (as `demix` jobs do)
+    dump_experiment(experiment, resolved)
+    paths = SearchPaths.of(experiment)
+    answer = run_search(experiment, resolved, make_executor(experiment.cluster, paths.root / "logs"), resume=args.resume)
     print(json.dumps({"mixture": answer["mixture"], "predicted": answer["predicted"]["score"],
                       "measured": (answer["measured"] or {}).get("score")}, indent=1))
-    print(f"report: {Path(experiment.work_dir) / 'search' / 'report'}")
-    return 0
+    print(f"report: {paths.root / 'report'}")
 
 
 if __name__ == "__main__":
