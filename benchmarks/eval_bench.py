@@ -58,7 +58,7 @@ def setup(work: Path) -> Path:
     """The experiment file, prepared and trained once under `work`."""
     import yaml
 
-    from megatron_demix.config.experiment import load_experiment
+    from megatron_demix.experiment import load_experiment
     from megatron_demix.data.prepare import prepare
 
     config = work / "experiment.yaml"
@@ -90,7 +90,7 @@ def mixtures(experiment, count: int) -> list[dict]:
 
 def time_paths(config: Path, entries: list[dict], scratch: Path) -> dict[str, float]:
     """Seconds per proxy of (a), (b), (c); checks that the three give the same scores."""
-    from megatron_demix.config.experiment import load_experiment
+    from megatron_demix.experiment import load_experiment
     from megatron_demix.eval.model import MegatronDemixLM
     from megatron_demix.eval.proxies import evaluate_mixtures, simple_evaluate, task_manager, task_plan
 
@@ -169,7 +169,7 @@ def time_generation(config: Path, new_tokens: int, size: str, repeats: int = 2) 
 
 
 def load_checkpoint_path(config: Path) -> Path:
-    from megatron_demix.config.experiment import load_experiment
+    from megatron_demix.experiment import load_experiment
 
     return load_experiment(config).paths.checkpoint("base")
 
@@ -184,7 +184,7 @@ def main() -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import torch
 
-    from megatron_demix.config.experiment import load_experiment
+    from megatron_demix.experiment import load_experiment
     from megatron_demix.runtime import device
 
     config = setup(args.work)

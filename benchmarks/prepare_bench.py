@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from megatron_demix.config.experiment import experiment_from_dict
+from megatron_demix.experiment import experiment_from_dict
 from megatron_demix.data.prepare import ensure_tokenizer, prepare_dataset, write_builtin_corpora
 
 REPO = Path(__file__).resolve().parents[1]

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "search"))
 
-from megatron_demix.config.experiment import experiment_from_dict  # noqa: E402
+from megatron_demix.experiment import experiment_from_dict  # noqa: E402
 from megatron_demix.runtime.files import atomic_write_json  # noqa: E402
 from megatron_demix.search.config import SearchConfig  # noqa: E402
 from megatron_demix.search.driver import Search  # noqa: E402

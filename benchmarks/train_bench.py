@@ -33,7 +33,7 @@ TRAINING = dict(micro_batch_size=4, global_batch_size=16, log_interval=5, eval_i
 
 
 def prepare_work(work: Path) -> Path:
-    from megatron_demix.config.experiment import experiment_from_dict
+    from megatron_demix.experiment import experiment_from_dict
     from megatron_demix.data.prepare import prepare
 
     data = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
@@ -53,7 +53,7 @@ def bare_loop(experiment, iters: int, warmup: int) -> float:
     from megatron_demix.data.tokenizer import load_tokenizer
     from megatron_demix.model.gpt import build_gpt_model
     from megatron_demix.runtime.parallel import ParallelDims, initialize_model_parallel
-    from megatron_demix.training.data import TrainingData, blend_for
+    from megatron_demix.data.datasets import TrainingData, blend_for
 
     t = experiment.training
     dims = ParallelDims(t.tensor_model_parallel_size, t.pipeline_model_parallel_size, torch.distributed.get_world_size())
@@ -116,7 +116,7 @@ def worker(args) -> None:
 
     import torch
 
-    from megatron_demix.config.experiment import load_experiment
+    from megatron_demix.experiment import load_experiment
     from megatron_demix.runtime.distributed import init_distributed
 
     init_distributed()

@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     from megatron_demix.checkpoint.layout import CheckpointError
     from megatron_demix.config.base import ConfigError
-    from megatron_demix.config.experiment import load_experiment
+    from megatron_demix.experiment import load_experiment
     from megatron_demix.data.tokenizer import TokenizerError
     from megatron_demix.eval.proxies import check_mixtures, evaluate_mixtures
     from megatron_demix.merge.io import MergeError

@@ -48,9 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def train(args: argparse.Namespace) -> None:
     from megatron_demix.config.base import replace
-    from megatron_demix.config.experiment import load_experiment
+    from megatron_demix.experiment import load_experiment
     from megatron_demix.config.flags import flag_overrides
-    from megatron_demix.training.data import resolve_model
+    from megatron_demix.data.datasets import resolve_model
     from megatron_demix.training.trainer import RunOptions, Trainer
 
     experiment = load_experiment(args.config)

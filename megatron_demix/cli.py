@@ -36,7 +36,7 @@ def _config_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
-    from megatron_demix.config.experiment import load_experiment
+    from megatron_demix.experiment import load_experiment
 
     return load_experiment(args.config, {"work_dir": args.work_dir} if args.work_dir else None)
 
@@ -80,7 +80,7 @@ def _experiment_for_jobs(args, write: bool = True):
     """The experiment, with its resolved copy written to the work dir (unless not `write`): every job reads that one file."""
     from megatron_demix.cluster.executor import make_executor
     from megatron_demix.config.base import fail, replace
-    from megatron_demix.config.experiment import dump_experiment
+    from megatron_demix.experiment import dump_experiment
 
     experiment = _load(args)
     training = experiment.training

@@ -51,7 +51,7 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 
 TASK=${SLURM_ARRAY_TASK_ID:-${DEMIX_TASK_ID:-}}
 if [[ -z "$TASK" && -z "${DEMIX_COMPONENT:-}" ]]; then
-    COUNT=$("$PYTHON" -c 'import sys; from megatron_demix.config.experiment import load_experiment
+    COUNT=$("$PYTHON" -c 'import sys; from megatron_demix.experiment import load_experiment
 print(len(load_experiment(sys.argv[1]).candidates))' "$CONFIG")
     echo "slurm/train_component.sh: error: no array task: submit one task per candidate with" \
          "sbatch --array=0-$((COUNT - 1)) [your flags] slurm/train_component.sh $CONFIG" \

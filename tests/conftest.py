@@ -67,7 +67,7 @@ def demo_config_dict() -> dict:
 @pytest.fixture(scope="session")
 def prepared_demo(tmp_path_factory, demo_config_dict):
     """The demo experiment with its data prepared (tokenizer + indexed datasets) in a temporary work dir."""
-    from megatron_demix.config.experiment import experiment_from_dict
+    from megatron_demix.experiment import experiment_from_dict
     from megatron_demix.data.prepare import prepare
 
     work = tmp_path_factory.mktemp("demo")

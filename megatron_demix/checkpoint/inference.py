@@ -34,7 +34,7 @@ def checkpoint_common(path: str | Path) -> dict:
 
 def checkpoint_experiment(path: str | Path):
     """The experiment a checkpoint was trained in (its common state's `config`)."""
-    from megatron_demix.config.experiment import experiment_from_dict
+    from megatron_demix.experiment import experiment_from_dict
 
     common = checkpoint_common(path)
     if not isinstance(common.get("config"), dict):

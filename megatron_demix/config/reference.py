@@ -66,7 +66,7 @@ def section_table(cls: type) -> str:
 
 def reference() -> str:
     """The Markdown reference of every section of the experiment file."""
-    from megatron_demix.config.experiment import ExperimentConfig
+    from megatron_demix.experiment import ExperimentConfig
 
     out, seen = [], set()
 

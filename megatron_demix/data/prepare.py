@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from megatron_demix.config.experiment import ExperimentConfig
+from megatron_demix.experiment import ExperimentConfig
 from megatron_demix.data import readers
 from megatron_demix.data.builtin import write_builtin
 from megatron_demix.data.config import DatasetConfig

@@ -10,7 +10,7 @@ Per dataset (general and every candidate), two offline tasks (`dataset_path: jso
 - `demix_<name>_bpb` (loglikelihood_rolling, `bits_per_byte`, lower is better): whole documents.
 
 Held-out documents only: the documents of the validation split, which the trainer never trains
-on. Megatron splits an indexed dataset by document ranges (`training/data.py`: DATA_SPLIT
+on. Megatron splits an indexed dataset by document ranges (`data/datasets.py`: DATA_SPLIT
 "98,2,0"), so the held-out documents are exactly the range megatron-core gives the validation
 split; they are read back from the prepared `.bin/.idx` and detokenized, so the task text is the
 text the model would have seen (works for datasets given as `.bin/.idx` too).
@@ -73,7 +73,7 @@ def held_out_documents(experiment, name: str, tokenizer) -> list[str]:
     )
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    from megatron_demix.training.data import DATA_SPLIT
+    from megatron_demix.data.datasets import DATA_SPLIT
 
     index = IndexedDataset(str(experiment.paths.dataset_prefix(name)))
     count = len(index.sequence_lengths)

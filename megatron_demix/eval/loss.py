@@ -28,7 +28,7 @@ def domain_losses(experiment, checkpoints: list[Path], samples: int = 64, micro_
     from megatron_demix.runtime.parallel import ParallelDims, initialize_model_parallel
     from megatron_demix.training.checkpointing import load_weights
     from megatron_demix.config.base import replace
-    from megatron_demix.training.data import BATCH_KEYS, Blend, TrainingData
+    from megatron_demix.data.datasets import BATCH_KEYS, Blend, TrainingData
 
     init_distributed()
     initialize_model_parallel(ParallelDims(1, 1, 1), seed=experiment.training.seed)
@@ -61,7 +61,7 @@ def domain_losses(experiment, checkpoints: list[Path], samples: int = 64, micro_
 
 
 def main(argv=None) -> None:
-    from megatron_demix.config.experiment import load_experiment
+    from megatron_demix.experiment import load_experiment
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)

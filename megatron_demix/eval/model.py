@@ -65,7 +65,7 @@ def build_from_args(pretrained=None, components=None, weights=None, experiment=N
     """(model, tokenizer, experiment) for the model_args; errors name the argument."""
     from megatron_demix.checkpoint.inference import checkpoint_experiment, inference_model, load_for_inference
     from megatron_demix.checkpoint.tensors import ComponentSource, fill_model
-    from megatron_demix.config.experiment import load_experiment
+    from megatron_demix.experiment import load_experiment
     from megatron_demix.data.tokenizer import load_tokenizer
     from megatron_demix.merge.engine import check_weights
     from megatron_demix.merge.methods import get_method

@@ -126,7 +126,7 @@ def evaluator_name(eval_config) -> str:
 
 def evaluate_batch(config: str, mixtures: list[dict], results_dir: str) -> dict:
     """Evaluate the mixtures that have no result yet; returns {"evaluated": [...], "skipped": [...]}; raises on any failure."""
-    from megatron_demix.config.experiment import load_experiment
+    from megatron_demix.experiment import load_experiment
 
     experiment = load_experiment(config)
     results_dir = Path(results_dir)

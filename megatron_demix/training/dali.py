@@ -3,7 +3,7 @@
     reader = DaliTrainReader(data, num_microbatches=2, first_iteration=0)
     for batch in reader.microbatches(0): ...      # then iteration 1, 2, ... in order
 
-It reads exactly the samples the torch path reads, in the same order (see training/data.py), but
+It reads exactly the samples the torch path reads, in the same order (see data/datasets.py), but
 through a DALI pipeline whose `external_source` gathers the next microbatches on a background
 thread while the model computes (prefetch_queue_depth). The pipeline runs on the CPU
 (`device_id=None`) on every host, which is also how the tests run it on machines without a GPU;

@@ -8,7 +8,7 @@ Launched by `launch/train_component.py` (torchrun or srun). Setup happens in thi
 every check that can fail runs before the first step: parallel arithmetic and head split, data
 files, checkpoint shapes.
   1. process group, megatron-core model-parallel groups, seed;
-  2. tokenizer and the blended datasets (training/data.py);
+  2. tokenizer and the blended datasets (data/datasets.py);
   3. this rank's GPTModel stage wrapped in megatron-core DDP;
   4. starting point: resume from `run.load` if it holds a checkpoint, else the weights of
      `run.pretrained` (a component starts from the base), else random initialisation;
@@ -39,7 +39,7 @@ from megatron_demix.runtime import device
 from megatron_demix.runtime.distributed import init_distributed
 from megatron_demix.runtime.parallel import ParallelDims, initialize_model_parallel
 from megatron_demix.training import checkpointing
-from megatron_demix.training.data import TrainingData, blend_for, check_prepared
+from megatron_demix.data.datasets import TrainingData, blend_for, check_prepared
 from megatron_demix.training.metrics import MetricsLog
 from megatron_demix.training.optimizer import build_optimizer, build_scheduler, wrap_data_parallel
 

@@ -7,7 +7,7 @@ import yaml
 from megatron_demix.cluster.config import ClusterConfig, StageResources
 from megatron_demix.cluster.executor import JobSpec, SlurmExecutor
 from megatron_demix.config.base import ConfigError, build
-from megatron_demix.config.experiment import experiment_from_dict, load_experiment
+from megatron_demix.experiment import experiment_from_dict, load_experiment
 from tests.conftest import REPO
 
 PAPER_LIKE = {

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from megatron_demix.config.base import ConfigError, build
-from megatron_demix.config.experiment import load_experiment
+from megatron_demix.experiment import load_experiment
 from megatron_demix.training.config import TrainingConfig
 from tests.conftest import REPO
 

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from megatron_demix.config.base import ConfigError
-from megatron_demix.config.experiment import load_experiment
+from megatron_demix.experiment import load_experiment
 from megatron_demix.model.gpt import check_parallel_fits
 from tests.conftest import REPO
 

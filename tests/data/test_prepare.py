@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from megatron_demix.config.experiment import experiment_from_dict
+from megatron_demix.experiment import experiment_from_dict
 from megatron_demix.data.builtin import builtin_documents
 from megatron_demix.data.prepare import dataset_source, prepare
 from megatron_demix.data.readers import DataError, iter_documents

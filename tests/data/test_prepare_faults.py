@@ -16,7 +16,7 @@ import psutil
 import pytest
 import yaml
 
-from megatron_demix.config.experiment import experiment_from_dict
+from megatron_demix.experiment import experiment_from_dict
 from megatron_demix.data.prepare import prepare
 from tests.conftest import REPO
 

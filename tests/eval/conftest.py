@@ -15,7 +15,7 @@ from tests.training.train_helpers import check, torchrun, write_tiny_experiment
 @pytest.fixture(scope="session")
 def eval_experiment(tmp_path_factory):
     """(experiment config path, ExperimentConfig) with base + 2 trained components and built-in tasks."""
-    from megatron_demix.config.experiment import load_experiment
+    from megatron_demix.experiment import load_experiment
     from megatron_demix.eval.builtin_tasks import write_builtin_tasks
 
     config = write_tiny_experiment(tmp_path_factory.mktemp("eval"), train_iters=2)

@@ -273,7 +273,7 @@ def test_legacy_and_torch_dist_do_not_mix(checkpoints, tmp_path):
 # --- mixtures from an experiment ------------------------------------------------------------------
 
 def test_mixture_file_names_every_component(demo_config_dict, checkpoints, tmp_path):
-    from megatron_demix.config.experiment import experiment_from_dict
+    from megatron_demix.experiment import experiment_from_dict
     from megatron_demix.merge.mixture import mixture_inputs
 
     config = {**demo_config_dict, "work_dir": str(tmp_path / "work")}

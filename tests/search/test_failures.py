@@ -9,7 +9,7 @@ import pytest
 
 from megatron_demix.cluster.executor import LocalExecutor
 from megatron_demix.config.base import ConfigError, replace
-from megatron_demix.config.experiment import load_experiment
+from megatron_demix.experiment import load_experiment
 from megatron_demix.search.driver import SearchStopped, check_resumable, run_search
 from megatron_demix.search.evaluate import EvaluationFailed, evaluate_batch
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from megatron_demix.cluster.executor import LocalExecutor
-from megatron_demix.config.experiment import load_experiment
+from megatron_demix.experiment import load_experiment
 from megatron_demix.search.driver import Search, run_search, search_status
 from megatron_demix.search.objective import composite
 

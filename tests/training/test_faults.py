@@ -133,7 +133,7 @@ def test_tracker_naming_an_incomplete_directory(tiny_config, trained_base, tmp_p
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
     # The same check covers the weights a component starts from (in-process: no process group needed).
     from megatron_demix.checkpoint.layout import CheckpointError
-    from megatron_demix.config.experiment import load_experiment
+    from megatron_demix.experiment import load_experiment
     from megatron_demix.training.trainer import RunOptions, check_before_start
 
     experiment = load_experiment(tiny_config)

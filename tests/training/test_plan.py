@@ -9,8 +9,8 @@ import dataclasses
 import pytest
 
 from megatron_demix.config.base import ConfigError
-from megatron_demix.config.experiment import load_experiment
-from megatron_demix.training.data import blend_for, resolve_model
+from megatron_demix.experiment import load_experiment
+from megatron_demix.data.datasets import blend_for, resolve_model
 from megatron_demix.training.trainer import RunOptions, train_iters_for
 
 

@@ -39,7 +39,7 @@ def write_tiny_experiment(work: Path, **training) -> Path:
     import numpy
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-    from megatron_demix.config.experiment import experiment_from_dict
+    from megatron_demix.experiment import experiment_from_dict
     from megatron_demix.data.tokenizer import train_bpe
 
     config = {

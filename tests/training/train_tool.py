@@ -21,7 +21,7 @@ import torch
 
 
 def _setup(config: str, tp: int, pp: int):
-    from megatron_demix.config.experiment import load_experiment
+    from megatron_demix.experiment import load_experiment
     from megatron_demix.data.tokenizer import load_tokenizer
     from megatron_demix.runtime.distributed import init_distributed
     from megatron_demix.runtime.parallel import ParallelDims, initialize_model_parallel
@@ -79,8 +79,8 @@ def first_step(args) -> None:
     from megatron.core.dist_checkpointing.mapping import ShardedTensor, apply_factories
 
     from megatron_demix.checkpoint.layout import resolve_checkpoint
-    from megatron_demix.config.experiment import load_experiment
-    from megatron_demix.training.data import resolve_model
+    from megatron_demix.experiment import load_experiment
+    from megatron_demix.data.datasets import resolve_model
     from megatron_demix.training.trainer import RunOptions, Trainer
 
     experiment = load_experiment(args.config)

@@ -61,7 +61,7 @@ def merge_kwargs(args) -> dict:
 
     base = None
     if args.mixture:
-        from megatron_demix.config.experiment import load_experiment
+        from megatron_demix.experiment import load_experiment
         from megatron_demix.merge.mixture import mixture_inputs
 
         experiment = load_experiment(args.config)

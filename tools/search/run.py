@@ -33,7 +33,7 @@ def main(argv=None) -> int:
 def search(args) -> None:
     from megatron_demix.cluster.executor import make_executor
     from megatron_demix.config.base import replace
-    from megatron_demix.config.experiment import dump_experiment, load_experiment
+    from megatron_demix.experiment import dump_experiment, load_experiment
     from megatron_demix.search.driver import check_resumable, run_search
     from megatron_demix.search.state import SearchPaths
 
