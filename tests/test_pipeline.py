@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,9 +22,12 @@ DEMIX = str(VENV_BIN / "demix")
 TINY_TRAINING = {"base_train_iters": 12, "train_iters": 6, "eval_interval": 6, "log_interval": 6}
 
 
-def _experiment(tmp_path, demo_config_dict, **sections) -> tuple:
-    """The demo experiment, reduced: small corpora, a few iterations, a 4+2+1 search."""
+def _experiment(tmp_path, demo_config_dict, trained=None, **sections) -> tuple:
+    """The demo experiment, reduced: small corpora, a few iterations, a 4+2+1 search; with `trained`, its
+    prepared data and trained models are copied in first (so the pipeline's training stages find them complete)."""
     work = tmp_path / "work"
+    if trained is not None:
+        shutil.copytree(trained, work, ignore=shutil.ignore_patterns("experiment.yaml", "logs"))
     data = {**demo_config_dict, "work_dir": str(work),
             "training": {**demo_config_dict["training"], **TINY_TRAINING},
             "search": {"round_sizes": [4, 2, 1], "pool_size": 2000, "top_k": 16, "ensemble_size": 2, "poll_seconds": 1.0,
@@ -32,6 +36,16 @@ def _experiment(tmp_path, demo_config_dict, **sections) -> tuple:
     config = tmp_path / "experiment.yaml"
     config.write_text(yaml.safe_dump(data))
     return config, work
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, demo_config_dict):
+    """A work dir with prepared data, a base and both components, trained once by `demix train` (local executor)."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    config, work = _experiment(tmp, demo_config_dict, cluster={"executor": "local"})
+    out = _demix("train", "--config", config)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return work
 
 
 def _synthetic_eval(tmp_path, sleep: float = 0.0) -> dict:
@@ -62,9 +76,9 @@ def test_dry_run_of_the_paper_config_lists_every_job_and_the_compute():
     assert not os.path.exists("/scratch/demix/paper/experiment.yaml"), "a dry run writes nothing"
 
 
-def test_local_pipeline_ends_with_a_mixture_and_a_rerun_redoes_nothing(tmp_path, demo_config_dict):
+def test_local_pipeline_ends_with_a_mixture_and_a_rerun_redoes_nothing(tmp_path, demo_config_dict, trained):
     """The demo's pipeline, reduced: prepare, base, 2 components, a 4+2+1 search scored by lm-eval on the built-in tasks."""
-    config, work = _experiment(tmp_path, demo_config_dict, cluster={"executor": "local"},
+    config, work = _experiment(tmp_path, demo_config_dict, trained, cluster={"executor": "local"},
                                eval={"limit": 8, "batch_size": 8})
     out = _demix("run", "--config", config)
     assert out.returncode == 0, out.stderr[-4000:]
@@ -85,8 +99,9 @@ def test_local_pipeline_ends_with_a_mixture_and_a_rerun_redoes_nothing(tmp_path,
     assert time.monotonic() - start < 60, "a finished pipeline re-runs in seconds (only the prepare check runs)"
 
 
-def test_killed_during_the_search_the_rerun_continues_it(tmp_path, demo_config_dict):
-    config, work = _experiment(tmp_path, demo_config_dict, cluster={"executor": "local"}, eval=_synthetic_eval(tmp_path, 1.0))
+def test_killed_during_the_search_the_rerun_continues_it(tmp_path, demo_config_dict, trained):
+    config, work = _experiment(tmp_path, demo_config_dict, trained, cluster={"executor": "local"},
+                               eval=_synthetic_eval(tmp_path, 1.0))
     first = subprocess.Popen([DEMIX, "run", "--config", str(config)], cwd=REPO, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 600
@@ -105,8 +120,10 @@ def test_killed_during_the_search_the_rerun_continues_it(tmp_path, demo_config_d
 
 
 @pytest.mark.slurm
-def test_submitted_chain_runs_to_the_final_mixture_on_slurm(slurm_cluster, tmp_path, demo_config_dict):
-    config, work = _experiment(tmp_path, demo_config_dict, cluster={"executor": "slurm"}, eval=_synthetic_eval(tmp_path))
+def test_submitted_chain_runs_to_the_final_mixture_on_slurm(slurm_cluster, tmp_path, demo_config_dict, trained):
+    # Every stage is submitted; the training tasks find their models complete, validate and end.
+    config, work = _experiment(tmp_path, demo_config_dict, trained, cluster={"executor": "slurm"},
+                               eval=_synthetic_eval(tmp_path))
     out = _demix("run", "--config", config, "--submit", timeout=120)
     assert out.returncode == 0, out.stderr[-4000:]
     jobs = json.loads((work / "jobs.json").read_text())["jobs"]
