@@ -56,23 +56,20 @@ def read_manifest(path: Path) -> list[dict]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    from megatron_demix.checkpoint.layout import CheckpointError
-    from megatron_demix.config.base import ConfigError
-    from megatron_demix.experiment import load_experiment
-    from megatron_demix.data.tokenizer import TokenizerError
-    from megatron_demix.eval.proxies import check_mixtures, evaluate_mixtures
-    from megatron_demix.merge.io import MergeError
+    from megatron_demix.runtime.errors import run_command
 
-    try:
-        experiment = load_experiment(args.config)
-        mixtures = read_manifest(args.manifest)
-        lines = [n for n, line in enumerate(args.manifest.read_text().splitlines(), 1) if line.strip()]
-        check_mixtures(experiment, mixtures, where=lambda i: f"--manifest {args.manifest} line {lines[i]}")
-        evaluate_mixtures(experiment, mixtures, args.output_dir, args.tasks)
-    except (ConfigError, MergeError, CheckpointError, TokenizerError) as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        return 2
-    return 0
+    return run_command("eval_proxy", evaluate, args)
+
+
+def evaluate(args) -> None:
+    from megatron_demix.eval.proxies import check_mixtures, evaluate_mixtures
+    from megatron_demix.experiment import load_experiment
+
+    experiment = load_experiment(args.config)
+    mixtures = read_manifest(args.manifest)
+    lines = [n for n, line in enumerate(args.manifest.read_text().splitlines(), 1) if line.strip()]
+    check_mixtures(experiment, mixtures, where=lambda i: f"--manifest {args.manifest} line {lines[i]}")
+    evaluate_mixtures(experiment, mixtures, args.output_dir, args.tasks)
 
 
 if __name__ == "__main__":

@@ -22,20 +22,20 @@ from typing import Callable
 import torch
 
 from megatron_demix.checkpoint.layout import CheckpointError, resolve_checkpoint
-from megatron_demix.merge.io import ChunkReader, MergeError, read_metadata
+from megatron_demix.merge.io import ChunkReader, MergeInputError, read_metadata
 from megatron_demix.merge.items import compute_item, read_region, region_order, regions
 from megatron_demix.merge.methods import Method, get_method
 from megatron_demix.merge.plan import Item, Plan, build_plan
 
 
 def torch_dist_dir(path: str | Path, name: str | None = None) -> Path:
-    """The torch_dist directory of a save root / iter dir / bare checkpoint, or a MergeError naming it."""
+    """The torch_dist directory of a save root / iter dir / bare checkpoint, or a MergeInputError naming it."""
     try:
         found = resolve_checkpoint(path)
     except CheckpointError as error:
-        raise MergeError(f"{name + ': ' if name else ''}{error}") from None
+        raise MergeInputError(f"{name + ': ' if name else ''}{error}") from None
     if found.format != "torch_dist":
-        raise MergeError(f"{name or path}: a {found.format} checkpoint; only torch_dist checkpoints load for evaluation")
+        raise MergeInputError(f"{name or path}: a {found.format} checkpoint; only torch_dist checkpoints load for evaluation")
     return found.path
 
 
@@ -45,7 +45,7 @@ def read_tensor(path: str | Path, key: str, offsets: tuple[int, ...] | None = No
     plan = build_plan([directory], [str(path)])
     matching = [item for item in plan.items if item.key == key]
     if not matching:
-        raise MergeError(f"{path}: no tensor {key!r} (it has {len(plan.items)} chunks of other keys)")
+        raise MergeInputError(f"{path}: no tensor {key!r} (it has {len(plan.items)} chunks of other keys)")
     shape = tuple(plan.state_dict_metadata[key].size)
     offsets = offsets or (0,) * len(shape)
     sizes = sizes or shape
@@ -110,7 +110,7 @@ class ComponentSource:
         names = list(names or [f"component {i + 1} ({p})" for i, p in enumerate(components)])
         method_ = get_method(method)
         if method_.needs_base and base is None:
-            raise MergeError(f"merge method {method} needs the base checkpoint")
+            raise MergeInputError(f"merge method {method} needs the base checkpoint")
         paths = list(components) + ([base] if method_.needs_base else [])
         names += [f"base ({base})"] if method_.needs_base else []
         dirs = [torch_dist_dir(p, n) for p, n in zip(paths, names)]
@@ -193,5 +193,5 @@ def fill_model(model, source: ComponentSource | CachedSource, weights: list[floa
             written[item.key] += copy_overlap(region.data, region.offsets, merged, item.offsets)
     missing = [key for key, n in written.items() if n == 0]
     if missing:
-        raise MergeError(f"{names[0]}: holds no values for model tensor(s) {', '.join(sorted(missing)[:5])}; is it this architecture?")
+        raise MergeInputError(f"{names[0]}: holds no values for model tensor(s) {', '.join(sorted(missing)[:5])}; is it this architecture?")
     return sum(written.values())

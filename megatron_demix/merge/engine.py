@@ -27,7 +27,7 @@ import torch
 
 from megatron_demix.checkpoint.layout import CheckpointError, iteration_dir, resolve_checkpoint, write_tracker
 from megatron_demix.merge import legacy, mpi
-from megatron_demix.merge.io import ChunkReader, DataFileWriter, MergeError, output_failure, read_metadata, write_checkpoint_files
+from megatron_demix.merge.io import ChunkReader, DataFileWriter, MergeError, MergeInputError, output_failure, read_metadata, write_checkpoint_files
 from megatron_demix.merge.items import compute_item, regions
 from megatron_demix.merge.methods import Method, get_method
 from megatron_demix.merge.plan import DTYPES, Plan, build_plan
@@ -61,19 +61,19 @@ class Summary:
 def check_weights(weights: Sequence[float], names: Sequence[str], method: Method, normalize: bool) -> list[float]:
     """The weights to use, checked (count, finite, sign, not all zero) and normalised to sum 1 unless told not to."""
     if len(weights) != len(names):
-        raise MergeError(f"got {len(weights)} weight(s) for {len(names)} input(s); give one weight per input (DIR:WEIGHT)")
+        raise MergeInputError(f"got {len(weights)} weight(s) for {len(names)} input(s); give one weight per input (DIR:WEIGHT)")
     for w, name in zip(weights, names):
         if not math.isfinite(w):
-            raise MergeError(f"{name}: weight {w} is not a finite number")
+            raise MergeInputError(f"{name}: weight {w} is not a finite number")
         if w < 0 and not method.allows_negative_weights:
-            raise MergeError(f"{name}: weight {w} is negative; only --method task_arithmetic accepts negative weights")
+            raise MergeInputError(f"{name}: weight {w} is negative; only --method task_arithmetic accepts negative weights")
     if all(w == 0 for w in weights):
-        raise MergeError(f"all weights are 0 ({', '.join(names)}); give at least one input a non-zero weight")
+        raise MergeInputError(f"all weights are 0 ({', '.join(names)}); give at least one input a non-zero weight")
     if not normalize:
         return [float(w) for w in weights]
     total = math.fsum(weights)
     if total == 0:
-        raise MergeError(f"weights {list(weights)} sum to 0 and cannot be normalised; pass --no-normalize")
+        raise MergeInputError(f"weights {list(weights)} sum to 0 and cannot be normalised; pass --no-normalize")
     return [w / total for w in weights]
 
 
@@ -172,11 +172,12 @@ def _on_root(comm, fn):
             result = fn()
         except Exception as exc:
             error = exc
-    result, message = comm.bcast((result, None if error is None else str(error)))
+    result, failure = comm.bcast((result, None if error is None else (str(error), isinstance(error, MergeInputError))))
     if error is not None:
         raise error
-    if message is not None:
-        raise MergeError(message)
+    if failure is not None:
+        message, bad_input = failure
+        raise (MergeInputError if bad_input else MergeError)(message)
     return result
 
 
@@ -199,18 +200,18 @@ def _iteration(path: Path) -> int | str:
 def _prepare(inputs, given, output, method, base, scale, dtype, normalize, overwrite, ranks):
     """Rank 0: check the arguments, resolve the inputs, plan. Returns (plan, weights, provenance)."""
     if dtype != "same" and dtype not in DTYPES:
-        raise MergeError(f"--dtype {dtype!r} is unknown; choose one of same, {', '.join(DTYPES)}")
+        raise MergeInputError(f"--dtype {dtype!r} is unknown; choose one of same, {', '.join(DTYPES)}")
     if method.needs_base and base is None:
-        raise MergeError(f"--method {method.name} needs --base DIR (the checkpoint the components were trained from)")
+        raise MergeInputError(f"--method {method.name} needs --base DIR (the checkpoint the components were trained from)")
     if base is not None and not method.needs_base:
-        raise MergeError(f"--base is only used by --method task_arithmetic, not {method.name}")
+        raise MergeInputError(f"--base is only used by --method task_arithmetic, not {method.name}")
     if not inputs:
-        raise MergeError("no inputs: give at least one --inputs DIR:WEIGHT")
+        raise MergeInputError("no inputs: give at least one --inputs DIR:WEIGHT")
     names = [f"input {i + 1} ({p})" for i, p in enumerate(inputs)]
     weights = check_weights(given, names, method, normalize)
     output = Path(output)
     if output.exists() and not overwrite:
-        raise MergeError(f"--output {output} already exists; remove it or pass --overwrite")
+        raise MergeInputError(f"--output {output} already exists; remove it or pass --overwrite")
     paths = list(inputs) + ([base] if base is not None else [])
     names += [f"base ({base})"] if base is not None else []
     found = []
@@ -218,11 +219,11 @@ def _prepare(inputs, given, output, method, base, scale, dtype, normalize, overw
         try:
             found.append(resolve_checkpoint(path))
         except CheckpointError as error:
-            raise MergeError(f"{name}: {error}") from None
+            raise MergeInputError(f"{name}: {error}") from None
         if output.resolve() in (Path(path).resolve(), found[-1].path.resolve()):
-            raise MergeError(f"--output {output} is also {name}; write the merge somewhere else")
+            raise MergeInputError(f"--output {output} is also {name}; write the merge somewhere else")
         if found[-1].format != found[0].format:
-            raise MergeError(
+            raise MergeInputError(
                 f"{name} is a {found[-1].format} checkpoint but {names[0]} is {found[0].format}; all inputs must have"
                 " one format (convert the legacy mp_rank_* ones to torch_dist with Megatron-LM's converter)"
             )
@@ -300,13 +301,14 @@ def merge(
                 records, stats = _merge_share(comm, plan, out_dir, weights, method_, scale, verify, root_log)
             outcome = (records, stats, None)
         except Exception as error:
-            outcome = ({}, RankStats(comm.rank), f"rank {comm.rank}: {error}" if comm.size > 1 else str(error))
+            message = f"rank {comm.rank}: {error}" if comm.size > 1 else str(error)
+            outcome = ({}, RankStats(comm.rank), (message, isinstance(error, MergeInputError)))
         gathered = comm.gather(outcome)
 
         def finish() -> list[RankStats]:
             errors = [e for _, _, e in gathered if e]
-            if errors:
-                raise MergeError("; ".join(errors))
+            if errors:  # bad input only when every failing rank says so (a NaN input), else a failure (a write)
+                raise (MergeInputError if all(bad for _, bad in errors) else MergeError)("; ".join(m for m, _ in errors))
             records = {k: v for r, _, _ in gathered for k, v in r.items()}
             provenance["seconds"] = round(time.perf_counter() - start, 3)
             if isinstance(plan, legacy.LegacyPlan):

@@ -34,7 +34,11 @@ DCP_VERSION = "1.0.0"
 
 
 class MergeError(ValueError):
-    """Bad merge input or a failed merge; the message names the input, the key and the fix."""
+    """A merge that failed while running (a write, `--verify`); the message names the file and the fix."""
+
+
+class MergeInputError(MergeError):
+    """A bad input (checkpoint, weight, mixture, flag): the user fixes it and runs again (exit status 2)."""
 
 
 def output_failure(path: Path, error: BaseException) -> MergeError:
@@ -47,7 +51,7 @@ def require_finite(tensor: torch.Tensor, name: str, key: str) -> torch.Tensor:
     in a component (a diverged run) would spread to every proxy made from it, so it is refused."""
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
-        raise MergeError(
+        raise MergeInputError(
             f"{name}: tensor {key} holds {bad} non-finite value(s) (NaN or inf): that checkpoint diverged;"
             " merge an earlier checkpoint of it, or retrain it (training stops on NaN unless"
             " training.check_for_nan_in_loss_and_grad is false)"
@@ -62,11 +66,11 @@ def read_metadata(path: Path) -> Metadata:
         with open(file, "rb") as f:
             metadata = pickle.load(f)
     except FileNotFoundError:
-        raise MergeError(f"{file}: missing; {path} is not a complete torch_dist checkpoint") from None
+        raise MergeInputError(f"{file}: missing; {path} is not a complete torch_dist checkpoint") from None
     except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as error:
-        raise MergeError(f"{file}: unreadable ({error}); the checkpoint is incomplete or from another torch") from None
+        raise MergeInputError(f"{file}: unreadable ({error}); the checkpoint is incomplete or from another torch") from None
     if not isinstance(metadata, Metadata) or metadata.storage_data is None:
-        raise MergeError(f"{file}: not a torch.distributed.checkpoint Metadata with storage_data")
+        raise MergeInputError(f"{file}: not a torch.distributed.checkpoint Metadata with storage_data")
     return metadata
 
 
@@ -129,7 +133,7 @@ class ChunkReader:
     def _window(self, index: MetadataIndex) -> _FileWindow:
         info: _StorageInfo = self.storage_data[index]
         if getattr(info, "transform_descriptors", None):
-            raise MergeError(
+            raise MergeInputError(
                 f"{self.name}: key {index.fqn} is stored with DCP transforms {info.transform_descriptors}"
                 " (compressed or encrypted); save the component without storage extensions"
             )
@@ -145,19 +149,19 @@ class ChunkReader:
             raise
         except Exception as error:  # torch raises RuntimeError/UnpicklingError/... on a damaged blob
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise MergeError(
+            raise MergeInputError(
                 f"{self.name}: key {index.fqn} (chunk at {tuple(index.offset or ())}) in data file"
                 f" {self.storage_data[index].relative_path} is unreadable ({reason}); the checkpoint is damaged: re-save or re-copy it"
             ) from None
         if not isinstance(tensor, torch.Tensor):
-            raise MergeError(f"{self.name}: key {index.fqn} holds a {type(tensor).__name__}, not a tensor")
+            raise MergeInputError(f"{self.name}: key {index.fqn} holds a {type(tensor).__name__}, not a tensor")
         return tensor
 
     def raw(self, index: MetadataIndex) -> bytes:
         window = self._window(index)
         data = window.read()
         if len(data) != window._length:
-            raise MergeError(f"{self.name}: key {index.fqn} is truncated in {self.storage_data[index].relative_path}")
+            raise MergeInputError(f"{self.name}: key {index.fqn} is truncated in {self.storage_data[index].relative_path}")
         return data
 
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from megatron_demix.merge.io import ChunkReader, MergeError, require_finite
+from megatron_demix.merge.io import ChunkReader, MergeInputError, require_finite
 from megatron_demix.merge.methods import Method
 from megatron_demix.merge.plan import Item, Source
 
@@ -26,7 +26,7 @@ def read_region(reader: ChunkReader, sources: tuple[Source, ...], item: Item, as
     for source in sources:
         tensor = reader.tensor(source.index)
         if tuple(tensor.shape) != source.sizes:
-            raise MergeError(
+            raise MergeInputError(
                 f"{reader.name}: key {item.key} chunk at {source.offsets} holds shape {tuple(tensor.shape)},"
                 f" but .metadata says {source.sizes}; the checkpoint is damaged"
             )
@@ -75,7 +75,7 @@ def compute_item(item: Item, next_region: Callable[[], object], names: list[str]
         first = next_region()
         for name in names[1 : len(weights)]:
             if not torch.equal(next_region(), first):
-                raise MergeError(
+                raise MergeInputError(
                     f"{name}: key {item.key} ({first.dtype}, region at {item.offsets}) differs from"
                     f" {names[0]}; non-floating tensors are copied, not averaged, so they must agree"
                 )

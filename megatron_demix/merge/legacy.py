@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_demix.merge.io import MergeError, output_failure, require_finite
+from megatron_demix.merge.io import MergeError, MergeInputError, output_failure, require_finite
 from megatron_demix.merge.methods import Method
 from megatron_demix.merge.plan import DTYPES, balance
 
@@ -53,7 +53,7 @@ def build_legacy_plan(dirs: list[Path], names: list[str], ranks: int) -> LegacyP
     listings = [sorted(str(p.relative_to(d)) for p in Path(d).glob(f"mp_rank_*/{RANK_FILE}")) for d in dirs]
     for listing, name in zip(listings[1:], names[1:]):
         if listing != listings[0]:
-            raise MergeError(
+            raise MergeInputError(
                 f"{name}: has rank files {', '.join(listing)}, {names[0]} has {', '.join(listings[0])};"
                 " legacy inputs must be saved with the same TP/PP (or convert them to torch_dist)"
             )
@@ -62,7 +62,7 @@ def build_legacy_plan(dirs: list[Path], names: list[str], ranks: int) -> LegacyP
         per_input = [os.stat(Path(d) / relative).st_size for d in dirs]
         for size, name in zip(per_input, names):
             if size == 0:
-                raise MergeError(f"{name}: {relative} is empty; the checkpoint is incomplete")
+                raise MergeInputError(f"{name}: {relative} is empty; the checkpoint is incomplete")
         sizes.append(per_input[0])
     return LegacyPlan(list(map(Path, dirs)), list(names), listings[0], sizes, balance(sizes, ranks))
 
@@ -72,9 +72,9 @@ def _load(path: Path, name: str) -> dict:
         # Rank files hold argparse Namespaces and other objects, hence weights_only=False: inputs are trusted checkpoints.
         state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
     except Exception as error:  # a truncated zip raises RuntimeError, a damaged pickle others
-        raise MergeError(f"{name}: {path} is unreadable ({error}); the checkpoint is incomplete or damaged") from None
+        raise MergeInputError(f"{name}: {path} is unreadable ({error}); the checkpoint is incomplete or damaged") from None
     if not isinstance(state, dict) or not any(k.startswith("model") for k in state):
-        raise MergeError(f"{name}: {path} has no 'model' state dict; not a Megatron-LM rank file")
+        raise MergeInputError(f"{name}: {path} has no 'model' state dict; not a Megatron-LM rank file")
     return state
 
 
@@ -85,7 +85,7 @@ def _merge_model(key_prefix, models: list[dict], names, weights, method: Method,
         values = []
         for model, name in zip(models, names):
             if key not in model:
-                raise MergeError(f"{name}: lacks key {where}, which {names[0]} has; all inputs must be the same architecture")
+                raise MergeInputError(f"{name}: lacks key {where}, which {names[0]} has; all inputs must be the same architecture")
             values.append(model[key])
         if not isinstance(first, torch.Tensor):
             merged[key] = first  # _extra_state and other objects: copied, never averaged
@@ -93,11 +93,11 @@ def _merge_model(key_prefix, models: list[dict], names, weights, method: Method,
         for value, name in zip(values[1:], names[1:]):
             if not isinstance(value, torch.Tensor) or value.shape != first.shape or value.dtype != first.dtype:
                 got = f"{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else type(value).__name__
-                raise MergeError(f"{name}: key {where} is {got}, {names[0]} has {tuple(first.shape)} {first.dtype}")
+                raise MergeInputError(f"{name}: key {where} is {got}, {names[0]} has {tuple(first.shape)} {first.dtype}")
         if not first.is_floating_point():
             for value, name in zip(values[1:], names[1:]):
                 if not torch.equal(value, first):
-                    raise MergeError(f"{name}: key {where} ({first.dtype}) differs from {names[0]}; non-floating tensors must agree")
+                    raise MergeInputError(f"{name}: key {where} ({first.dtype}) differs from {names[0]}; non-floating tensors must agree")
             merged[key] = first.clone()
             continue
         for value, name in zip(values, names):
@@ -107,7 +107,7 @@ def _merge_model(key_prefix, models: list[dict], names, weights, method: Method,
         merged[key] = require_finite(out.to(DTYPES.get(dtype, first.dtype)), "the merge", where)
     extra = [k for m, n in zip(models[1:], names[1:]) for k in m if k not in models[0]]
     if extra:
-        raise MergeError(f"{names[0]}: lacks key {key_prefix}.{extra[0]} that another input has; all inputs must be the same architecture")
+        raise MergeInputError(f"{names[0]}: lacks key {key_prefix}.{extra[0]} that another input has; all inputs must be the same architecture")
     return merged
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from megatron_demix.merge.io import MergeError
+from megatron_demix.merge.io import MergeInputError
 
 
 def read_mixture(source: str | Path | dict) -> dict[str, float]:
@@ -23,11 +23,11 @@ def read_mixture(source: str | Path | dict) -> dict[str, float]:
         try:
             data = json.loads(Path(source).read_text())
         except (OSError, json.JSONDecodeError) as error:
-            raise MergeError(f"--mixture {source}: unreadable ({error}); expected a JSON object {{component: weight}}") from None
+            raise MergeInputError(f"--mixture {source}: unreadable ({error}); expected a JSON object {{component: weight}}") from None
     if isinstance(data, dict) and isinstance(data.get("weights"), dict):
         data = data["weights"]
     if not isinstance(data, dict) or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in data.values()):
-        raise MergeError(f"{where}: expected a JSON object {{component: weight}} with numeric weights")
+        raise MergeInputError(f"{where}: expected a JSON object {{component: weight}} with numeric weights")
     return {str(k): float(v) for k, v in data.items()}
 
 
@@ -37,7 +37,7 @@ def mixture_inputs(experiment, source: str | Path | dict) -> tuple[list[Path], l
     names = [d.name for d in experiment.candidates]
     missing, unknown = [n for n in names if n not in mixture], sorted(set(mixture) - set(names))
     if missing or unknown:
-        raise MergeError(
+        raise MergeInputError(
             f"mixture {source if not isinstance(source, dict) else ''} has {len(mixture)} weight(s) for the"
             f" {len(names)} components {', '.join(names)}"
             + (f"; missing: {', '.join(missing)}" if missing else "")

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, MetadataIndex, TensorStorageMetadata
 
-from megatron_demix.merge.io import MergeError, read_metadata, with_dtype
+from megatron_demix.merge.io import MergeInputError, read_metadata, with_dtype
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SKIPPED_PREFIXES = ("optimizer.",)
@@ -106,7 +106,7 @@ def _check_same_keys(all_md: list[dict], names: list[str]) -> None:
                 parts.append(f"lacks {len(missing)} key(s) of {names[0]}: {', '.join(missing[:_SHOWN])}")
             if extra:
                 parts.append(f"has {len(extra)} key(s) {names[0]} lacks: {', '.join(extra[:_SHOWN])}")
-            raise MergeError(f"{name}: {'; '.join(parts)}. All inputs must be the same architecture")
+            raise MergeInputError(f"{name}: {'; '.join(parts)}. All inputs must be the same architecture")
 
 
 def _check_same_tensors(all_md: list[dict], names: list[str]) -> None:
@@ -114,12 +114,12 @@ def _check_same_tensors(all_md: list[dict], names: list[str]) -> None:
         for md, name in zip(all_md[1:], names[1:]):
             other = md[key]
             if tuple(other.size) != tuple(ref.size):
-                raise MergeError(
+                raise MergeInputError(
                     f"{name}: key {key} has shape {tuple(other.size)}, {names[0]} has {tuple(ref.size)}."
                     " Inputs must share the architecture (and padded vocabulary)"
                 )
             if other.properties.dtype != ref.properties.dtype:
-                raise MergeError(
+                raise MergeInputError(
                     f"{name}: key {key} is {other.properties.dtype}, {names[0]} has {ref.properties.dtype};"
                     " save every component with the same precision"
                 )
@@ -139,9 +139,9 @@ def _check_data_files(path: Path, metadata: Metadata, name: str) -> None:
         try:
             size = os.stat(file).st_size
         except FileNotFoundError:
-            raise MergeError(f"{name}: data file {file} is missing (it holds key {key}); the checkpoint is incomplete") from None
+            raise MergeInputError(f"{name}: data file {file} is missing (it holds key {key}); the checkpoint is incomplete") from None
         if size < end:
-            raise MergeError(
+            raise MergeInputError(
                 f"{name}: data file {file} is truncated ({size} bytes, key {key} ends at byte {end});"
                 " the checkpoint is incomplete: re-save or re-copy it"
             )
@@ -167,7 +167,7 @@ def _sources(key: str, offsets, sizes, md: TensorStorageMetadata, name: str) -> 
             found.append(Source(MetadataIndex(key, tuple(chunk.offsets)), tuple(chunk.offsets), tuple(chunk.sizes)))
             covered += n
     if covered != math.prod(sizes):
-        raise MergeError(
+        raise MergeInputError(
             f"{name}: the stored chunks of key {key} cover {covered} of the {math.prod(sizes)} elements of region"
             f" offsets={offsets} sizes={sizes}; its .metadata is inconsistent"
         )
@@ -218,7 +218,7 @@ def build_plan(dirs: list[Path], names: list[str], *, dtype: str = "same", ranks
                 peak_bytes=_peak_bytes(numel, out_dtype, max(lengths), has_base),
             ))
     if not any(item.kind != "object" for item in items):
-        raise MergeError(f"{names[0]}: holds no model tensors (only optimizer state or objects); nothing to merge")
+        raise MergeInputError(f"{names[0]}: holds no model tensors (only optimizer state or objects); nothing to merge")
     plan = Plan(list(map(Path, dirs)), list(names), items, out_md)
     plan.assignment = balance([item.read_bytes + item.write_bytes for item in items], ranks)
     return plan

@@ -22,6 +22,7 @@ _ERRORS: dict[int, tuple[tuple[str, str], ...]] = {
         ("megatron_demix.checkpoint.layout", "CheckpointError"),
         ("megatron_demix.data.readers", "DataError"),
         ("megatron_demix.data.tokenizer", "TokenizerError"),
+        ("megatron_demix.merge.io", "MergeInputError"),
     ),
     FAILED: (
         ("megatron_demix.cluster.executor", "JobFailed"),

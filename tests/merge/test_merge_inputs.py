@@ -332,13 +332,13 @@ def test_legacy_input_with_nan_is_refused(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 def test_nan_with_verify_is_one_line_naming_the_input_not_storage(tmp_path):
-    """The command line: one error line, exit 1, and not --verify's 'storage is unreliable'."""
+    """The command line: one error line, exit 2 (bad input), and not --verify's 'storage is unreliable'."""
     a = _dcp_checkpoint(tmp_path / "a", torch.ones(4, 3), torch.arange(5), b"x")
     b = _dcp_checkpoint(tmp_path / "b", torch.full((4, 3), float("nan")), torch.arange(5), b"x")
     result = subprocess.run([*RUN, "--inputs", f"{a}:1", f"{b}:1", "--output", tmp_path / "out", "--verify"],
                             capture_output=True, text=True, env=small_env(), timeout=120)
     errors = [line for line in result.stderr.splitlines() if "error: " in line]
-    assert result.returncode == 1 and len(errors) == 1, result.stderr[-3000:]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr[-3000:]  # a NaN input is bad input
     assert f"input 2 ({b}): tensor w" in errors[0] and "12 non-finite" in errors[0] and "unreliable" not in result.stderr
     assert leaves_nothing(tmp_path / "out")
 

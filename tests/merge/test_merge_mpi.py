@@ -95,7 +95,8 @@ def _rank_exits(proc) -> list[str]:
 
 @pytest.mark.parametrize("damage", ["truncate", "corrupt"])
 def test_bad_input_fails_on_every_rank_and_leaves_nothing(damaged_copy, checkpoints, mpiexec, tmp_path, damage):
-    """truncate: caught by the plan on rank 0; corrupt: caught while reading, on whichever rank owns the chunk."""
+    """truncate: caught by the plan on rank 0; corrupt: caught while reading, on whichever rank owns the chunk.
+    Either way a damaged input: every rank exits 2 (bad input)."""
     broken = damaged_copy("A")
     data = sorted((broken / "iter_0000010").glob("*.distcp"))[0]
     raw = bytearray(data.read_bytes())
@@ -107,7 +108,7 @@ def test_bad_input_fails_on_every_rank_and_leaves_nothing(damaged_copy, checkpoi
     script = (f"{PYTHON} {RUN[1]} --inputs {broken}:1 {checkpoints['B']}:1 --output {output};"
               ' echo "exit of rank $PMI_RANK: $?"')
     proc = mpiexec(2, ["sh", "-c", script], env=small_env(), cwd=REPO)
-    assert _rank_exits(proc) == ["exit of rank 0: 1", "exit of rank 1: 1"], proc.stdout + proc.stderr
+    assert _rank_exits(proc) == ["exit of rank 0: 2", "exit of rank 1: 2"], proc.stdout + proc.stderr
     assert data.name in proc.stderr and ("truncated" in proc.stderr if damage == "truncate" else "unreadable" in proc.stderr)
     assert not output.exists() and list(tmp_path.glob(".out*")) == []
 

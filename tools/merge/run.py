@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 
-from megatron_demix.merge.mpi import LaunchError  # noqa: E402  (light: no torch)
+from megatron_demix.merge.mpi import LaunchError, world  # noqa: E402  (light: no torch)
 
 
 def parse_input(text: str) -> tuple[str, float]:
@@ -81,24 +81,21 @@ def merge_kwargs(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from megatron_demix.config.base import ConfigError
-    from megatron_demix.merge import mpi
-    from megatron_demix.merge.io import MergeError
+    from megatron_demix.runtime.errors import FAILED, run_command
 
     try:
-        comm = mpi.world()
+        comm = world()
     except LaunchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    try:
-        from megatron_demix.merge.engine import merge
+        print(f"merge: error: {error}", file=sys.stderr)
+        return FAILED
+    # Every rank fails together with the same message; rank 0 prints it.
+    return run_command("merge", run_merge, args, comm, quiet=comm.rank != 0)
 
-        merge(**merge_kwargs(args), comm=comm)
-    except (MergeError, ConfigError) as error:
-        if comm.rank == 0:
-            print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+
+def run_merge(args, comm) -> None:
+    from megatron_demix.merge.engine import merge
+
+    merge(**merge_kwargs(args), comm=comm)
 
 
 if __name__ == "__main__":
