@@ -23,6 +23,9 @@ setup(
         "lightgbm==4.7.0",
         "lm-eval==0.4.13",
         "tokenizers==0.23.3",
+        # Hugging Face export / import (megatron_demix/hf/): config classes, tokenizer files, and the logit proofs.
+        "transformers==5.23.0",
+        "safetensors==0.8.0",
         "pyyaml==6.0.3",
         "tqdm==4.70.1",
         "matplotlib==3.11.2",

@@ -9,9 +9,12 @@
 3. Times, as whole processes (start-up included):
    - floor: `cat` of every input file to /dev/null + `dd` of the output's size with fsync;
    - naive: load each checkpoint whole (megatron-core `load_plain_tensors`), accumulate, save (torch DCP);
-   - merge with `mpiexec -n 1` and `-n 2`.
-   Each --repeat times, interleaved; the median wall time (and the largest peak RSS) is reported.
-4. Prints a markdown table: wall time, MB/s ((read + written) / wall), peak RSS per rank.
+   - merge with `mpiexec -n 1`, `-n 2` and `torchrun --nproc-per-node 2` (gloo).
+   Each --repeat times (default 5), interleaved; the median wall time (and the largest peak RSS) is reported.
+4. Prints a markdown table: wall time, MB/s ((read + written) / wall), peak RSS per rank, and two
+   ratios to the floor measured in the same run: the merge phases alone (merge() from its call to
+   the published output, from `--json-summary`) and the whole process; then the phase profile
+   (time, bytes, MB/s per phase) of the median 2-rank mpiexec run.
 """
 from __future__ import annotations
 
@@ -19,7 +22,6 @@ import argparse
 import json
 import os
 import pickle
-import re
 import resource
 import shutil
 import subprocess
@@ -124,53 +126,67 @@ def bench(args) -> None:
 
     out, floor_file, naive_out = work / "out", work / "floor.bin", work / "naive"
 
-    def run_merge(ranks: int):
+    summary_file = work / "summary.json"
+
+    def run_merge(ranks: int, launcher: str = "mpiexec"):
         shutil.rmtree(out, ignore_errors=True)
-        command = [Path(PYTHON).parent / "mpiexec", "-n", ranks, PYTHON, REPO / "tools/merge/run.py",
-                   "--inputs", *[f"{d}:1" for d in inputs], "--output", out]
+        launch = ([Path(PYTHON).parent / "mpiexec", "-n", ranks, PYTHON] if launcher == "mpiexec" else
+                  [Path(PYTHON).parent / "torchrun", "--standalone", "--nproc-per-node", ranks])
+        command = [*launch, REPO / "tools/merge/run.py", "--inputs", *[f"{d}:1" for d in inputs], "--output", out,
+                   "--json-summary", summary_file]
         seconds, proc = timed(command, env=env)
-        rss = [int(float(m) * 1e6) for m in re.findall(r"peak RSS (\d+) MB", proc.stdout)]
-        return seconds, du(out), rss
+        summary = json.loads(summary_file.read_text())
+        return seconds, du(out), [r["peak_rss"] for r in summary["per_rank"]], summary
 
     def run_floor(written: int):
         t_read, _ = timed(["sh", "-c", 'cat "$@" > /dev/null', "sh", *files])
         t_write, _ = timed(["dd", "if=/dev/zero", f"of={floor_file}", "bs=16M", f"count={-(-written // (16 << 20))}", "conv=fsync"])
         floor_file.unlink()
-        return t_read + t_write, written, []
+        return t_read + t_write, written, [], None
 
     def run_naive():
         shutil.rmtree(naive_out, ignore_errors=True)
         seconds, proc = timed([PYTHON, __file__, "naive", "--output", naive_out, "--inputs", *inputs], env=env)
         written = du(naive_out)
         shutil.rmtree(naive_out, ignore_errors=True)
-        return seconds, written, [json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss"]]
+        return seconds, written, [json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss"]], None
 
     # Interleaved repeats, median wall time per row: the CI machines are shared and noisy.
     written = run_merge(1)[1]
     runs = {"merge, mpiexec -n 1": lambda: run_merge(1), "merge, mpiexec -n 2": lambda: run_merge(2),
+            "merge, torchrun 2 (gloo)": lambda: run_merge(2, "torchrun"),
             "I/O floor (cat inputs + dd output, fsync)": lambda: run_floor(written),
             "naive: load_plain_tensors x4 + DCP save": run_naive}
     samples = {name: [] for name in runs}
     for _ in range(args.repeat):
         for name, run in runs.items():
             samples[name].append(run())
-    rows = []
+    rows = {}
     for name, results in samples.items():
         results.sort(key=lambda r: r[0])
-        seconds, size, rss = results[len(results) // 2]
-        rows.append((name, seconds, size, [max(r[2][i] for r in results) for i in range(len(rss))]))
-        print(f"{name}: wall {', '.join(f'{r[0]:.1f}' for r in results)} s", flush=True)
+        seconds, size, rss, summary = results[len(results) // 2]
+        merge_seconds = sorted(r[3]["merge_seconds"] for r in results)[len(results) // 2] if summary else None
+        rows[name] = (seconds, size, [max(r[2][i] for r in results) for i in range(len(rss))], summary, merge_seconds)
+        print(f"{name}: wall {', '.join(f'{r[0]:.2f}' for r in results)} s", flush=True)
 
-    floor = rows[2][1]
-    naive_seconds = rows[3][1]
+    floor = rows["I/O floor (cat inputs + dd output, fsync)"][0]
+    naive_seconds = rows["naive: load_plain_tensors x4 + DCP save"][0]
     print(f"\ninputs: 4 x {read_bytes / 4 / 1e6:.0f} MB (TP=2, PP=2, fp32), largest stored chunk {largest / 1e6:.1f} MB;"
-          f" output {rows[0][2] / 1e6:.0f} MB\n")
-    print("| run | wall s | MB/s (read+written)/wall | x floor | speed-up vs naive | peak RSS per rank (MB) |")
-    print("|---|---|---|---|---|---|")
-    for name, seconds, written, rss in rows:
+          f" output {rows['merge, mpiexec -n 1'][1] / 1e6:.0f} MB; median of {args.repeat}\n")
+    print("| run | wall s | MB/s (read+written)/wall | whole process x floor | merge phases s | merge phases x floor"
+          " | speed-up vs naive | peak RSS per rank (MB) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, (seconds, written, rss, _, merge_seconds) in rows.items():
         rate = (read_bytes + written) / seconds / 1e6
-        print(f"| {name} | {seconds:.1f} | {rate:.0f} | {seconds / floor:.2f} | {naive_seconds / seconds:.1f}x |"
+        phases = f"{merge_seconds:.2f} | {merge_seconds / floor:.2f}" if merge_seconds else "- | -"
+        print(f"| {name} | {seconds:.2f} | {rate:.0f} | {seconds / floor:.2f} | {phases} | {naive_seconds / seconds:.1f}x |"
               f" {', '.join(f'{r / 1e6:.0f}' for r in rss) or '-'} |")
+    print("\nphase profile, median `mpiexec -n 2` run (slowest rank per phase; bytes over all ranks):\n")
+    print("| phase | s | MB | MB/s |\n|---|---|---|---|")
+    phases = rows["merge, mpiexec -n 2"][3]["phases"]
+    for phase in ("start-up", "planning", "reading", "combining", "writing", "verifying", "metadata"):
+        p = phases[phase]
+        print(f"| {phase} | {p['seconds']:.2f} | {p['bytes'] / 1e6:.1f} | {p['mb_per_s'] or '-'} |")
 
 
 if __name__ == "__main__":
@@ -182,7 +198,7 @@ if __name__ == "__main__":
     parser.add_argument("--ffn", type=int, default=2816)
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--repeat", type=int, default=3, help="runs per row; the table shows the median")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per row; the table shows the median")
     parser.add_argument("--inputs", nargs="*")
     parser.add_argument("--output")
     args = parser.parse_args()

@@ -7,6 +7,8 @@
     torchrun --nproc-per-node 2 launch/train_component.py --config configs/demo.yaml --component 0 \
         --pipeline-model-parallel-size 2
     # under SLURM: slurm/train_component.sh (srun sets the rank layout)
+    # a model on a mixture, from the base (line 0 of a runs file; training/mixture_runs.py)
+    torchrun --nproc-per-node 1 launch/train_component.py --config X --mixture-runs runs.jsonl --component 0
 
 Flags named like Megatron-LM's override the experiment's `training:` section. Defaults:
 `--save`/`--load` = <work_dir>/checkpoints/<model>, `--pretrained-checkpoint` = the base's save
@@ -41,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     paths.add_argument("--pretrained-checkpoint", type=Path, default=None, help="weights to start from when not resuming")
     paths.add_argument("--no-pretrained", action="store_true", help="start a component from random weights")
     paths.add_argument("--log-dir", type=Path, default=None)
+    paths.add_argument("--mixture-runs", type=Path, default=None,
+                       help="JSONL of models to train on mixtures (training/mixture_runs.py); --component is then a line index or id")
     paths.add_argument("--stop-after-iters", type=int, default=None, help="leave after this iteration without saving (preemption drill)")
     paths.add_argument("--exit-signal-handler", action="store_true", help="on SIGTERM save after the current iteration and exit 0")
     return parser.parse_args(argv)
@@ -51,6 +55,7 @@ def train(args: argparse.Namespace) -> None:
     from megatron_demix.experiment import load_experiment
     from megatron_demix.config.flags import flag_overrides
     from megatron_demix.data.datasets import resolve_model
+    from megatron_demix.training.mixture_runs import select_mixture_run
     from megatron_demix.training.trainer import RunOptions, Trainer
 
     experiment = load_experiment(args.config)
@@ -61,11 +66,14 @@ def train(args: argparse.Namespace) -> None:
         overrides["train_tokens"] = None  # an explicit iteration budget wins over a token budget
     training = replace(experiment.training, where="command line", **overrides)
     experiment = dataclasses.replace(experiment, training=training)  # re-runs the cross-section checks
-    model = resolve_model(experiment, args.component)
+    on_mixture = select_mixture_run(args.mixture_runs, args.component) if args.mixture_runs else None
+    model = on_mixture.id if on_mixture else resolve_model(experiment, args.component)
+    save = args.save or (Path(on_mixture.save) if on_mixture else None)
     run = RunOptions.defaults(
-        experiment, model, save=args.save, load=args.load or args.save, pretrained=args.pretrained_checkpoint,
-        train_iters=args.train_iters, log_dir=args.log_dir, stop_after_iters=args.stop_after_iters,
-        exit_signal_handler=args.exit_signal_handler or None,
+        experiment, model, save=save, load=args.load or save, pretrained=args.pretrained_checkpoint,
+        train_iters=args.train_iters or (on_mixture and on_mixture.train_iters), log_dir=args.log_dir,
+        stop_after_iters=args.stop_after_iters, exit_signal_handler=args.exit_signal_handler or None,
+        mixture=on_mixture and on_mixture.mixture,
     )
     if args.no_pretrained:
         run = dataclasses.replace(run, pretrained=None)

@@ -6,7 +6,9 @@
     demix run --config configs/demo.yaml          # everything: prepare, train, search; the mixture and a report
     demix run --config X --submit                 # the same chain submitted to SLURM at once; then:
     demix status --config X                       # stage, jobs, search rounds, best mixture so far
+    demix validate --config X                     # proxy fidelity against trained reference models
     demix run --config X --dry-run                # the jobs it would submit and the compute they need
+    demix export --checkpoint DIR --output HF     # a Hugging Face model directory (hf/export.py); import-hf: back
 
 Stages register themselves in `COMMANDS` (name -> (help, add_arguments, run)); a new stage adds
 one entry, not a branch. Exit status (runtime/errors.py): 2 for a bad experiment file or flag,
@@ -21,6 +23,7 @@ import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
+from megatron_demix.hf import commands as hf_commands
 from megatron_demix.runtime.errors import run_command
 
 
@@ -139,9 +142,29 @@ def _run_run(args) -> None:
         print(f"  {name:<20} {share:6.3f}   prior {prior[name]:6.3f}   {share - prior[name]:+.3f}")
     measured = answer.get("measured") or {}
     if measured:
-        print(f"its own proxy, evaluated: rank {measured['rank']} of {measured['of']} evaluated mixtures")
+        from megatron_demix.search.report import versus_best
+
+        print(f"its own proxy, evaluated: rank {measured['rank']} of {measured['of']} evaluated mixtures. {versus_best(answer)}")
     print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()) + f" ({type(executor).__name__})")
     print(f"report: {result['report']} (summary.md, final_mixture.json, *.png)")
+
+
+def _run_validate(args) -> None:
+    from megatron_demix.pipeline import prepare_data, train_models
+    from megatron_demix.validate.run import run_validate
+
+    experiment, resolved, executor = _experiment_for_jobs(args)
+    prepare_data(resolved, executor)
+    train_models(experiment, resolved, executor, args.ranks)
+    result = run_validate(experiment, resolved, executor, args.ranks)
+    print(f"\n{'method':<18}{'tokens':>14}{'rho':>8}{'top-25%':>9}{'recovery':>10}   (macro over domains)")
+    for r in (r for r in result["records"] if r["domain"] == "macro"):
+        shown = ["n/a" if r[k] is None else f"{r[k]:.3f}" for k in ("rho", "top25_rho", "recovery")]
+        print(f"{r['method']:<18}{r['train_tokens']:>14,}{shown[0]:>8}{shown[1]:>9}{shown[2]:>10}")
+    for r in result.get("mixture_quality", []):
+        print(f"mixture quality: {r['mixture']:<14} macro rank {r['macro_rank']:.2f} among the references ("
+              + ", ".join(f"{d} {rank}" for d, rank in r["ranks"].items()) + ")")
+    print(f"report: {result['report']} (fidelity.md, fidelity.csv, scores.csv, mixture_quality.md, *.png)")
 
 
 def _print_plan(plan: dict) -> None:
@@ -186,6 +209,12 @@ COMMANDS: dict[str, Command] = {
     "run": Command("the whole pipeline: prepare, base, components, search; ends with the mixture and a report",
                    _run_arguments, _run_run),
     "status": Command("where a pipeline stands: stage, jobs, search rounds, the best mixture so far", _config_argument, _run_status),
+    "validate": Command("proxy fidelity: train reference models and short proxies on sampled mixtures, compare with"
+                        " the merged proxies (Spearman rho, top-25% rho, capability recovery)", _jobs_arguments, _run_validate),
+    "export": Command("write a checkpoint, or a mixture's proxy merged while streaming, as a Hugging Face model directory",
+                      hf_commands.export_arguments, hf_commands.run_export),
+    "import-hf": Command("write a local Hugging Face Llama/Qwen2/Qwen3 model as a Megatron torch_dist checkpoint",
+                         hf_commands.import_arguments, hf_commands.run_import),
 }
 
 

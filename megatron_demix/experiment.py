@@ -30,6 +30,7 @@ from megatron_demix.merge.config import MergeConfig
 from megatron_demix.model.config import ModelConfig, check_parallel_fits, expand_preset
 from megatron_demix.search.config import SearchConfig
 from megatron_demix.training.config import TrainingConfig
+from megatron_demix.validate.config import ValidateConfig
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -58,6 +59,8 @@ class ExperimentConfig:
     """See `search:` below."""
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     """See `cluster:` below."""
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    """See `validate:` below."""
 
     def __post_init__(self):
         names = [d.name for d in self.datasets]
@@ -167,6 +170,11 @@ class WorkPaths:
     def search(self) -> Path:
         """The search's state directory (search/state.py names the files inside)."""
         return self.root / "search"
+
+    @property
+    def validate(self) -> Path:
+        """`demix validate`'s directory: mixtures, trained models, evaluations, tables and plots."""
+        return self.root / "validate"
 
     @property
     def jobs(self) -> Path:

@@ -74,3 +74,25 @@ def prepared_demo(tmp_path_factory, demo_config_dict):
     experiment = experiment_from_dict({**demo_config_dict, "work_dir": str(work)}, "demo")
     prepare(experiment)
     return experiment
+
+
+@pytest.fixture(scope="session")
+def eval_experiment(tmp_path_factory):
+    """(experiment config path, ExperimentConfig) with base + 2 trained components and built-in tasks, trained
+    once per session by the real trainer (torchrun, gloo, CPU):
+
+        base: TP=2 (8 iterations)      code: PP=2 from the base      math: TP=1 from the base
+
+    so every load reshards (TP=2 -> 1, PP=2 -> 1) and merges inputs saved with different chunk layouts.
+    Used by tests/eval and tests/hf."""
+    from megatron_demix.experiment import load_experiment
+    from megatron_demix.eval.builtin_tasks import write_builtin_tasks
+    from tests.training.train_helpers import check, torchrun, write_tiny_experiment
+
+    config = write_tiny_experiment(tmp_path_factory.mktemp("eval"), train_iters=2)
+    check(torchrun(2, "--config", config, "--component", "base", "--tensor-model-parallel-size", 2))
+    check(torchrun(2, "--config", config, "--component", "code", "--pipeline-model-parallel-size", 2))
+    check(torchrun(1, "--config", config, "--component", "math"))
+    experiment = load_experiment(config)
+    write_builtin_tasks(experiment)
+    return config, experiment

@@ -141,3 +141,57 @@ def test_submitted_chain_runs_to_the_final_mixture_on_slurm(slurm_cluster, tmp_p
     assert abs(sum(answer["mixture"].values()) - 1) < 1e-9
     status = _demix("status", "--config", config, timeout=60)
     assert status.returncode == 0 and "stage: done" in status.stdout and "final mixture" in status.stdout
+
+
+def test_validate_measures_fidelity_equal_to_scipy_from_the_raw_scores(tmp_path, demo_config_dict, trained):
+    """`demix validate` reduced: 3 reference models trained through the real jobs from the shared base, the merged
+    proxies and the references scored by the same evaluation job; its metrics recomputed here from scores.csv."""
+    import csv
+
+    from scipy import stats
+
+    from megatron_demix.cluster.executor import make_executor
+    from megatron_demix.experiment import load_experiment
+    from megatron_demix.validate.run import run_validate
+
+    config, work = _experiment(tmp_path, demo_config_dict, trained, cluster={"executor": "local"},
+                               eval={"limit": 8, "batch_size": 8},
+                               search={"pool_size": 2000, "mixtures_per_task": 8, "poll_seconds": 1.0},
+                               validate={"references": 3, "proxy_budgets": [], "bootstrap_samples": 100,
+                                         "mixture_quality": False})
+    out = _demix("validate", "--config", config)
+    assert out.returncode == 0, out.stderr[-4000:]
+    root = work / "validate"
+    for i in range(3):  # each reference trained on its mixture's blend, to a component's budget, from the base
+        save = root / "models" / f"reference-v00{i}"
+        assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == str(TINY_TRAINING["train_iters"])
+        valid = [json.loads(line) for line in (work / "logs" / "train" / f"reference-v00{i}" / "train.jsonl").read_text().splitlines()
+                 if '"valid"' in line]
+        assert {"general"} < {r["domain"] for r in valid} <= {"general", "code", "math"}
+    with open(root / "scores.csv") as f:
+        raw = list(csv.DictReader(f))
+    assert sorted({r["method"] for r in raw}) == ["demix", "reference"] and len(raw) == 6
+    with open(root / "fidelity.csv") as f:
+        table = {(r["method"], r["domain"]): r for r in csv.DictReader(f)}
+    domains = [d for d in raw[0] if d not in ("method", "mixture") and not d.startswith("share_")]
+    by = {(r["method"], r["mixture"]): r for r in raw}
+    ids = sorted({r["mixture"] for r in raw})
+    for domain in domains:
+        proxy = [float(by["demix", i][domain]) for i in ids]
+        reference = [float(by["reference", i][domain]) for i in ids]
+        assert proxy != reference, "the merged proxies and the trained references are different models"
+        row = table["demix", domain]
+        assert float(row["rho"]) == pytest.approx(stats.spearmanr(proxy, reference)[0], abs=1e-12)
+        top = sorted(range(3), key=lambda i: reference[i])[-2:]  # k = min(max(2, 3 // 4), 3) = 2
+        assert float(row["top25_rho"]) == pytest.approx(stats.spearmanr([proxy[i] for i in top], [reference[i] for i in top])[0])
+        assert float(row["regret"]) == pytest.approx(max(reference) - reference[proxy.index(max(proxy))])
+    macro_rho = sum(float(table["demix", d]["rho"]) for d in domains) / len(domains)
+    assert float(table["demix", "macro"]["rho"]) == pytest.approx(macro_rho)
+    assert "| method | total training tokens | rho | top-25% rho | capability recovery |" in (root / "fidelity.md").read_text()
+    assert (root / "proxy_vs_reference.png").stat().st_size > 0 and (root / "rho_vs_compute.png").stat().st_size > 0
+
+    # Run again: nothing is trained or evaluated twice.
+    done = {p: p.stat().st_mtime_ns for p in [*root.rglob("results/*.json"), *root.rglob("*.distcp")]}
+    experiment = load_experiment(work / "experiment.yaml")
+    run_validate(experiment, work / "experiment.yaml", make_executor(experiment.cluster, experiment.paths.logs), 1)
+    assert {p: p.stat().st_mtime_ns for p in [*root.rglob("results/*.json"), *root.rglob("*.distcp")]} == done

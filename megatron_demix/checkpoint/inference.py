@@ -77,7 +77,7 @@ def inference_model(experiment, vocab_size: int, *, dtype: torch.dtype | None = 
 def load_for_inference(path: str | Path, vocab_size: int, *, experiment=None, dtype: torch.dtype | None = None,
                        tensor_parallel: int = 1, pipeline_parallel: int = 1):
     """(model, experiment): the checkpoint's weights at this TP/PP, resharded on load."""
-    from megatron_demix.training.checkpointing import load_weights
+    from megatron_demix.checkpoint.run_state import load_weights
 
     experiment = experiment or checkpoint_experiment(path)
     model = inference_model(experiment, vocab_size, dtype=dtype, tensor_parallel=tensor_parallel,

@@ -22,7 +22,8 @@ from typing import Callable
 import torch
 
 from megatron_demix.checkpoint.layout import CheckpointError, resolve_checkpoint
-from megatron_demix.merge.io import ChunkReader, MergeInputError, read_metadata
+from megatron_demix.checkpoint.torch_dist import ChunkReader, read_metadata
+from megatron_demix.merge.io import MergeInputError
 from megatron_demix.merge.items import compute_item, read_region, region_order, regions
 from megatron_demix.merge.methods import Method, get_method
 from megatron_demix.merge.plan import Item, Plan, build_plan

@@ -6,6 +6,7 @@
 
 - A component blends beta x general + (1 - beta) x its candidate (the paper: beta = 0.5).
 - The base trains on the general data alone.
+- A reference model or trained proxy of a mixture blends beta x general + (1 - beta) x the mixture.
 - Validation is per domain: one held-out GPTDataset per blended source, so the log shows how a
   component moves on its own domain and on the general data.
 
@@ -55,12 +56,24 @@ def resolve_model(experiment, component: str) -> str:
     )
 
 
-def blend_for(experiment, model: str) -> Blend:
+def blend_for(experiment, model: str, mixture: dict[str, float] | None = None) -> Blend:
+    """The base: general data; a component: beta general + (1 - beta) its candidate; with `mixture`
+    ({candidate: share}, summing to 1): beta general + (1 - beta) x the mixture, what the proxy merged
+    from the components stands for (reference models and trained proxies, `demix validate`)."""
     general = experiment.general.name
     if model == "base":
         return Blend(model, (general,), (1.0,))
     beta = experiment.training.beta
-    return Blend(model, (general, model), (beta, 1.0 - beta))
+    if mixture is None:
+        return Blend(model, (general, model), (beta, 1.0 - beta))
+    names = [d.name for d in experiment.candidates]
+    unknown = sorted(set(mixture) - set(names))
+    total = sum(mixture.values())
+    if unknown or any(w < 0 for w in mixture.values()) or abs(total - 1.0) > 1e-6:
+        raise ConfigError(f"mixture of {model}: {mixture} must give shares >= 0 summing to 1 (not {total:.6g}) over the"
+                          f" candidates {', '.join(names)}" + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+    used = [n for n in names if mixture.get(n, 0) > 0]  # a zero share would index an empty dataset
+    return Blend(model, (general, *used), (beta, *((1.0 - beta) * mixture[n] for n in used)))
 
 
 def check_prepared(experiment, blend: Blend) -> None:

@@ -1,6 +1,8 @@
 """The `eval:` section: which benchmarks score a proxy, and how they form the capability domains."""
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -73,3 +75,10 @@ def domain_scores(metrics: dict[str, float], tasks: dict[str, list[str]], lower_
         values = [-float(metrics[n]) if n in lower_is_better else float(metrics[n]) for n in names]
         scores[domain] = sum(values) / len(values)
     return scores
+
+
+def domain_stderrs(stderrs: dict[str, float], tasks: dict[str, list[str]]) -> dict[str, float]:
+    """Each domain score's standard error, from its tasks' (independent samples): sqrt(sum se^2) / n.
+    A domain with a task lacking a standard error has none (left out), rather than a made-up one."""
+    return {domain: math.sqrt(sum(stderrs[n] ** 2 for n in names)) / len(names)
+            for domain, names in tasks.items() if all(n in stderrs for n in names)}

@@ -2,6 +2,9 @@
 
     results = evaluate_mixtures(experiment, [{"id": "m0", "mixture": {"code": 0.3, "math": 0.7}}], "evals/")
 
+An entry with a `checkpoint` (a save root, an iter_* or torch_dist directory) evaluates that trained
+model instead of a merge (`demix validate` scores its reference models through the same path).
+
 For each mixture the model's parameters are recomputed in place, sum_i w_i * Theta_i in fp32
 (the merge library's arithmetic, `checkpoint/tensors.fill_model`), cast to the stored dtype, then
 to the model's; the proxy never touches the disk. When the components do not fit in memory
@@ -25,7 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from megatron_demix.eval.config import EvalInputError, domain_scores
+import numpy as np
+
+from megatron_demix.eval.config import EvalInputError, domain_scores, domain_stderrs
 from megatron_demix.runtime.files import atomic_write_json, remove_stale_temporaries
 
 GB = 1e9
@@ -144,15 +149,19 @@ def primary_metric(results: dict, task: str, wanted: str | None) -> tuple[str, f
 def result_record(ident: str, mixture: dict, results: dict, plan: TaskPlan, seconds: float) -> dict:
     import lm_eval
 
-    metrics, names, lower = {}, {}, []
+    metrics, names, stderrs, lower = {}, {}, {}, []
     for task in plan.tasks:
         key, value, higher = primary_metric(results, task, plan.metric_names.get(task))
         metrics[task], names[task] = value, key
+        stderr = results["results"][task].get(key.replace(",", "_stderr,", 1))
+        if isinstance(stderr, (int, float)) and math.isfinite(stderr):
+            stderrs[task] = float(stderr)
         if not higher or task in plan.lower_is_better or key.split(",")[0] in plan.lower_is_better:
             lower.append(task)
     return {
         "id": ident, "mixture": mixture, "domains": domain_scores(metrics, plan.domains, lower),
-        "metrics": metrics, "metric_names": names,
+        "domain_stderrs": domain_stderrs(stderrs, plan.domains),
+        "metrics": metrics, "metric_names": names, "stderrs": stderrs,
         "lm_eval": {"version": lm_eval.__version__, "task_versions": results.get("versions", {}),
                     "results": results["results"]},
         "seconds": round(seconds, 3),
@@ -185,19 +194,49 @@ class TaskSuite:
         torch.manual_seed(DEFAULT_OTHER_SEED)
         for task in self.loaded["tasks"].values():
             task.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)
-        results = evaluate(lm=lm, task_dict=self.loaded, limit=limit, log_samples=False, verbosity="WARNING")
-        kept = {key: results.get(key, {}) for key in ("results", "versions", "higher_is_better")}
-        return json.loads(json.dumps(kept, default=str))  # plain JSON types, as the result file holds them
+        return plain_results(evaluate(lm=lm, task_dict=self.loaded, limit=limit, log_samples=True, verbosity="WARNING"))
 
 
 def simple_evaluate(lm, plan: TaskPlan, manager, limit: int | None = None) -> dict:
     """One proxy through lm-eval's own `simple_evaluate` (what a separate run does), reduced like `TaskSuite.run`."""
     import lm_eval
 
-    results = lm_eval.simple_evaluate(model=lm, tasks=plan.tasks, task_manager=manager, limit=limit, log_samples=False,
-                                      verbosity="WARNING")
+    return plain_results(lm_eval.simple_evaluate(model=lm, tasks=plan.tasks, task_manager=manager, limit=limit,
+                                                 log_samples=True, verbosity="WARNING"))
+
+
+def ratio_stderr(pairs: list) -> float:
+    """Standard error of sum(a) / sum(b) over documents (a, b), by the delta method for a ratio estimator:
+    sqrt(n / (n - 1) * sum((a_i - r b_i)^2)) / sum(b). Documents are the sampling unit, as for lm-eval's
+    mean metrics."""
+    a, b = (np.asarray(column, dtype=np.float64) for column in zip(*pairs))
+    n = len(a)
+    if n < 2 or b.sum() <= 0:
+        return float("nan")
+    ratio = a.sum() / b.sum()
+    return float(np.sqrt(n / (n - 1) * np.sum((a - ratio * b) ** 2)) / b.sum())
+
+
+def fill_ratio_stderrs(results: dict) -> None:
+    """Give bits per byte its standard error where lm-eval has none, from the logged per-document pairs
+    (bits per byte = -ratio / ln 2, so its stderr is the ratio's / ln 2); the perplexities stay N/A."""
+    for task, samples in (results.get("samples") or {}).items():
+        values = results["results"].get(task, {})
+        for key in [k for k in values if k.startswith("bits_per_byte,")]:
+            stderr_key = key.replace("bits_per_byte,", "bits_per_byte_stderr,")
+            if isinstance(values.get(stderr_key), (int, float)):
+                continue
+            pairs = [sample["bits_per_byte"] for sample in samples if sample.get("filter") == key.split(",", 1)[1]]
+            if pairs:
+                values[stderr_key] = ratio_stderr(pairs) / math.log(2)
+
+
+def plain_results(results: dict) -> dict:
+    """lm-eval's results dict reduced to plain JSON (results, versions, higher_is_better), after the
+    logged samples served to fill the standard errors lm-eval leaves out; the samples are dropped."""
+    fill_ratio_stderrs(results)
     kept = {key: results.get(key, {}) for key in ("results", "versions", "higher_is_better")}
-    return json.loads(json.dumps(kept, default=str))
+    return json.loads(json.dumps(kept, default=str))  # plain JSON types, as the result file holds them
 
 
 def result_path(output_dir: Path, ident: str) -> Path:
@@ -244,20 +283,28 @@ def evaluate_mixtures(experiment, mixtures: list[dict], output_dir, tasks=None, 
     method = get_method(experiment.merge.method)
     paths, _, base = mixture_inputs(experiment, pending[0]["mixture"])
     names = [f"component {d.name} ({p})" for d, p in zip(experiment.candidates, paths)]
-    source = ComponentSource.open(paths, names, method=method.name, base=base, scale=experiment.merge.scale)
+    merged = any(not entry.get("checkpoint") for entry in pending)
+    source = ComponentSource.open(paths, names, method=method.name, base=base, scale=experiment.merge.scale) if merged else None
     tokenizer = load_tokenizer(experiment.paths.tokenizer)
     model = inference_model(experiment, tokenizer.vocab_size, dtype=_dtype(settings.dtype))
     regions = model_regions(model)
     lm = MegatronDemixLM.from_model(model, tokenizer, experiment, batch_size=settings.batch_size, max_length=settings.max_length)
-    components = hold_components(source, settings.cache_components, log)
+    components = hold_components(source, settings.cache_components, log) if merged else None
     output_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
         for number, entry in enumerate(pending, 1):
             began = time.perf_counter()
-            _, given, _ = mixture_inputs(experiment, entry["mixture"])
-            weights = check_weights(given, names, method, normalize=experiment.merge.normalize)
-            fill_model(model, components, weights, regions)
+            if entry.get("checkpoint"):  # a trained model (a reference, a trained proxy): its own weights, weight 1
+                trained = ComponentSource.open([entry["checkpoint"]], [f"{entry['id']} ({entry['checkpoint']})"])
+                try:
+                    fill_model(model, trained, [1.0], regions)
+                finally:
+                    trained.close()
+            else:
+                _, given, _ = mixture_inputs(experiment, entry["mixture"])
+                weights = check_weights(given, names, method, normalize=experiment.merge.normalize)
+                fill_model(model, components, weights, regions)
             results = suite.run(lm, settings.limit)
             record = result_record(entry["id"], entry["mixture"], results, plan, time.perf_counter() - began)
             target = result_path(output_dir, entry["id"])
@@ -268,6 +315,7 @@ def evaluate_mixtures(experiment, mixtures: list[dict], output_dir, tasks=None, 
             log(f"[eval] {number}/{len(pending)} {entry['id']}: {record['domains']} ({record['seconds']:.1f} s;"
                 f" ETA {rate * (len(pending) - number):.0f} s)")
     finally:
-        components.close()
-        source.close()
+        for held in (components, source):
+            if held is not None:
+                held.close()
     return done

@@ -4,7 +4,7 @@
     merge(["ckpt/code", "ckpt/math"], [0.3, 0.7], "proxies/p0")
 
 Layout: `plan.py` what (chunks, sources, balance), `methods.py` how (linear, task arithmetic),
-`io.py` bytes in and out of torch_dist files, `mpi.py` ranks, `engine.py` the flow, `legacy.py`
+`io.py` bytes out to torch_dist files (reading: `checkpoint/torch_dist.py`), `mpi.py` ranks, `engine.py` the flow, `legacy.py`
 the mp_rank_* format. The CLI is tools/merge/run.py. Names are imported lazily, so reading the
 `merge:` config section (`merge.config`) does not import torch.
 """

@@ -12,6 +12,7 @@ The plan logs this bound. Only the plan, write records, errors and statistics tr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import math
 import os
@@ -27,7 +28,8 @@ import torch
 
 from megatron_demix.checkpoint.layout import CheckpointError, iteration_dir, resolve_checkpoint, write_tracker
 from megatron_demix.merge import legacy, mpi
-from megatron_demix.merge.io import ChunkReader, DataFileWriter, MergeError, MergeInputError, output_failure, read_metadata, write_checkpoint_files
+from megatron_demix.checkpoint.torch_dist import METADATA_FILE, ChunkReader, read_metadata
+from megatron_demix.merge.io import DataFileWriter, MergeError, MergeInputError, merge_failure, output_failure, write_checkpoint_files
 from megatron_demix.merge.items import compute_item, regions
 from megatron_demix.merge.methods import Method, get_method
 from megatron_demix.merge.plan import DTYPES, Plan, build_plan
@@ -47,15 +49,55 @@ class RankStats:
     seconds: float = 0.0
     peak_rss: int = 0
     verified: int = 0
+    startup: float = 0.0
+    """Seconds from the process's start to the merge() call (interpreter, imports, MPI or gloo set-up)."""
+    reading: float = 0.0
+    writing: float = 0.0
+    verifying: float = 0.0
+    """The rest of `seconds` is combining (the arithmetic, casts, region copies)."""
+
+
+PHASES = ("start-up", "planning", "reading", "combining", "writing", "verifying", "metadata")
 
 
 @dataclass
 class Summary:
     output: Path
     seconds: float
+    """merge() on rank 0, from its call to the published output."""
     bytes_read: int
     bytes_written: int
     ranks: list[RankStats] = field(default_factory=list)
+    phases: dict[str, dict] = field(default_factory=dict)
+    """Phase -> {seconds, bytes, mb_per_s}: the slowest rank's time for the per-rank phases (they run
+    in parallel), rank 0's for planning and metadata; bytes over all ranks."""
+
+    @property
+    def process_seconds(self) -> float:
+        """The whole process up to the published output: start-up + merge()."""
+        return self.phases.get("start-up", {}).get("seconds", 0.0) + self.seconds
+
+    def to_json(self) -> dict:
+        peak = max(self.ranks, key=lambda s: s.peak_rss)
+        return {
+            "output": str(self.output), "ranks": len(self.ranks), "merge_seconds": round(self.seconds, 4),
+            "process_seconds": round(self.process_seconds, 4), "bytes_read": self.bytes_read,
+            "bytes_written": self.bytes_written, "phases": self.phases,
+            "max_peak_rss_bytes": peak.peak_rss, "max_peak_rss_rank": peak.rank,
+            "per_rank": [dataclasses.asdict(s) for s in self.ranks],
+        }
+
+
+def _phases(rank_stats: list[RankStats], planning: tuple[float, int], metadata: tuple[float, int]) -> dict[str, dict]:
+    slowest = lambda name: max(getattr(s, name) for s in rank_stats)  # noqa: E731
+    read, written = sum(s.bytes_read for s in rank_stats), sum(s.bytes_written for s in rank_stats)
+    timed = {
+        "start-up": (slowest("startup"), 0), "planning": planning, "reading": (slowest("reading"), read),
+        "combining": (max(s.seconds - s.reading - s.writing - s.verifying for s in rank_stats), read),
+        "writing": (slowest("writing"), written), "verifying": (slowest("verifying"), 0), "metadata": metadata,
+    }
+    return {name: {"seconds": round(seconds, 4), "bytes": size, "mb_per_s": round(size / MB / seconds, 1) if seconds > 0 and size else None}
+            for name, (seconds, size) in timed.items()}
 
 
 def check_weights(weights: Sequence[float], names: Sequence[str], method: Method, normalize: bool) -> list[float]:
@@ -108,7 +150,7 @@ def _legacy_share(comm, plan: legacy.LegacyPlan, out_dir: Path, weights, method,
             stats.verified += 1
         del written
         stats.items += 1
-        stats.bytes_read += plan.sizes[i] * len(plan.dirs)
+        stats.bytes_read += plan.sizes[i] * len(plan.dirs)  # read, combined and written whole: all counts as combining
         stats.bytes_written += os.stat(out_dir / relative).st_size
         if progress:
             progress.update(plan.sizes[i] * (len(plan.dirs) + 1))
@@ -133,8 +175,11 @@ def _merge_share(comm, plan: Plan, out_dir: Path, weights, method, scale, verify
             if progress:
                 progress.update(item.read_bytes + item.write_bytes)
         writer.close()
+        stats.reading, stats.writing = sum(r.seconds for r in readers), writer.seconds
         if verify:
+            verify_start = time.perf_counter()
             stats.verified = _verify(plan, share, writer, readers, weights, method, scale, out_dir)
+            stats.verifying = time.perf_counter() - verify_start
         stats.items, stats.bytes_written = len(share), writer.bytes_written
         stats.bytes_read = sum(r.bytes_read for r in readers)
     finally:
@@ -171,7 +216,7 @@ def _on_root(comm, fn):
         try:
             result = fn()
         except Exception as exc:
-            error = exc
+            error = merge_failure(exc)
     result, failure = comm.bcast((result, None if error is None else (str(error), isinstance(error, MergeInputError))))
     if error is not None:
         raise error
@@ -197,8 +242,18 @@ def _iteration(path: Path) -> int | str:
     return int(match.group(1)) if match else ("release" if path.name == "release" else 0)
 
 
-def _prepare(inputs, given, output, method, base, scale, dtype, normalize, overwrite, ranks):
-    """Rank 0: check the arguments, resolve the inputs, plan. Returns (plan, weights, provenance)."""
+def _tool_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("megatron-demix")
+    except PackageNotFoundError:  # run from a checkout without installing
+        return "unknown"
+
+
+def _prepare(inputs, given, output, method, base, scale, dtype, normalize, overwrite, ranks, output_iteration,
+             extra_state_source, provenance_extra):
+    """Rank 0: check the arguments, resolve the inputs, plan. Returns (plan, weights, iteration, provenance)."""
     if dtype != "same" and dtype not in DTYPES:
         raise MergeInputError(f"--dtype {dtype!r} is unknown; choose one of same, {', '.join(DTYPES)}")
     if method.needs_base and base is None:
@@ -209,6 +264,10 @@ def _prepare(inputs, given, output, method, base, scale, dtype, normalize, overw
         raise MergeInputError("no inputs: give at least one --inputs DIR:WEIGHT")
     names = [f"input {i + 1} ({p})" for i, p in enumerate(inputs)]
     weights = check_weights(given, names, method, normalize)
+    if not 1 <= extra_state_source <= len(inputs):
+        raise MergeInputError(f"--extra-state-source {extra_state_source}: give an input number from 1 to {len(inputs)}")
+    if output_iteration is not None and output_iteration != "release" and (not isinstance(output_iteration, int) or output_iteration < 0):
+        raise MergeInputError(f"--output-iteration {output_iteration!r}: give an iteration number >= 0 (or 'release')")
     output = Path(output)
     if output.exists() and not overwrite:
         raise MergeInputError(f"--output {output} already exists; remove it or pass --overwrite")
@@ -228,17 +287,21 @@ def _prepare(inputs, given, output, method, base, scale, dtype, normalize, overw
                 " one format (convert the legacy mp_rank_* ones to torch_dist with Megatron-LM's converter)"
             )
     dirs = [f.path for f in found]
+    copy_from = extra_state_source - 1
     if found[0].format == "legacy":
-        plan = legacy.build_legacy_plan(dirs, names, ranks)
+        plan = legacy.build_legacy_plan(dirs, names, ranks, copy_from)
     else:
-        plan = build_plan(dirs, names, dtype=dtype, ranks=ranks, has_base=base is not None)
+        plan = build_plan(dirs, names, dtype=dtype, ranks=ranks, has_base=base is not None, copy_from=copy_from)
+    iteration = _iteration(dirs[0]) if output_iteration is None else output_iteration
     provenance = {
-        "tool": "megatron_demix.merge", "method": method.name, "scale": scale if method.needs_base else None,
+        "tool": "megatron_demix.merge", "tool_version": _tool_version(), "method": method.name,
+        "scale": scale if method.needs_base else None,
         "inputs": [str(d.resolve()) for d in dirs[: len(inputs)]], "weights": weights, "given_weights": list(given),
         "base": str(dirs[-1].resolve()) if base is not None else None, "dtype": dtype, "ranks": ranks,
+        "iteration": iteration, "extra_state_source": str(dirs[copy_from].resolve()), **(provenance_extra or {}),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    return plan, weights, provenance
+    return plan, weights, iteration, provenance
 
 
 def merge(
@@ -253,14 +316,20 @@ def merge(
     normalize: bool = True,
     verify: bool = False,
     overwrite: bool = False,
+    output_iteration: int | str | None = None,
+    extra_state_source: int = 1,
+    provenance: dict | None = None,
     comm=None,
     log: Callable[[str], None] | None = None,
 ) -> Summary:
     """Write sum_i w_i * inputs[i] (or task arithmetic over `base`) to `output` as a Megatron save root.
 
-    Call it on every rank of the MPI world (same arguments); `comm` defaults to `mpi.world()`.
-    From a process that is one of several torchrun ranks, call it on one rank with
-    `comm=mpi.SerialComm()` (otherwise each would write the same output). Steps:
+    Call it on every rank (same arguments); `comm` defaults to `mpi.world()`: the MPI world under
+    mpiexec/srun, gloo over the ranks under torchrun. To merge from one of several ranks alone, pass
+    `comm=mpi.SerialComm()` on that rank. `output_iteration`: the
+    output's `iter_*` name, tracker and common-state `iteration` (default: the first input's);
+    `extra_state_source`: the input (1-based) whose objects (`_extra_state`, RNG, common state) are
+    copied; `provenance`: more fields for `merge.json` and the common state (e.g. the schedule). Steps:
     1. Rank 0 checks the arguments (weights, method and base, dtype, output), resolves each input
        (save root, `iter_*` or bare torch_dist dir) and plans from the inputs' `.metadata`
        (`plan.build_plan`: keys, shapes, dtypes, data files; items balanced by bytes); all ranks
@@ -274,6 +343,7 @@ def merge(
        renames the temporary directory to `output`, logs the summary; every rank returns it.
     """
     comm = comm or mpi.world()
+    startup = mpi.process_seconds()
     threads = mpi.threads_per_rank(comm)
     if "OMP_NUM_THREADS" not in os.environ:  # an explicit setting wins
         torch.set_num_threads(threads)
@@ -283,14 +353,14 @@ def merge(
     method_ = get_method(method)
     output = Path(output)
 
-    plan, weights, provenance = _on_root(
+    plan, weights, iteration, provenance = _on_root(
         comm, lambda: _prepare(list(inputs), [float(w) for w in weights], output, method_, base, scale, dtype, normalize,
-                               overwrite, comm.size)
+                               overwrite, comm.size, output_iteration, extra_state_source, provenance)
     )
+    planning = (time.perf_counter() - start, _metadata_bytes(plan.dirs) if isinstance(plan, Plan) else 0)
     root_log(f"[merge] {plan.describe()}, {comm.size} rank(s)")
     stack = contextlib.ExitStack()
     try:
-        iteration = _iteration(plan.dirs[0])
         tmp = _on_root(comm, _writing(output, lambda: stack.enter_context(atomic_directory(output, overwrite))))
         out_dir = iteration_dir(tmp, iteration)
         _on_root(comm, _writing(output, out_dir.mkdir))
@@ -299,13 +369,16 @@ def merge(
                 records, stats = _legacy_share(comm, plan, out_dir, weights, method_, scale, dtype, verify, provenance, root_log)
             else:
                 records, stats = _merge_share(comm, plan, out_dir, weights, method_, scale, verify, root_log)
+            stats.startup = startup
             outcome = (records, stats, None)
         except Exception as error:
+            error = merge_failure(error)
             message = f"rank {comm.rank}: {error}" if comm.size > 1 else str(error)
             outcome = ({}, RankStats(comm.rank), (message, isinstance(error, MergeInputError)))
         gathered = comm.gather(outcome)
+        finish_start = time.perf_counter()
 
-        def finish() -> list[RankStats]:
+        def finish() -> tuple[list[RankStats], int]:
             errors = [e for _, _, e in gathered if e]
             if errors:  # bad input only when every failing rank says so (a NaN input), else a failure (a write)
                 raise (MergeInputError if all(bad for _, bad in errors) else MergeError)("; ".join(m for m, _ in errors))
@@ -314,19 +387,26 @@ def merge(
             if isinstance(plan, legacy.LegacyPlan):
                 atomic_write_json(out_dir / "merge.json", provenance)
             else:
-                write_checkpoint_files(out_dir, plan.state_dict_metadata, records, plan.dirs[0], provenance)
+                write_checkpoint_files(out_dir, plan.state_dict_metadata, records, plan.dirs[0], plan.dirs[extra_state_source - 1],
+                                       provenance)
             write_tracker(tmp, iteration)
-            return [s for _, s, _ in gathered]
+            return [s for _, s, _ in gathered], _metadata_bytes([out_dir], ("merge.json", "common.pt"))
 
-        rank_stats = _on_root(comm, _writing(output, finish))
+        rank_stats, metadata_bytes = _on_root(comm, _writing(output, finish))
     except BaseException:
         stack.__exit__(*sys.exc_info())  # rank 0: removes the temporary directory
         raise
     _on_root(comm, _writing(output, stack.close))  # rank 0: the rename that publishes the output
+    metadata = (time.perf_counter() - finish_start, metadata_bytes)
     summary = Summary(output, time.perf_counter() - start, sum(s.bytes_read for s in rank_stats),
-                      sum(s.bytes_written for s in rank_stats), rank_stats)
+                      sum(s.bytes_written for s in rank_stats), rank_stats, _phases(rank_stats, planning, metadata))
     _log_summary(summary, root_log)
     return summary
+
+
+def _metadata_bytes(dirs, names=(METADATA_FILE,)) -> int:
+    """Bytes of the named small files (`.metadata`, ...) in `dirs`: what planning reads, or rank 0 writes."""
+    return sum(os.path.getsize(Path(d) / name) for d in dirs for name in names if (Path(d) / name).is_file())
 
 
 def _log_summary(summary: Summary, log) -> None:
@@ -336,3 +416,9 @@ def _log_summary(summary: Summary, log) -> None:
     for s in summary.ranks:
         log(f"[merge]   rank {s.rank}: {s.items} chunks, read {s.bytes_read / MB:.1f} MB, wrote {s.bytes_written / MB:.1f} MB,"
             f" {s.seconds:.2f} s, peak RSS {s.peak_rss / MB:.0f} MB" + (f", verified {s.verified}" if s.verified else ""))
+    shown = [f"{name} {p['seconds']:.2f} s" + (f" {p['bytes'] / MB:.1f} MB" if p["bytes"] else "")
+             + (f" {p['mb_per_s']:.0f} MB/s" if p["mb_per_s"] else "")
+             for name, p in summary.phases.items() if name != "verifying" or p["seconds"]]
+    peak = max(summary.ranks, key=lambda s: s.peak_rss)
+    log(f"[merge] phases: {'; '.join(shown)}; process {summary.process_seconds:.2f} s;"
+        f" max peak RSS {peak.peak_rss / MB:.0f} MB (rank {peak.rank})")

@@ -15,7 +15,8 @@ from typing import Callable
 
 import torch
 
-from megatron_demix.merge.io import ChunkReader, MergeInputError, require_finite
+from megatron_demix.checkpoint.torch_dist import ChunkReader
+from megatron_demix.merge.io import MergeInputError, require_finite
 from megatron_demix.merge.methods import Method
 from megatron_demix.merge.plan import Item, Source
 
@@ -45,7 +46,7 @@ def read_region(reader: ChunkReader, sources: tuple[Source, ...], item: Item, as
 def region_order(item: Item, inputs: int, method: Method) -> list[int]:
     """Which reader each region of `item` comes from, in the order `compute_item` consumes them."""
     if item.kind == "object":
-        return [0]
+        return [item.copy_from]
     if item.kind == "float" and method.needs_base:
         return [inputs, *range(inputs)]  # the base is the reader after the inputs
     return list(range(inputs))
@@ -53,7 +54,7 @@ def region_order(item: Item, inputs: int, method: Method) -> list[int]:
 
 def load(readers: list[ChunkReader], item: Item, reader: int):
     if item.kind == "object":
-        return readers[0].raw(item.index)
+        return readers[reader].raw(item.index)
     return read_region(readers[reader], item.sources[reader], item, as_fp32=item.kind == "float")
 
 

@@ -32,6 +32,8 @@ class LegacyPlan:
     """Rank files relative to a checkpoint directory, e.g. mp_rank_01_000/model_optim_rng.pt."""
     sizes: list[int]
     assignment: list[list[int]] = field(default_factory=list)
+    copy_from: int = 0
+    """The input whose non-tensor state (`_extra_state`, RNG, args) is copied (--extra-state-source)."""
 
     @property
     def read_bytes(self) -> int:
@@ -49,7 +51,7 @@ class LegacyPlan:
         )
 
 
-def build_legacy_plan(dirs: list[Path], names: list[str], ranks: int) -> LegacyPlan:
+def build_legacy_plan(dirs: list[Path], names: list[str], ranks: int, copy_from: int = 0) -> LegacyPlan:
     listings = [sorted(str(p.relative_to(d)) for p in Path(d).glob(f"mp_rank_*/{RANK_FILE}")) for d in dirs]
     for listing, name in zip(listings[1:], names[1:]):
         if listing != listings[0]:
@@ -64,7 +66,7 @@ def build_legacy_plan(dirs: list[Path], names: list[str], ranks: int) -> LegacyP
             if size == 0:
                 raise MergeInputError(f"{name}: {relative} is empty; the checkpoint is incomplete")
         sizes.append(per_input[0])
-    return LegacyPlan(list(map(Path, dirs)), list(names), listings[0], sizes, balance(sizes, ranks))
+    return LegacyPlan(list(map(Path, dirs)), list(names), listings[0], sizes, balance(sizes, ranks), copy_from)
 
 
 def _load(path: Path, name: str) -> dict:
@@ -78,7 +80,7 @@ def _load(path: Path, name: str) -> dict:
     return state
 
 
-def _merge_model(key_prefix, models: list[dict], names, weights, method: Method, scale, dtype) -> dict:
+def _merge_model(key_prefix, models: list[dict], names, weights, method: Method, scale, dtype, copy_from: int) -> dict:
     merged = {}
     for key, first in models[0].items():
         where = f"{key_prefix}.{key}"
@@ -88,7 +90,7 @@ def _merge_model(key_prefix, models: list[dict], names, weights, method: Method,
                 raise MergeInputError(f"{name}: lacks key {where}, which {names[0]} has; all inputs must be the same architecture")
             values.append(model[key])
         if not isinstance(first, torch.Tensor):
-            merged[key] = first  # _extra_state and other objects: copied, never averaged
+            merged[key] = values[copy_from]  # _extra_state and other objects: copied, never averaged
             continue
         for value, name in zip(values[1:], names[1:]):
             if not isinstance(value, torch.Tensor) or value.shape != first.shape or value.dtype != first.dtype:
@@ -114,9 +116,11 @@ def _merge_model(key_prefix, models: list[dict], names, weights, method: Method,
 def merge_rank_file(plan: LegacyPlan, relative: str, out_dir: Path, weights, method: Method, scale, dtype, provenance) -> dict:
     """Merge one rank file of every input into out_dir/relative; returns the written state."""
     states = [_load(Path(d) / relative, name) for d, name in zip(plan.dirs, plan.names)]
-    output = {k: v for k, v in states[0].items() if k not in DROPPED}
+    output = {k: v for k, v in states[plan.copy_from].items() if k not in DROPPED}
     for key in [k for k in states[0] if k.startswith("model")]:  # `model`, or model0.. with virtual pipelining
-        output[key] = _merge_model(f"{relative}:{key}", [s[key] for s in states], plan.names, weights, method, scale, dtype)
+        output[key] = _merge_model(f"{relative}:{key}", [s[key] for s in states], plan.names, weights, method, scale, dtype,
+                                   plan.copy_from)
+    output["iteration"] = provenance["iteration"]
     output["demix_merge"] = provenance
     target = Path(out_dir) / relative
     try:

@@ -1,17 +1,22 @@
-"""Everything about MPI ranks, in one place, so the rest of the merge runs (and is tested) in one process.
+"""Everything about the merge's ranks, in one place, so the rest of the merge runs (and is tested) in one process.
 
-    comm = world()          # MPI.COMM_WORLD under mpiexec / srun --mpi=pmi2, else a 1-rank stand-in
+    comm = world()          # mpiexec / srun --mpi=pmi2: MPI; torchrun: torch.distributed (gloo); else 1 rank
     comm.rank, comm.size, comm.bcast(obj), comm.gather(obj), comm.allgather(obj), comm.barrier()
 
-`world()` also refuses a launch that would silently run N copies of a 1-rank merge: SLURM's plain
-`srun` (MpiDefault=none) starts N tasks, but without a PMI each one sees an MPI world of size 1.
 The merge only exchanges small Python objects (the plan, write records, errors, statistics), so
-mpi4py's pickle-based lowercase collectives are all it uses.
+mpi4py's pickle-based lowercase collectives are all it needs, and torch.distributed's object
+collectives over gloo do the same for users without MPI: `GlooComm` has the mpi4py methods.
+`launcher()` decides, once, from the environment. `world()` also refuses a launch that would
+silently run N copies of a 1-rank merge: SLURM's plain `srun` (MpiDefault=none) starts N tasks,
+but without a PMI each one sees an MPI world of size 1.
 """
 from __future__ import annotations
 
 import os
 import resource
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+"""What torchrun (or any torch.distributed `env://` launcher) sets for every process."""
 
 
 class SerialComm:
@@ -30,6 +35,45 @@ class SerialComm:
 
     def barrier(self) -> None:
         pass
+
+
+class GlooComm:
+    """torch.distributed (gloo, CPU) with mpi4py's lowercase object collectives; joins torchrun's rendezvous."""
+
+    def __init__(self):
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")  # env:// from torchrun
+        # Object collectives over NCCL would need a GPU per rank: the few small messages go over gloo.
+        self._group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        self._dist = dist
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+
+    def bcast(self, obj, root: int = 0):
+        box = [obj]
+        self._dist.broadcast_object_list(box, src=root, group=self._group)
+        return box[0]
+
+    def gather(self, obj, root: int = 0):
+        out = [None] * self.size if self.rank == root else None
+        self._dist.gather_object(obj, out, dst=root, group=self._group)
+        return out
+
+    def allgather(self, obj):
+        out = [None] * self.size
+        self._dist.all_gather_object(out, obj, group=self._group)
+        return out
+
+    def barrier(self) -> None:
+        self._dist.barrier(group=self._group)
+
+
+def launcher(env=None) -> str:
+    """'torchrun' when torch.distributed's env:// variables are set (and no MPI process manager's), else 'mpi'."""
+    env = os.environ if env is None else env
+    mpi_launched = any(name in env for name in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK"))
+    return "torchrun" if all(name in env for name in TORCHRUN_VARIABLES) and not mpi_launched else "mpi"
 
 
 class LaunchError(RuntimeError):
@@ -54,14 +98,18 @@ def check_launch(world_size: int, env=None) -> None:
 
 
 def world(env=None):
-    """MPI.COMM_WORLD when mpi4py is installed, else the 1-rank `SerialComm`; checks the launch."""
-    try:
-        from mpi4py import MPI
-    except ImportError:
-        comm = SerialComm()
+    """The ranks this process was launched with (`launcher`): GlooComm under torchrun, MPI.COMM_WORLD under an
+    MPI launcher (when mpi4py is installed), else the 1-rank `SerialComm`; checks the launch."""
+    if launcher(env) == "torchrun":
+        comm = GlooComm()
     else:
-        comm = MPI.COMM_WORLD
-        comm = SerialComm() if comm.Get_size() == 1 else comm
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            comm = SerialComm()
+        else:
+            comm = MPI.COMM_WORLD
+    comm = SerialComm() if comm.size == 1 else comm
     check_launch(comm.size, env)
     return comm
 
@@ -75,12 +123,25 @@ def threads_per_rank(comm) -> int:
     usable = len(os.sched_getaffinity(0))
     if isinstance(comm, SerialComm):
         return usable
+    if isinstance(comm, GlooComm):
+        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", comm.size))
+        return max(1, min(usable, (os.cpu_count() or 1) // ranks_here))
     from mpi4py import MPI
 
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
     ranks_here = local.Get_size()
     local.Free()
     return max(1, min(usable, (os.cpu_count() or 1) // ranks_here))
+
+
+def process_seconds() -> float:
+    """How long ago this process started (Linux /proc; 0.0 where that is not available)."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            started = int(stat.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+            return max(0.0, float(uptime.read().split()[0]) - started)
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def peak_rss_bytes() -> int:

@@ -9,8 +9,8 @@ what they hold, chunk for chunk). An input saved with another TP/PP has other ch
 for each output chunk the plan lists every stored chunk of that input that overlaps it, and the
 merge copies the overlapping parts (a stored chunk that spans several output chunks is read once
 per output chunk). Everything is checked here, before any data is read: tensor keys, global shapes
-and dtypes agree across inputs (objects such as `_extra_state` and RNG state are copied from the
-first input), chunks cover each tensor exactly, every data file exists and is
+and dtypes agree across inputs (objects such as `_extra_state` and RNG state are copied from one
+input, `copy_from`: the first unless told), chunks cover each tensor exactly, every data file exists and is
 long enough. Optimizer state (`optimizer.*` keys) is left out: merging it has no meaning.
 """
 from __future__ import annotations
@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, MetadataIndex, TensorStorageMetadata
 
-from megatron_demix.merge.io import MergeInputError, read_metadata, with_dtype
+from megatron_demix.checkpoint.torch_dist import BytesStorageMetadata, Metadata, MetadataIndex, TensorStorageMetadata, read_metadata
+from megatron_demix.merge.io import MergeInputError, with_dtype
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SKIPPED_PREFIXES = ("optimizer.",)
@@ -45,7 +45,7 @@ class Item:
 
     key: str
     kind: str
-    """'float' (merged), 'exact' (integer/bool: must agree, copied) or 'object' (bytes: copied from the first input)."""
+    """'float' (merged), 'exact' (integer/bool: must agree, copied) or 'object' (bytes: copied from input `copy_from`)."""
     index: MetadataIndex
     offsets: tuple[int, ...]
     sizes: tuple[int, ...]
@@ -57,6 +57,8 @@ class Item:
     write_bytes: int
     peak_bytes: int
     """Working memory this item needs (see `_peak_bytes`)."""
+    copy_from: int = 0
+    """Objects: the input whose bytes are copied (--extra-state-source)."""
 
 
 @dataclass
@@ -180,14 +182,16 @@ def _peak_bytes(numel: int, dtype: torch.dtype, largest_source: int, has_base: b
     return 8 * numel + largest_source + (4 * numel if has_base else 0) + numel * dtype.itemsize
 
 
-def build_plan(dirs: list[Path], names: list[str], *, dtype: str = "same", ranks: int = 1, has_base: bool = False) -> Plan:
+def build_plan(dirs: list[Path], names: list[str], *, dtype: str = "same", ranks: int = 1, has_base: bool = False,
+               copy_from: int = 0) -> Plan:
     """Read and cross-check every input's `.metadata` and plan the merge (no tensor data is read).
 
     `dirs`/`names`: torch_dist directories and how errors name them, the base (if any) last.
+    `copy_from`: the input whose objects are copied.
     """
     metadata = [read_metadata(d) for d in dirs]
     all_md = [_merged_keys(m) for m in metadata]
-    # Objects (`_extra_state`, RNG state, ...) come from the first input alone; their keys name the
+    # Objects (`_extra_state`, RNG state, ...) come from one input alone (`copy_from`); their keys name the
     # saving layout (`rng_state/shard_0.1_2.2`), so only tensors must match across inputs.
     tensors = [{k: v for k, v in md.items() if isinstance(v, TensorStorageMetadata)} for md in all_md]
     _check_same_keys(tensors, names)
@@ -196,12 +200,15 @@ def build_plan(dirs: list[Path], names: list[str], *, dtype: str = "same", ranks
         _check_data_files(d, m, name)
 
     items, out_md = [], {}
-    for key, md in all_md[0].items():
+    for key, md in all_md[copy_from].items():
         if isinstance(md, BytesStorageMetadata):
             index = MetadataIndex(key)
-            length = metadata[0].storage_data[index].length
-            items.append(Item(key, "object", index, (), (), None, ((Source(index, (), ()),),), length, length, 2 * length))
+            length = metadata[copy_from].storage_data[index].length
+            items.append(Item(key, "object", index, (), (), None, ((Source(index, (), ()),),), length, length, 2 * length,
+                              copy_from))
             out_md[key] = md
+    for key, md in all_md[0].items():
+        if isinstance(md, BytesStorageMetadata):
             continue
         in_dtype = md.properties.dtype
         floating = in_dtype.is_floating_point

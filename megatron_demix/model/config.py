@@ -56,6 +56,10 @@ class ModelConfig:
     """RoPE base (--rotary-base)."""
     qk_layernorm: bool = False
     """Norm on queries and keys, as Qwen3 (--qk-layernorm)."""
+    add_qkv_bias: bool = False
+    """Biases on the query, key and value projections only, as Qwen2 (--add-qkv-bias)."""
+    layernorm_epsilon: float = 1e-5
+    """Epsilon of every RMSNorm / LayerNorm (--norm-epsilon); Qwen3 uses 1e-6."""
     untie_embeddings_and_output_weights: bool = False
     """Separate output layer instead of the tied input embedding."""
     make_vocab_size_divisible_by: int = 128
@@ -66,6 +70,8 @@ class ModelConfig:
     def __post_init__(self):
         require_at_least(self, 1, "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
                          "kv_channels", "seq_length", "max_position_embeddings", "rotary_base", "make_vocab_size_divisible_by")
+        if self.layernorm_epsilon <= 0:
+            fail("layernorm_epsilon", f"{self.layernorm_epsilon} must be > 0")
         if self.init_method_std <= 0:
             fail("init_method_std", f"{self.init_method_std} must be > 0")
         if self.hidden_size % self.num_attention_heads:

@@ -59,6 +59,8 @@ def transformer_config(model: ModelConfig, tensor_parallel: int, pipeline_parall
         activation_func=torch.nn.functional.silu if model.swiglu else torch.nn.functional.gelu,
         add_bias_linear=False,
         qk_layernorm=model.qk_layernorm,
+        add_qkv_bias=model.add_qkv_bias,
+        layernorm_epsilon=model.layernorm_epsilon,
         init_method_std=model.init_method_std,
         hidden_dropout=0.0,
         attention_dropout=0.0,

@@ -23,6 +23,7 @@ _ERRORS: dict[int, tuple[tuple[str, str], ...]] = {
         ("megatron_demix.data.readers", "DataError"),
         ("megatron_demix.data.tokenizer", "TokenizerError"),
         ("megatron_demix.merge.io", "MergeInputError"),
+        ("megatron_demix.hf.config_map", "ConversionError"),
     ),
     FAILED: (
         ("megatron_demix.cluster.executor", "JobFailed"),
@@ -31,7 +32,7 @@ _ERRORS: dict[int, tuple[tuple[str, str], ...]] = {
         ("megatron_demix.merge.io", "MergeError"),
         ("megatron_demix.training.trainer", "TrainingDiverged"),
         ("megatron_demix.data.prepare", "PrepareFailed"),
-        ("megatron_demix.training.checkpointing", "SaveFailed"),
+        ("megatron_demix.checkpoint.run_state", "SaveFailed"),
         ("megatron_demix.search.driver", "SearchStopped"),
     ),
 }

@@ -52,8 +52,9 @@ class SearchConfig:
     zero_below: float = 2e-4
     """Shares below this become 0 before rounding (the reference's 2e-4)."""
 
-    predictor: Literal["auto", "lightgbm", "ridge"] = "auto"
-    """`auto`: per target, whichever of LightGBM and Ridge has the higher cross-validated Spearman."""
+    predictor: Literal["auto", "lightgbm", "ridge", "quadratic"] = "auto"
+    """`auto`: per target, whichever of LightGBM, Ridge and `quadratic` (Ridge on the shares and their
+    pairwise products, which can put an optimum inside the simplex) has the higher cross-validated Spearman."""
     ridge_alpha: float = 0.5
     """L2 penalty of the Ridge regressor (the reference code's small-n fallback used 0.5)."""
     cv_folds: int = 5

@@ -25,7 +25,7 @@ import numpy as np
 from megatron_demix.cluster.executor import Executor
 from megatron_demix.runtime.files import atomic_write_bytes, atomic_write_json
 from megatron_demix.search.acquisition import ACQUISITIONS, NEEDS_ENSEMBLE, Candidates
-from megatron_demix.search.objective import composite, target_values, targets_of
+from megatron_demix.search.objective import composite, target_stderrs, target_values, targets_of
 from megatron_demix.search.predictor import fit_ensemble, fit_predictor
 from megatron_demix.search.rounds import Runner, failures_by_mixture, evaluate_round
 from megatron_demix.search.sampler import MixtureSpace, resolve_prior
@@ -75,7 +75,7 @@ class Search:
         return X, Y
 
     def fit(self, results: list[dict], pool: np.ndarray, ensemble: bool):
-        """(predictor, pool predictions, pool composite scores, ensemble members and their pool predictions)."""
+        """(predictor, pool predictions, pool composite scores, bootstrap ensemble members)."""
         targets = targets_of(results, self.config.objective)
         X, Y = self.matrix(results, targets)
         start = time.perf_counter()
@@ -83,11 +83,10 @@ class Search:
         predicted = predictor.predict(pool)
         scores = self.score(predicted, predicted, targets)
         members = fit_ensemble(X, Y, predictor, self.config) if ensemble else []
-        member_predictions = [m.predict(pool) for m in members]
         log.info("fitted %s on %d points in %.1fs; cross-validated Spearman: %s", "/".join(sorted(set(predictor.kinds))),
                  len(X), time.perf_counter() - start,
                  ", ".join(f"{t} {max(v.values()):.2f}" for t, v in predictor.cv_spearman.items()))
-        return predictor, predicted, scores, members, member_predictions
+        return predictor, predicted, scores, members
 
     def score(self, values: np.ndarray, reference: np.ndarray, targets: list[str]) -> np.ndarray:
         return composite(values, reference, targets, self.config.objective, self.config.domain_weights)
@@ -99,7 +98,7 @@ class Search:
             return [self._proposal(r, i, int(p), pool) for i, p in enumerate(chosen)]
         results = self.results()
         needs_ensemble = self.config.acquisition in NEEDS_ENSEMBLE
-        predictor, predicted, scores, members, member_predictions = self.fit(results, pool, needs_ensemble)
+        predictor, predicted, scores, members = self.fit(results, pool, needs_ensemble)
         round_paths = self.paths.round(r)
         atomic_write_bytes(round_paths.model, pickle.dumps(predictor))
         atomic_write_json(round_paths.cv, {"points": len(results), "kinds": dict(zip(predictor.targets, predictor.kinds)),
@@ -108,8 +107,8 @@ class Search:
         evaluated = np.zeros(len(pool), dtype=bool)
         for earlier in self.rounds()[:r]:
             evaluated[[p["pool_index"] for p in earlier.read_proposals() or []]] = True
-        ensemble_scores = (np.stack([self.score(p, p, predictor.targets) for p in member_predictions])
-                           if member_predictions else None)
+        ensemble_scores = (np.stack([self.score(p, p, predictor.targets) for p in (m.predict(pool) for m in members)])
+                           if members else None)
         candidates = Candidates(pool, scores, ensemble_scores, evaluated, self.matrix(results, predictor.targets)[0])
         chosen = ACQUISITIONS[self.config.acquisition](candidates, size, rng, self.config)
         return [self._proposal(r, i, int(p), pool, predicted[p], scores[p], predictor.targets) for i, p in enumerate(chosen)]
@@ -179,13 +178,16 @@ def finish(search: Search, pool: np.ndarray, runner: Runner) -> dict:
 
     config, experiment = search.config, search.experiment
     results = search.results()
-    predictor, predicted, scores, members, member_predictions = search.fit(results, pool, ensemble=True)
+    predictor, predicted, scores, members = search.fit(results, pool, ensemble=True)
     top = np.argsort(-scores, kind="stable")[: config.top_k]
     final = pool[top].mean(axis=0)
     final /= final.sum()
     targets = predictor.targets
     final_predicted = predictor.predict(final[None, :])
-    member_scores = np.array([search.score(m.predict(final[None, :]), p, targets)[0] for m, p in zip(members, member_predictions)])
+    # The spread of the bootstrap members at the final mixture, per target and on the composite; the
+    # composite ranks every member against the same reference (the main fit's pool predictions).
+    member_values = np.concatenate([m.predict(final[None, :]) for m in members]) if members else np.empty((0, len(targets)))
+    member_scores = search.score(member_values, predicted, targets) if members else np.empty(0)
     answer = {
         "mixture": dict(zip(search.names, final.tolist())),
         "beta": experiment.training.beta,
@@ -197,7 +199,8 @@ def finish(search: Search, pool: np.ndarray, runner: Runner) -> dict:
         "predicted": {"score": float(search.score(final_predicted, predicted, targets)[0]),
                       "uncertainty": float(member_scores.std()) if len(member_scores) else None,
                       "ensemble_mean": float(member_scores.mean()) if len(member_scores) else None,
-                      "targets": dict(zip(targets, final_predicted[0].tolist()))},
+                      "targets": dict(zip(targets, final_predicted[0].tolist())),
+                      "target_uncertainty": dict(zip(targets, member_values.std(axis=0).tolist())) if members else None},
         "cv_spearman": predictor.cv_spearman,
         "predictor": dict(zip(targets, predictor.kinds)),
         "top_k": int(len(top)),
@@ -217,12 +220,30 @@ def finish(search: Search, pool: np.ndarray, runner: Runner) -> dict:
             answer["measured"] = {"score": float(measured[index]), "targets": dict(zip(targets, Y[index].tolist())),
                                   "metrics": everything[index]["metrics"],
                                   "rank": int(1 + np.sum(measured > measured[index])), "of": len(everything)}
+            answer["best_measured"] = best_measured(everything, measured, Y, index, targets, config.objective)
         else:
             log.warning("the final mixture's own evaluation failed: %s", _describe_failures(outcome["failed"]))
     atomic_write_json(search.paths.final_mixture, answer)
     write_report(search, pool, answer, scores)
     log.info("final mixture: %s", ", ".join(f"{k} {v:.3f}" for k, v in answer["mixture"].items()))
     return answer
+
+
+def best_measured(everything: list[dict], measured: np.ndarray, Y: np.ndarray, final: int, targets: list[str],
+                  objective: str) -> dict:
+    """The best evaluated mixture, and how the final mixture's measured targets differ from it in units of
+    their standard error: a rank among proxies can turn differences far inside the evaluation's noise
+    into a large gap, and this says whether it did. `z` is (final - best) / sqrt(se_final^2 + se_best^2)."""
+    best = int(np.argmax(measured))
+    entry = {"id": everything[best]["id"], "round": everything[best]["round"], "mixture": everything[best]["mixture"],
+             "score": float(measured[best]), "targets": dict(zip(targets, Y[best].tolist())), "difference": None}
+    errors = [target_stderrs(everything[i], targets, objective) for i in (final, best)]
+    if best != final and None not in errors:
+        se = np.hypot(errors[0], errors[1])
+        diff = Y[final] - Y[best]
+        entry["difference"] = {t: {"final_minus_best": float(d), "stderr": float(e), "z": float(d / e) if e > 0 else None}
+                               for t, d, e in zip(targets, diff, se)}
+    return entry
 
 
 def search_status(experiment) -> dict:

@@ -3,13 +3,15 @@
     evaluate_batch(config="work/experiment.yaml", mixtures=[{"id": "r0-0003", "mixture": {...}}],
                    results_dir="work/search/round-0/results")
 
-Writes `results_dir/<id>.json` = {"id", "mixture", "domains", "metrics", "seconds"} per mixture,
+Writes `results_dir/<id>.json` = {"id", "mixture", "domains", "metrics", "seconds"} per mixture
+(with lm-eval also the standard errors, "stderrs" per metric and "domain_stderrs"),
 atomically, and skips mixtures that already have one (a retried or re-run task never evaluates a
 mixture twice). How a mixture is scored (`EVALUATORS`, chosen from the `eval:` section):
 - `command`: `eval.command` is a shell template run once per mixture with {mixture} (JSON
   {candidate: ratio}), {output} (where it writes a flat JSON {metric: number}), {workdir}, and
   {checkpoint}: when the template names it, the proxy is merged to disk first
-  (tools/merge/run.py on `merge.ranks` MPI ranks) and deleted afterwards. Metrics become domain
+  (tools/merge/run.py on `merge.ranks` MPI ranks) and deleted afterwards; an entry with its own
+  `checkpoint` (a trained model, `demix validate`) passes that one, never merged nor deleted. Metrics become domain
   scores through `eval.tasks` (each metric its own domain when that is empty).
 - `lm_eval`: the built-in evaluation, launch/eval_proxy.py on the whole batch (it builds each proxy
   in memory and writes per-mixture {"domains", "metrics"}).
@@ -69,10 +71,12 @@ def evaluate_with_command(config: str, experiment, mixtures: list[dict], work_ro
         workdir.mkdir(parents=True)
         mixture_file, output, checkpoint = workdir / "mixture.json", workdir / "metrics.json", workdir / "checkpoint"
         mixture_file.write_text(json.dumps(item["mixture"], indent=1))
+        trained = item.get("checkpoint")
         try:
-            if "{checkpoint}" in template:
+            if "{checkpoint}" in template and not trained:
                 _merge_proxy(config, experiment, mixture_file, checkpoint)
-            command = fill_placeholders(template, mixture=mixture_file, output=output, checkpoint=checkpoint, workdir=workdir)
+            command = fill_placeholders(template, mixture=mixture_file, output=output, checkpoint=trained or checkpoint,
+                                        workdir=workdir)
             _run(["bash", "-c", command], f"eval.command for mixture {item['id']}")
             if not output.exists():
                 raise EvaluationFailed(f"eval.command for mixture {item['id']} exited 0 but wrote no {{output}} file ({output})")
@@ -97,7 +101,7 @@ def evaluate_with_lm_eval(config: str, experiment, mixtures: list[dict], work_ro
     killed batch re-run evaluates only the missing mixtures."""
     work_root.mkdir(parents=True, exist_ok=True)
     manifest = work_root / f"batch-{mixtures[0]['id']}.jsonl"
-    manifest.write_text("".join(json.dumps({"id": m["id"], "mixture": m["mixture"]}) + "\n" for m in mixtures))
+    manifest.write_text("".join(json.dumps({k: m[k] for k in ("id", "mixture", "checkpoint") if k in m}) + "\n" for m in mixtures))
     output_dir = work_root / "lm_eval"
     try:
         _run([sys.executable, str(REPO / "launch/eval_proxy.py"), "--config", config, "--manifest", str(manifest),
@@ -111,7 +115,8 @@ def evaluate_with_lm_eval(config: str, experiment, mixtures: list[dict], work_ro
         try:
             data = json.loads(path.read_text())
             outcome = {"domains": check_finite(data["domains"], f"{path}: domains"),
-                       "metrics": check_finite(data.get("metrics") or data["domains"], f"{path}: metrics")}
+                       "metrics": check_finite(data.get("metrics") or data["domains"], f"{path}: metrics"),
+                       **{key: data[key] for key in ("stderrs", "domain_stderrs") if data.get(key)}}
         except (OSError, json.JSONDecodeError, KeyError, ValueError) as error:
             outcome = failure or EvaluationFailed(f"{path}: no usable result ({error})")
         record(item["id"], outcome)

@@ -36,6 +36,15 @@ def target_values(result: dict, targets: list[str], objective: str, lower_is_bet
     return [-value if objective in lower_is_better else value]
 
 
+def target_stderrs(result: dict, targets: list[str], objective: str) -> list[float] | None:
+    """The standard errors of `target_values` (lm-eval's, per domain or metric), or None where the
+    evaluation gave none (a user's `eval.command`, a task without standard errors)."""
+    found = result.get("domain_stderrs" if objective == "macro_rank" else "stderrs") or {}
+    if not all(t in found for t in targets):
+        return None
+    return [float(found[t]) for t in targets]
+
+
 def percentile_ranks(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Per column, the share of `reference` at or below each value (0..1; ties count as below)."""
     ranks = np.empty_like(values, dtype=np.float64)

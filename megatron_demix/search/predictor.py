@@ -4,7 +4,7 @@
     predictor.predict(pool)                                # [m, T]
     predictor.cv_spearman                                  # {target: {kind: rho}} out-of-fold
 
-Kinds are a registry (`lightgbm`, `ridge`); `auto` keeps, per target, the kind with the higher
+Kinds are a registry (`lightgbm`, `ridge`, `quadratic`); `auto` keeps, per target, the kind with the higher
 k-fold (leave-one-out on few points) cross-validated Spearman between out-of-fold predictions and
 measured scores: the points a model is fitted on never score it. `fit_ensemble` refits the
 chosen kinds on bootstrap resamples, for an uncertainty (the spread of the members' predictions).
@@ -47,7 +47,19 @@ def _ridge(n: int, config: SearchConfig, seed: int):
     return Ridge(alpha=config.ridge_alpha)  # the reference code's small-n model
 
 
-MODELS = {"lightgbm": _lightgbm, "ridge": _ridge}
+def _quadratic(n: int, config: SearchConfig, seed: int):
+    """Ridge on the shares and their pairwise products: smooth like ridge, but with room for an optimum
+    inside the simplex (a little of a second dataset helping), which a linear model always puts on an
+    edge and which the trees cannot place beyond the last evaluated point. Scheffe's quadratic mixture
+    model, the usual response surface for mixture experiments."""
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import PolynomialFeatures
+
+    return make_pipeline(PolynomialFeatures(degree=2, include_bias=False), Ridge(alpha=config.ridge_alpha))
+
+
+MODELS = {"lightgbm": _lightgbm, "ridge": _ridge, "quadratic": _quadratic}
 """Regressor kinds: name -> factory(n points, config, seed) of an sklearn-style estimator."""
 
 

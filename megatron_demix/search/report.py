@@ -107,14 +107,7 @@ def summary_markdown(search, answer: dict, by_round: dict, rounds: list[str]) ->
     lines += [f"| {n} | {answer['prior'][n]:.4f} | {answer['mixture'][n]:.4f} | {answer['effective_shares'][n]:.4f} |" for n in search.names]
     general = search.experiment.general.name
     lines += [f"| {general} (general, in every component) | | | {answer['effective_shares'][general]:.4f} |", ""]
-    predicted = answer["predicted"]
-    uncertainty = f" +- {predicted['uncertainty']:.3f} (std over {search.config.ensemble_size} bootstrap fits)" if predicted["uncertainty"] is not None else ""
-    lines.append(f"Predicted score of the final mixture: {predicted['score']:.3f}{uncertainty}.")
-    if answer["measured"]:
-        m = answer["measured"]
-        lines.append(f"Measured (its own proxy): {m['score']:.3f}, rank {m['rank']} of {m['of']} evaluated mixtures.")
-    else:
-        lines.append("Measured: not evaluated (search.evaluate_final is false, or its evaluation failed).")
+    lines += final_lines(answer, search.config.ensemble_size)
     lines += ["", "## Rounds", "", "| round | evaluated | best measured | median measured | CV Spearman of its predictor |", "|---|---|---|---|---|"]
     for r in rounds:
         cv_file = search.paths.root / r / "cv.json"
@@ -126,3 +119,44 @@ def summary_markdown(search, answer: dict, by_round: dict, rounds: list[str]) ->
               + ", ".join(f"{t}: " + "/".join(f"{k} {v:.2f}" for k, v in kinds.items()) for t, kinds in answer["cv_spearman"].items()),
               "", "Plots: predicted_vs_measured.png, final_vs_prior.png, scores_by_round.png.", ""]
     return "\n".join(lines)
+
+
+def final_lines(answer: dict, ensemble_size: int) -> list[str]:
+    """The final mixture's predicted and measured scores, and how it compares with the best evaluated mixture."""
+    predicted = answer["predicted"]
+    spread = predicted.get("target_uncertainty")
+    lines = ["| target | predicted | +- (std over %d bootstrap fits) | measured |" % ensemble_size, "|---|---|---|---|"]
+    measured = (answer["measured"] or {}).get("targets", {})
+    for target, value in predicted["targets"].items():
+        lines.append(f"| {target} | {value:.4f} | {spread[target]:.4f} | " if spread else f"| {target} | {value:.4f} | - | ")
+        lines[-1] += f"{measured[target]:.4f} |" if target in measured else "- |"
+    lines += ["", f"Predicted composite score of the final mixture: {predicted['score']:.3f}."]
+    if not answer["measured"]:
+        return lines + ["Measured: not evaluated (search.evaluate_final is false, or its evaluation failed)."]
+    m = answer["measured"]
+    lines.append(f"Measured (its own proxy): {m['score']:.3f}, rank {m['rank']} of {m['of']} evaluated mixtures.")
+    best = answer.get("best_measured")
+    if best and best["round"] != "final":
+        shares = ", ".join(f"{k} {v:.3f}" for k, v in best["mixture"].items())
+        lines += ["", f"Best evaluated mixture: {best['id']} ({best['round']}; {shares}), measured {best['score']:.3f}."]
+        if best["difference"]:
+            lines += ["", "| target | final - best | standard error | z |", "|---|---|---|---|"]
+            lines += [f"| {t} | {d['final_minus_best']:+.4f} | {d['stderr']:.4f} | " + (f"{d['z']:+.2f} |" if d["z"] is not None else "- |")
+                      for t, d in best["difference"].items()]
+            lines += ["", versus_best(answer)]
+    return lines
+
+
+def versus_best(answer: dict) -> str:
+    """One sentence: how the final mixture's measured proxy compares with the best evaluated mixture."""
+    best = answer.get("best_measured")
+    if not best or best["round"] == "final":
+        return "Its own proxy is the best of all evaluated mixtures."
+    if not best["difference"]:
+        return f"The best evaluated mixture is {best['id']} (no standard errors to say whether the gap is noise)."
+    worst = min((d["z"] for d in best["difference"].values() if d["z"] is not None), default=0.0)
+    if worst >= -2:
+        return (f"It is within two standard errors of the best evaluated mixture ({best['id']}) on every target:"
+                " the rank gap is inside the evaluation's noise.")
+    return (f"The best evaluated mixture ({best['id']}) is ahead by more than two standard errors on some target:"
+            " consider it, or more rounds (the predictor may be extrapolating).")

@@ -101,12 +101,13 @@ def evaluate_round(round_paths: RoundPaths, proposals: list[dict], runner: Runne
         if not retryable:
             return {"results": results, "failed": given_up}
         attempt = len(round_paths.attempts())
-        if attempt:
+        if attempt and failures:  # new mixtures after a finished attempt (a re-run that adds some) are no retry
             log.warning("%s: retrying %d mixture(s) (attempt %d): %s", round_paths.name, len(retryable), attempt,
                         "; ".join(f"{i}: {f[-1].get('error', '?')[:200]} (log: {f[-1].get('log')})"
                                   for i, f in failures.items() if i not in results)[:2000])
         batches = [retryable[i:i + config.mixtures_per_task] for i in range(0, len(retryable), config.mixtures_per_task)]
         calls = [Call(EVALUATE, {"config": runner.config_path, "results_dir": str(round_paths.results),
-                                 "mixtures": [{"id": p["id"], "mixture": p["mixture"]} for p in batch]}) for batch in batches]
+                                 "mixtures": [{k: p[k] for k in ("id", "mixture", "checkpoint") if k in p} for p in batch]})
+                 for batch in batches]
         array = TaskArray.create(round_paths.attempt(attempt), f"eval-{runner.tag}-{round_paths.name}-a{attempt}", calls)
         array.submit(runner.executor, "slurm/eval_proxy.sh", stage="eval", max_parallel=config.max_parallel)

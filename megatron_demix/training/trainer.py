@@ -38,7 +38,7 @@ from megatron_demix.model.gpt import build_gpt_model, check_parallel_fits
 from megatron_demix.runtime import device
 from megatron_demix.runtime.distributed import init_distributed
 from megatron_demix.runtime.parallel import ParallelDims, initialize_model_parallel
-from megatron_demix.training import checkpointing
+from megatron_demix.checkpoint import run_state
 from megatron_demix.data.datasets import TrainingData, blend_for, check_prepared
 from megatron_demix.training.metrics import MetricsLog
 from megatron_demix.training.optimizer import build_optimizer, build_scheduler, wrap_data_parallel
@@ -71,6 +71,8 @@ class RunOptions:
     """Leave after this iteration without saving, as a preemption would (tests, drills)."""
     exit_signal_handler: bool = False
     """On SIGTERM (preemption, scancel, time limit), save after the current iteration and exit 0."""
+    mixture: dict[str, float] | None = None
+    """Train on beta general + (1 - beta) x this mixture of candidates instead of the model's own blend."""
 
     @classmethod
     def defaults(cls, experiment, model_name: str, **changes) -> "RunOptions":
@@ -114,7 +116,7 @@ def check_before_start(experiment, run: RunOptions, world_size: int) -> Parallel
             f"--global-batch-size {training.global_batch_size} must be a multiple of --micro-batch-size"
             f" {training.micro_batch_size} x data-parallel size {dims.data} (= world {world_size} / (TP x PP))"
         )
-    check_prepared(experiment, blend_for(experiment, run.model_name))
+    check_prepared(experiment, blend_for(experiment, run.model_name, run.mixture))
     if not _resuming(run) and run.pretrained is not None and read_tracker(run.pretrained) is None and not Path(run.pretrained, "metadata.json").is_file():
         raise CheckpointError(
             f"--pretrained-checkpoint {run.pretrained}: no checkpoint there; train the base first"
@@ -167,7 +169,7 @@ class Trainer:
         # data
         tokenizer = load_tokenizer(experiment.paths.tokenizer)
         self.data = TrainingData.build(
-            experiment, blend_for(experiment, run.model_name), tokenizer, train_iters=run.train_iters,
+            experiment, blend_for(experiment, run.model_name, run.mixture), tokenizer, train_iters=run.train_iters,
             training=self.training, cache=experiment.paths.data / "index-cache" / run.model_name,
         )
 
@@ -177,12 +179,12 @@ class Trainer:
         self.model = wrap_data_parallel(gpt, self.training)
         resuming = _resuming(run)
         if not resuming and run.pretrained is not None:
-            checkpointing.load_weights(run.pretrained, gpt)
+            run_state.load_weights(run.pretrained, gpt)
         self.optimizer = build_optimizer(self.model, self.training)
         self.scheduler = build_scheduler(self.optimizer, self.training, run.train_iters)
         self.iteration = 0
         if resuming:
-            common = checkpointing.load_checkpoint(run.load, gpt, self.optimizer, self.scheduler)
+            common = run_state.load_checkpoint(run.load, gpt, self.optimizer, self.scheduler)
             if common.get("model_name") != run.model_name:
                 raise CheckpointError(f"--load {run.load}: holds model {common.get('model_name')!r}, not {run.model_name!r}")
             self.iteration = common["iteration"]
@@ -201,7 +203,7 @@ class Trainer:
             tokens_per_iter=self.training.global_batch_size * experiment.model.seq_length,
         )
         if torch.distributed.get_rank() == 0:
-            for path in checkpointing.remove_incomplete_checkpoints(run.save):
+            for path in run_state.remove_incomplete_checkpoints(run.save):
                 self.log.message(f"removed {path}: an incomplete checkpoint (a save that was killed)")
 
     # --- one step -------------------------------------------------------------------------------
@@ -275,10 +277,10 @@ class Trainer:
             "train_iters": self.run.train_iters,
             "config": to_dict(self.experiment),
         }
-        path = checkpointing.save_checkpoint(self.run.save, self.iteration, self.gpt, self.optimizer, self.scheduler, common=common)
+        path = run_state.save_checkpoint(self.run.save, self.iteration, self.gpt, self.optimizer, self.scheduler, common=common)
         self.log.message(f"saved {path}")
         if torch.distributed.get_rank() == 0:
-            removed = checkpointing.prune_checkpoints(self.run.save, self.training.keep_checkpoints)
+            removed = run_state.prune_checkpoints(self.run.save, self.training.keep_checkpoints)
             if removed:
                 self.log.message(f"removed {', '.join(p.name for p in removed)} (training.keep_checkpoints={self.training.keep_checkpoints})")
 

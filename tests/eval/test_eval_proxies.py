@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import pickle
 import shutil
@@ -102,6 +103,10 @@ def test_many_mixtures_equal_separate_runs_and_killed_job_resumes(eval_experimen
             assert results[task][metric] == record["metrics"][task], (entry["id"], task)
         assert record["domains"]["code"] == pytest.approx(
             (record["metrics"]["demix_code_choice"] - record["metrics"]["demix_code_bpb"]) / 2)
+        # bits per byte gets the standard error lm-eval leaves out, so every domain has one
+        assert 0 < record["stderrs"]["demix_code_bpb"] < record["metrics"]["demix_code_bpb"]
+        assert record["domain_stderrs"]["code"] == pytest.approx(
+            math.hypot(record["stderrs"]["demix_code_choice"], record["stderrs"]["demix_code_bpb"]) / 2)
 
 
 def test_merge_on_load_fallback_gives_the_cached_results(eval_experiment, tmp_path):

@@ -169,7 +169,7 @@ def test_existing_output_needs_overwrite_and_a_stale_temporary_is_cleared(checkp
 
 
 def test_merge_of_one_input_reproduces_it_byte_for_byte_per_chunk(checkpoints, tmp_path):
-    from megatron_demix.merge.io import ChunkReader, read_metadata
+    from megatron_demix.checkpoint.torch_dist import ChunkReader, read_metadata
 
     output = tmp_path / "out"
     merge([checkpoints["A"]], [2.0], output, verify=True, **QUIET)  # normalised: weight 1

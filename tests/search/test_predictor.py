@@ -37,11 +37,41 @@ def test_cross_validated_spearman_is_out_of_fold_and_auto_picks_the_better_kind(
     noise = np.random.default_rng(1).normal(size=48)
     assert abs(cross_validated_spearman("lightgbm", X, noise, config, seed=0)) < 0.5  # memorising noise does not score
     predictor = fit_predictor(X, np.stack([y, X[:, 0]], axis=1), ["bowl", "linear"], config)
-    assert set(predictor.cv_spearman["linear"]) == {"lightgbm", "ridge"}
+    assert set(predictor.cv_spearman["linear"]) == {"lightgbm", "ridge", "quadratic"}
     assert predictor.kinds[1] == max(predictor.cv_spearman["linear"], key=predictor.cv_spearman["linear"].get)
     members = fit_ensemble(X, y[:, None], fit_predictor(X, y[:, None], ["s"], config), SearchConfig(ensemble_size=4))
     spread = np.std([m.predict(X[:5])[:, 0] for m in members], axis=0)
     assert len(members) == 4 and spread.max() > 0
+
+
+def test_quadratic_places_an_optimum_inside_the_simplex_where_ridge_goes_to_an_edge():
+    share = np.linspace(0, 1, 16)
+    X = np.stack([share, 1 - share], axis=1)
+    y = -((share - 0.7) ** 2)  # a little of the second dataset helps
+    grid = np.stack([np.linspace(0, 1, 101), 1 - np.linspace(0, 1, 101)], axis=1)
+    best = {}
+    for kind in ("ridge", "quadratic"):
+        fitted = fit_predictor(X, y[:, None], ["score"], SearchConfig(predictor=kind, ridge_alpha=1e-4), cross_validate=False)
+        best[kind] = grid[np.argmax(fitted.predict(grid)[:, 0]), 0]
+    assert best["ridge"] in (0.0, 1.0)
+    assert best["quadratic"] == pytest.approx(0.7, abs=0.02)
+
+
+def test_best_measured_says_whether_the_final_mixture_is_behind_by_more_than_the_noise():
+    from megatron_demix.search.driver import best_measured
+
+    def result(ident, round_name, share, score, stderr):
+        return {"id": ident, "round": round_name, "mixture": {"a": share, "b": 1 - share},
+                "domains": {"d": score}, "domain_stderrs": {"d": stderr}}
+
+    everything = [result("r0-0", "round-0", 0.2, 0.50, 0.03), result("final", "final", 0.9, 0.46, 0.04)]
+    Y = np.array([[0.50], [0.46]])
+    entry = best_measured(everything, Y[:, 0], Y, 1, ["d"], "macro_rank")
+    assert entry["id"] == "r0-0" and entry["mixture"] == {"a": 0.2, "b": 0.8}
+    assert entry["difference"]["d"]["final_minus_best"] == pytest.approx(-0.04)
+    assert entry["difference"]["d"]["z"] == pytest.approx(-0.04 / 0.05)  # se = hypot(0.03, 0.04)
+    del everything[0]["domain_stderrs"]  # e.g. a user's eval.command: no standard errors, no claim
+    assert best_measured(everything, Y[:, 0], Y, 1, ["d"], "macro_rank")["difference"] is None
 
 
 def test_macro_rank_uses_percentile_ranks_and_domain_weights():

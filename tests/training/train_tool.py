@@ -37,7 +37,7 @@ def logits(args) -> None:
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megatron_demix.model.gpt import build_gpt_model
-    from megatron_demix.training.checkpointing import load_weights
+    from megatron_demix.checkpoint.run_state import load_weights
 
     experiment, tokenizer = _setup(args.config, args.tp, args.pp)
     model = build_gpt_model(experiment.model, tokenizer.vocab_size)

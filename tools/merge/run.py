@@ -5,12 +5,17 @@
     srun --mpi=pmi2 -n 4 python tools/merge/run.py ...                # inside a SLURM allocation
     python tools/merge/run.py --method task_arithmetic --base ckpt/base --scale 0.8 --inputs A:1 B:1 --output OUT
     python tools/merge/run.py --config experiment.yaml --mixture mixture.json --output OUT
+    python tools/merge/run.py --run-dir SAVE_ROOT --start-iteration 600 --schedule minus-sqrt --output OUT
+    torchrun --nproc-per-node 2 tools/merge/run.py ...                  # gloo instead of MPI, same output
 
 A DIR is a save root (with latest_checkpointed_iteration.txt), an `iter_*` directory or a bare
 torch_dist (or legacy mp_rank_*) directory. `--mixture` is a JSON object {component: weight}
 naming every candidate dataset of the experiment; component checkpoints, the base, and the
-method/scale/dtype/normalize defaults then come from the experiment file. Exit status 1 on
-every rank for bad input, with the error on rank 0's stderr.
+method/scale/dtype/normalize defaults then come from the experiment file. `--run-dir` averages
+the `iter_*` checkpoints of one training run in [--start-iteration, --end-iteration] (default:
+all) with the `--schedule` weights (megatron_demix/merge/run_average.py); the output is named
+after the newest one. Exit status 2 on every rank for bad input, 1 for a failure while running,
+with the error on rank 0's stderr.
 """
 import argparse
 import sys
@@ -37,27 +42,38 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inputs", nargs="+", type=parse_input, metavar="DIR:WEIGHT", help="checkpoints and their weights")
+    parser.add_argument("--run-dir", help="average the iter_* checkpoints of this training run's save root")
+    parser.add_argument("--start-iteration", type=int, help="with --run-dir: the oldest iteration to include (default: the first)")
+    parser.add_argument("--end-iteration", type=int, help="with --run-dir: the newest iteration to include (default: the last)")
     parser.add_argument("--output", required=True, help="save root to create (iter_* + tracker)")
+    parser.add_argument("--output-iteration", type=int, help="the output's iteration (iter_* name, tracker, common state);"
+                        " default: the first input's (with --run-dir: the newest selected)")
     parser.add_argument("--base", help="base checkpoint for task_arithmetic")
     group = parser.add_argument_group("merge settings (default: the experiment's merge section with --config, else its defaults)")
     parser.set_defaults(merge_fields=add_config_flags(group, MergeConfig, section="merge", exclude={"ranks"}))
     parser.add_argument("--verify", action="store_true", help="re-read a sample of output chunks and compare with a recomputation")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--json-summary", metavar="FILE", help="write the profile (time, bytes, MB/s per phase; peak RSS per rank) as JSON")
     parser.add_argument("--mixture", help="mixture JSON {component: weight}; needs --config")
     parser.add_argument("--config", help="experiment YAML (with --mixture)")
     args = parser.parse_args(argv)
     if bool(args.mixture) != bool(args.config):
         parser.error("--mixture and --config go together (the experiment names the component checkpoints)")
-    if bool(args.inputs) == bool(args.mixture):
-        parser.error("give either --inputs DIR:WEIGHT ... or --mixture FILE --config FILE")
+    if sum(map(bool, (args.inputs, args.mixture, args.run_dir))) != 1:
+        parser.error("give one of --inputs DIR:WEIGHT ..., --mixture FILE --config FILE, or --run-dir SAVE_ROOT")
+    if not args.run_dir and (args.start_iteration is not None or args.end_iteration is not None):
+        parser.error("--start-iteration and --end-iteration select checkpoints of --run-dir")
     return args
 
 
-def merge_kwargs(args) -> dict:
-    """merge() arguments from the flags, over the experiment's merge section (--mixture) or MergeConfig's defaults."""
+def merge_call(args):
+    """(merge or average_run, its arguments) from the flags, over the experiment's merge section (--mixture)
+    or MergeConfig's defaults."""
     from megatron_demix.config.base import replace
     from megatron_demix.config.flags import flag_overrides
     from megatron_demix.merge.config import MergeConfig
+    from megatron_demix.merge.engine import merge
+    from megatron_demix.merge.run_average import average_run
 
     base = None
     if args.mixture:
@@ -68,15 +84,21 @@ def merge_kwargs(args) -> dict:
         inputs, weights, base = mixture_inputs(experiment, args.mixture)
         settings = experiment.merge
     else:
-        inputs, weights = [p for p, _ in args.inputs], [w for _, w in args.inputs]
         settings = MergeConfig()
     settings = replace(settings, where="command line", **flag_overrides(args, args.merge_fields))
     if args.base is not None:
         base = args.base
     elif settings.method != "task_arithmetic":
         base = None
-    return dict(inputs=inputs, weights=weights, output=args.output, verify=args.verify, overwrite=args.overwrite,
-                method=settings.method, scale=settings.scale, dtype=settings.dtype, normalize=settings.normalize, base=base)
+    common = dict(output=args.output, verify=args.verify, overwrite=args.overwrite, method=settings.method, scale=settings.scale,
+                  dtype=settings.dtype, base=base, output_iteration=args.output_iteration,
+                  extra_state_source=settings.extra_state_source)
+    if args.run_dir:
+        return average_run, dict(run_dir=args.run_dir, start_iteration=args.start_iteration, end_iteration=args.end_iteration,
+                                 min_iteration_interval=settings.min_iteration_interval, schedule=settings.schedule, **common)
+    if args.inputs:
+        inputs, weights = [p for p, _ in args.inputs], [w for _, w in args.inputs]
+    return merge, dict(inputs=inputs, weights=weights, normalize=settings.normalize, **common)
 
 
 def main(argv=None) -> int:
@@ -93,9 +115,12 @@ def main(argv=None) -> int:
 
 
 def run_merge(args, comm) -> None:
-    from megatron_demix.merge.engine import merge
+    function, kwargs = merge_call(args)
+    summary = function(**kwargs, comm=comm)
+    if args.json_summary and comm.rank == 0:
+        from megatron_demix.runtime.files import atomic_write_json
 
-    merge(**merge_kwargs(args), comm=comm)
+        atomic_write_json(Path(args.json_summary), summary.to_json())
 
 
 if __name__ == "__main__":

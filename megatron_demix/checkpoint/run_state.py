@@ -15,7 +15,7 @@
   training.keep_checkpoints): the save root holds only complete checkpoints, at most N of them.
 
 Saves must survive a SIGTERM sent to every process of the job (SLURM's scancel, requeue and
-time limit signal the whole step, not only the ranks): see `_write_results_in_process`.
+time limit signal the whole step, not only the ranks): see `write_results_in_process`.
 """
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ class SaveFailed(RuntimeError):
     """The file system refused a checkpoint write (full, read-only): training stops, exit 1."""
 
 
-def _write_results_in_process() -> None:
+def write_results_in_process() -> None:
     """Make megatron-core's torch_dist writer hand its results back through an in-process queue.
 
     megatron-core (0.16) collects the write results of every save through a queue served by a
@@ -122,7 +122,7 @@ def save_checkpoint(save: Path, iteration: int, model, optimizer, scheduler, *, 
     from megatron.core import dist_checkpointing
     from torch.distributed.checkpoint.api import CheckpointException
 
-    _write_results_in_process()
+    write_results_in_process()
     path = iteration_dir(save, iteration)
     if _rank0():
         # A directory the tracker does not name is a save a kill interrupted: start it afresh.

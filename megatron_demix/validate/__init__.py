@@ -1,0 +1,1 @@
+"""Proxy fidelity against trained reference models (`demix validate`): metrics, runs, report."""

@@ -1,0 +1,221 @@
+"""`demix validate`: proxy fidelity against reference models trained on the same mixtures.
+
+    result = run_validate(experiment, "work/experiment.yaml", executor, ranks=1)
+
+Steps, each skipped when its output is complete (a re-run after a kill continues):
+1. reference mixtures: `validate.references` draws of the search's sampler (search/sampler.py)
+   around the prior, seeded by `validate.seed`, kept in validate/mixtures.json;
+2. training, one array job through the executor (slurm/train_component.sh --mixture-runs): a
+   reference model per mixture (`reference_budget` x a component's iterations) and a trained
+   proxy per mixture and budget in `proxy_budgets`, all from the base, on beta general +
+   (1 - beta) x the mixture; models whose save root reached their budget are not trained again;
+3. evaluation, the search's own evaluation arrays (search/rounds.py `evaluate_round`): the DeMix
+   proxy of each mixture merged in memory from the components, every trained model from its
+   checkpoint, on the same tasks; results in validate/evaluations/results/<method>-<mixture>.json;
+4. metrics (validate/metrics.py) per method and domain, macro over domains; tables and plots
+   (validate/report.py);
+5. mixture quality (the paper's Table 3, `validate.mixture_quality`): a model trained like a
+   reference on the token prior, and one on the search's final mixture once the search has one,
+   each ranked among the references per domain and by macro rank (lower is better).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from megatron_demix.checkpoint.layout import read_tracker
+from megatron_demix.cluster.executor import Executor, JobFailed, JobSpec
+from megatron_demix.config.base import ConfigError
+from megatron_demix.runtime.files import atomic_write_json
+from megatron_demix.training.mixture_runs import MixtureRun, write_mixture_runs
+
+log = logging.getLogger(__name__)
+
+REFERENCE = "reference"
+DEMIX = "demix"
+QUALITY = "quality"
+"""Prefix of the models trained on the mixtures that Table 3 ranks (`quality-prior`, `quality-search-final`)."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """How a mixture's model is obtained: merged from the components, or trained for `budget` x a component's iterations."""
+
+    name: str
+    budget: float | None
+    """None: merged (no training per mixture)."""
+
+
+def methods_of(experiment) -> list[Method]:
+    settings = experiment.validate
+    return [Method(REFERENCE, settings.reference_budget), Method(DEMIX, None),
+            *(Method(f"trained-{b:g}x", b) for b in settings.proxy_budgets)]
+
+
+@dataclass(frozen=True)
+class ValidatePaths:
+    """Every file of `demix validate`, under <work_dir>/validate/."""
+
+    root: Path
+
+    @property
+    def mixtures(self) -> Path:
+        return self.root / "mixtures.json"
+
+    @property
+    def runs(self) -> Path:
+        """The models the latest training array trains (training/mixture_runs.py)."""
+        return self.root / "train-runs.jsonl"
+
+    def model(self, model_id: str) -> Path:
+        return self.root / "models" / model_id
+
+    @property
+    def evaluations(self) -> Path:
+        """A search-round folder (search/state.py RoundPaths): attempts, results/<method>-<mixture>.json."""
+        return self.root / "evaluations"
+
+
+def component_iters(experiment) -> int:
+    from megatron_demix.training.trainer import train_iters_for
+
+    return train_iters_for(experiment, experiment.candidates[0].name)
+
+
+def method_iters(experiment, method: Method) -> int:
+    return max(1, round(method.budget * component_iters(experiment)))
+
+
+def reference_mixtures(experiment) -> list[dict]:
+    """The reference mixtures: sampled once, then read back (a changed setting fails rather than mixing two sets)."""
+    from megatron_demix.search.sampler import MixtureSpace, resolve_prior
+
+    paths, settings = ValidatePaths(experiment.paths.validate), experiment.validate
+    names = [d.name for d in experiment.candidates]
+    if paths.mixtures.exists():
+        saved = json.loads(paths.mixtures.read_text())
+        if saved["seed"] != settings.seed or len(saved["mixtures"]) != settings.references or saved["candidates"] != names:
+            raise ConfigError(f"{paths.mixtures}: drawn with seed {saved['seed']}, {len(saved['mixtures'])} references,"
+                              f" candidates {saved['candidates']}; the experiment now asks for validate.seed {settings.seed},"
+                              f" {settings.references} references of {names}: restore those settings or remove {paths.root}")
+        return saved["mixtures"]
+    space = MixtureSpace.build(resolve_prior(experiment), experiment.search)
+    drawn = space.sample(settings.references, np.random.default_rng(settings.seed))
+    if len(drawn) < settings.references:
+        raise ConfigError(f"validate.references: the sampler gave only {len(drawn)} distinct mixtures of {names};"
+                          " lower validate.references or widen search.bounds")
+    mixtures = [{"id": f"v{i:03d}", "mixture": dict(zip(space.names, row.tolist()))} for i, row in enumerate(drawn)]
+    atomic_write_json(paths.mixtures, {"seed": settings.seed, "candidates": names, "mixtures": mixtures})
+    return mixtures
+
+
+def quality_mixtures(experiment) -> list[dict]:
+    """The mixtures ranked among the references: the token prior, and the search's final mixture once it exists."""
+    from megatron_demix.search.sampler import resolve_prior
+    from megatron_demix.search.state import SearchPaths
+
+    if not experiment.validate.mixture_quality:
+        return []
+    found = [{"id": "prior", "mixture": resolve_prior(experiment)}]
+    final = SearchPaths.of(experiment).final_mixture
+    if final.exists():
+        found.append({"id": "search-final", "mixture": json.loads(final.read_text())["mixture"]})
+    return found
+
+
+def trained_models(experiment, mixtures: list[dict]) -> list[tuple[str, dict, Method]]:
+    """(model id, mixture, method) of every model trained: each trained method on each mixture, then the quality models."""
+    methods = {m.name: m for m in methods_of(experiment)}
+    models = [(f"{method.name}-{m['id']}", m, method) for method in methods.values() if method.budget is not None
+              for m in mixtures]
+    return models + [(f"{QUALITY}-{m['id']}", m, methods[REFERENCE]) for m in quality_mixtures(experiment)]
+
+
+def training_runs(experiment, mixtures: list[dict]) -> list[MixtureRun]:
+    paths = ValidatePaths(experiment.paths.validate)
+    return [MixtureRun(model_id, m["mixture"], method_iters(experiment, method), str(paths.model(model_id)))
+            for model_id, m, method in trained_models(experiment, mixtures)]
+
+
+def trained(run: MixtureRun) -> bool:
+    iteration = read_tracker(Path(run.save))
+    return isinstance(iteration, int) and iteration >= run.train_iters
+
+
+def train_references_and_proxies(experiment, config_path: Path, executor: Executor, ranks: int, runs: list[MixtureRun]) -> None:
+    """One array job (a task per model) for the models not yet at their budget; a killed task resumes from its checkpoint."""
+    from megatron_demix.pipeline import TRAIN_SCRIPT
+
+    pending = [r for r in runs if not trained(r)]
+    log.info("validate: %d of %d models to train", len(pending), len(runs))
+    if not pending:
+        return
+    paths = ValidatePaths(experiment.paths.validate)
+    write_mixture_runs(paths.runs, pending)
+    executor.submit(JobSpec("validate-train", TRAIN_SCRIPT, [str(config_path), "--mixture-runs", str(paths.runs)],
+                            array=len(pending), ntasks=ranks, stage="train")).wait()
+
+
+def evaluation_entries(experiment, mixtures: list[dict]) -> list[dict]:
+    """What the evaluation arrays score: merged proxies first (batches that hold the components), then trained models."""
+    paths = ValidatePaths(experiment.paths.validate)
+    merged = [{"id": f"{DEMIX}-{m['id']}", "mixture": m["mixture"]} for m in mixtures]
+    return merged + [{"id": model_id, "mixture": m["mixture"], "checkpoint": str(paths.model(model_id))}
+                     for model_id, m, _ in trained_models(experiment, mixtures)]
+
+
+def evaluate_all(experiment, config_path: Path, executor: Executor, mixtures: list[dict]) -> dict[str, dict[str, dict]]:
+    """{method: {mixture id: {domain: score}}}, every model scored through the search's evaluation arrays; the
+    quality models under QUALITY."""
+    from megatron_demix.search.rounds import Runner, evaluate_round
+    from megatron_demix.search.state import RoundPaths
+
+    entries = evaluation_entries(experiment, mixtures)
+    outcome = evaluate_round(RoundPaths(ValidatePaths(experiment.paths.validate).evaluations), entries,
+                             Runner.make(executor, config_path, experiment))
+    if outcome["failed"]:
+        raise JobFailed(f"validate: {len(outcome['failed'])} of {len(entries)} evaluation(s) failed: "
+                        + "; ".join(f"{k}: {v[-1].get('error', '?')[:300]} (log: {v[-1].get('log')})"
+                                    for k, v in outcome["failed"].items())[:4000]
+                        + "; fix the cause and run demix validate again (finished ones are kept)")
+    scores: dict[str, dict[str, dict]] = {}
+    for method in methods_of(experiment):
+        scores[method.name] = {m["id"]: outcome["results"][f"{method.name}-{m['id']}"]["domains"] for m in mixtures}
+    scores[QUALITY] = {m["id"]: outcome["results"][f"{QUALITY}-{m['id']}"]["domains"] for m in quality_mixtures(experiment)}
+    return scores
+
+
+def training_tokens(experiment, mixtures: list[dict]) -> dict[str, int]:
+    """Training tokens each method spent on its models (the shared base is not counted: every method starts from it)."""
+    tokens_per_iter = experiment.training.global_batch_size * experiment.model.seq_length
+    spent = {}
+    for method in methods_of(experiment):
+        if method.budget is None:
+            components = len(experiment.candidates) * component_iters(experiment) * tokens_per_iter
+            spent[method.name] = components + len(mixtures) * experiment.validate.merged_proxy_tokens
+        else:
+            spent[method.name] = len(mixtures) * method_iters(experiment, method) * tokens_per_iter
+    return spent
+
+
+def run_validate(experiment, config_path: Path, executor: Executor, ranks: int) -> dict:
+    """Sample, train, evaluate, measure, report; returns the fidelity summary (also validate/fidelity.json)."""
+    from megatron_demix.validate.report import fidelity_rows, write_mixture_quality, write_report
+
+    mixtures = reference_mixtures(experiment)
+    log.info("validate: %d reference mixtures of %s; mixture quality of: %s", len(mixtures),
+             ", ".join(d.name for d in experiment.candidates),
+             ", ".join(m["id"] for m in quality_mixtures(experiment)) or "(off)")
+    train_references_and_proxies(experiment, config_path, executor, ranks, training_runs(experiment, mixtures))
+    scores = evaluate_all(experiment, config_path, executor, mixtures)
+    quality = scores.pop(QUALITY)
+    rows = fidelity_rows(scores, experiment.validate, reference=REFERENCE)
+    root = ValidatePaths(experiment.paths.validate).root
+    summary = write_report(root, mixtures, scores, rows, training_tokens(experiment, mixtures), reference=REFERENCE)
+    if quality:
+        summary["mixture_quality"] = write_mixture_quality(root, quality_mixtures(experiment), quality, scores[REFERENCE])
+    return summary
