@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from train_helpers import REPO, train_records
+from train_helpers import REPO, start_requeued_task, train_records
 
 
 @pytest.mark.slurm
@@ -103,10 +103,12 @@ def test_usr1_saves_first_then_requeues_and_the_task_resumes(slurm_cluster, tiny
             assert time.monotonic() < deadline and _job_fields(task)["JobState"] in ("PENDING", "RUNNING"), _read(log)
             time.sleep(0.5)
         subprocess.run(["scancel", "--signal=USR1", "--batch", task], check=True)
+        released = False
         while (fields := _job_fields(task))["JobState"] not in ("COMPLETED", "FAILED", "CANCELLED"):
             assert time.monotonic() < deadline + 120, _read(log)
-            if fields.get("Reason") == "BeginTime":  # SLURM holds a requeued job ~2 minutes; start it now
-                subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], check=True)
+            if fields.get("Reason") == "BeginTime" and not released:  # SLURM holds a requeued job ~2 minutes
+                start_requeued_task(task)
+                released = True
             time.sleep(0.5)
     finally:
         subprocess.run(["scancel", task])

@@ -14,7 +14,7 @@ import subprocess
 import time
 
 import pytest
-from train_helpers import REPO, train_records
+from train_helpers import REPO, start_requeued_task, train_records
 
 SAVE_INTERVAL, STOP_AFTER = 3, 30
 
@@ -92,7 +92,7 @@ def test_sigterm_after_periodic_save_saves_and_the_task_resumes(slurm_cluster, t
             subprocess.run(["scontrol", "requeue", task], check=True)
             # slurmctld holds a requeued job back (BeginTime about two minutes on); let it start now.
             _wait(lambda: _state(task) == "PENDING", "the requeued task to be pending")
-            subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], check=True)
+            start_requeued_task(task)
         _wait(lambda: _state(task) == "COMPLETED", "the resumed task", timeout=300)
     finally:
         subprocess.run(["scancel", task], capture_output=True)

@@ -85,3 +85,11 @@ def check(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 def train_records(log_dir: Path, kind: str = "train") -> list[dict]:
     lines = (Path(log_dir) / "train.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def start_requeued_task(task: str) -> None:
+    """Let a requeued SLURM task start without slurmctld's hold (BeginTime about two minutes on), but not
+    in the same second as its previous run ended: slurmd revokes that run's job credential with
+    one-second resolution, so a restart inside that second is killed ("Job credential revoked") and
+    the task ends FAILED. Three seconds is past that, and still short for a test."""
+    subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now+3"], check=True)
