@@ -124,12 +124,14 @@ def summary_markdown(search, answer: dict, by_round: dict, rounds: list[str]) ->
 def final_lines(answer: dict, ensemble_size: int) -> list[str]:
     """The final mixture's predicted and measured scores, and how it compares with the best evaluated mixture."""
     predicted = answer["predicted"]
-    spread = predicted.get("target_uncertainty")
-    lines = ["| target | predicted | +- (std over %d bootstrap fits) | measured |" % ensemble_size, "|---|---|---|---|"]
+    spread = predicted.get("target_uncertainty") or {}
     measured = (answer["measured"] or {}).get("targets", {})
-    for target, value in predicted["targets"].items():
-        lines.append(f"| {target} | {value:.4f} | {spread[target]:.4f} | " if spread else f"| {target} | {value:.4f} | - | ")
-        lines[-1] += f"{measured[target]:.4f} |" if target in measured else "- |"
+
+    def cell(values: dict, target: str) -> str:
+        return f"{values[target]:.4f}" if target in values else "-"
+
+    lines = ["| target | predicted | +- (std over %d bootstrap fits) | measured |" % ensemble_size, "|---|---|---|---|"]
+    lines += [f"| {t} | {v:.4f} | {cell(spread, t)} | {cell(measured, t)} |" for t, v in predicted["targets"].items()]
     lines += ["", f"Predicted composite score of the final mixture: {predicted['score']:.3f}."]
     if not answer["measured"]:
         return lines + ["Measured: not evaluated (search.evaluate_final is false, or its evaluation failed)."]
