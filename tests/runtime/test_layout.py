@@ -1,10 +1,15 @@
-"""Rank layout from each launcher's environment, ranks per node, and the parallel arithmetic (in-process)."""
+"""Rank layout from each launcher's environment, ranks and threads per node, and the parallel arithmetic (in-process),
+plus threads per rank as a real SLURM job step sets them up."""
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 
 from megatron_demix.config.base import ConfigError
-from megatron_demix.runtime.distributed import rank_layout, ranks_on_this_node
+from megatron_demix.runtime.distributed import cpus_per_rank, rank_layout, ranks_on_this_node
 from megatron_demix.runtime.parallel import ParallelDims
 
 
@@ -39,6 +44,34 @@ def test_batch_script_without_a_step_is_a_lone_process():
 ])
 def test_ranks_on_this_node(env, expected):
     assert ranks_on_this_node(env) == expected
+
+
+CORES = len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("ranks_here, env, expected", [
+    (1, {}, CORES),                                                  # alone, no scheduler: every core it may use
+    (CORES, {}, 1),                                                  # torchrun-like: the cores split among ranks
+    (1, {"SLURM_CPUS_ON_NODE": "1"}, 1),                             # SLURM gave one CPU: one thread, not CORES
+    (2, {"SLURM_CPUS_ON_NODE": str(4 * CORES)}, CORES),              # an allocation above the cores: capped by affinity
+    (1, {"SLURM_CPUS_PER_TASK": "1", "SLURM_CPUS_ON_NODE": "64"}, 1),  # --cpus-per-task wins
+])
+def test_cpus_per_rank_follows_the_allocation(ranks_here, env, expected):
+    assert cpus_per_rank(ranks_here, env) == expected
+
+
+@pytest.mark.slurm
+def test_a_slurm_rank_uses_the_cpus_it_was_given(slurm_cluster):
+    """Without core binding (the local cluster: task/none) every process sees all cores; a 1-CPU job must still
+    run 1 thread, or concurrent jobs oversubscribe the node."""
+    probe = ("from megatron_demix.runtime.distributed import share_cpus; import torch; share_cpus(); "
+             "print('threads', torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    for flags, expected in ((["-n", "1"], 1), (["-n", "1", f"--cpus-per-task={CORES}"], CORES)):
+        out = subprocess.run(["srun", *flags, sys.executable, "-c", probe], capture_output=True, text=True, env=env,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["threads", str(expected)], (flags, out.stdout)
 
 
 def test_parallel_dims():
