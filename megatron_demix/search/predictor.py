@@ -8,10 +8,11 @@ Kinds are a registry (`lightgbm`, `ridge`, `quadratic`); `auto` keeps, per targe
 k-fold (leave-one-out on few points) cross-validated Spearman between out-of-fold predictions and
 measured scores: the points a model is fitted on never score it. `fit_ensemble` refits the
 chosen kinds on bootstrap resamples, for an uncertainty (the spread of the members' predictions).
+On a pool, the LightGBM targets are predicted together through `TreeTables` (the same predictions
+as LightGBM's, about 10 times faster: search/tree_tables.py).
 """
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from megatron_demix.search.config import SearchConfig
+from megatron_demix.search.tree_tables import TreeTables
 
 
 def lightgbm_params(n: int, config: SearchConfig, seed: int) -> dict:
@@ -71,12 +73,13 @@ def _fit(kind: str, X: np.ndarray, y: np.ndarray, config: SearchConfig, seed: in
     return model
 
 
+TABLE_ROWS = 4096
+"""From this many rows LightGBM models predict through TreeTables: compiling one costs about what LightGBM spends on 4k rows."""
+
+
 def _predict(model, X: np.ndarray) -> np.ndarray:
-    """Predictions; LightGBM fits on one thread (tiny data) but predicts a large pool on every core."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        if hasattr(model, "booster_") and len(X) > 10_000:
-            return np.asarray(model.booster_.predict(X, num_threads=os.cpu_count() or 1), dtype=np.float64)
+        warnings.simplefilter("ignore", UserWarning)  # sklearn's feature-name chatter
         return np.asarray(model.predict(X), dtype=np.float64)
 
 
@@ -113,7 +116,15 @@ class Predictor:
     cv_spearman: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.stack([_predict(m, X) for m in self.models], axis=1)
+        """[rows, targets]; from TABLE_ROWS rows, the LightGBM targets go through one TreeTables."""
+        out = np.empty((len(X), len(self.models)))
+        trees = [t for t, m in enumerate(self.models) if hasattr(m, "booster_")] if len(X) >= TABLE_ROWS else []
+        if trees:
+            out[:, trees] = TreeTables.compile([self.models[t].booster_ for t in trees]).predict(X)
+        for t, model in enumerate(self.models):
+            if t not in trees:
+                out[:, t] = _predict(model, X)
+        return out
 
 
 def fit_predictor(X: np.ndarray, Y: np.ndarray, targets: list[str], config: SearchConfig, cross_validate: bool = True) -> Predictor:

@@ -81,14 +81,21 @@ class MixtureSpace:
         units = round(1 / self.config.granularity)
         hash_weights = rng.integers(1, 2**62, size=len(self.names)) | 1
         rows = np.zeros((0, len(self.names)), np.int64)
+        seen = np.zeros(0, np.int64)  # sorted keys of `rows`
         drawn = 0
         while len(rows) < n and drawn < max_draws_factor * n:
             batch = max(1024, int((n - len(rows)) * 1.05))
-            rows = np.concatenate([rows, self._draw_on_grid(batch, rng, units)])
+            new = self._draw_on_grid(batch, rng, units)
             drawn += batch
             # Equal grid rows have equal keys (int64 products wrap around; a collision only drops a row).
-            _, first = np.unique(rows @ hash_weights, return_index=True)
-            rows = rows[np.sort(first)]
+            # Kept: each key's first draw, in draw order; only the new batch is sorted, not all rows again.
+            keys = new @ hash_weights
+            first = np.sort(np.unique(keys, return_index=True)[1])
+            at = np.searchsorted(seen, keys[first]).clip(max=max(len(seen) - 1, 0))
+            first = first[seen[at] != keys[first]] if len(seen) else first
+            rows = np.concatenate([rows, new[first]])
+            fresh = np.sort(keys[first])
+            seen = np.insert(seen, np.searchsorted(seen, fresh), fresh)
         return rows[:n].astype(np.float64) / units
 
     def _draw_on_grid(self, n: int, rng: np.random.Generator, units: int) -> np.ndarray:

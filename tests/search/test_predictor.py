@@ -8,7 +8,8 @@ from megatron_demix.config.base import ConfigError
 from megatron_demix.search.acquisition import ACQUISITIONS, Candidates
 from megatron_demix.search.config import SearchConfig
 from megatron_demix.search.objective import composite, target_values, targets_of
-from megatron_demix.search.predictor import cross_validated_spearman, fit_ensemble, fit_predictor, lightgbm_params
+from megatron_demix.search.predictor import (TABLE_ROWS, Predictor, cross_validated_spearman, fit_ensemble, fit_predictor,
+                                              lightgbm_params)
 
 
 def _data(n, seed=0):
@@ -109,3 +110,62 @@ def test_acquisitions_pick_distinct_unevaluated_mixtures(name):
         chosen = pool[picks]
         gaps = np.abs(chosen[:, None, :] - chosen[None, :, :]).sum(axis=2) + np.eye(8) * 9
         assert gaps.min() >= 0.05  # the diversity constraint
+
+
+def _edge_rows(boosters, k: int, rng) -> np.ndarray:
+    """Rows whose values sit exactly on the trees' thresholds (as dump_model reports them, not as TreeTables
+    parses them), one ulp either side, and at LightGBM's input special cases: 0, +-1e-36 (read as 0), NaN."""
+    thresholds = []
+    for booster in boosters:
+        stack = [tree["tree_structure"] for tree in booster.dump_model()["tree_info"]]
+        while stack:
+            node = stack.pop()
+            if "split_feature" in node:
+                thresholds.append(node["threshold"])
+                stack += [node["left_child"], node["right_child"]]
+    values = np.array(thresholds)
+    rows = rng.choice(np.concatenate([values, np.nextafter(values, np.inf), np.nextafter(values, -np.inf)]), size=(2000, k))
+    special = rng.random(rows.shape) < 0.2
+    rows[special] = rng.choice([0.0, 1e-36, -1e-36, np.nan, -1.0, 2.0], size=special.sum())
+    return rows
+
+
+def test_tree_tables_predict_exactly_what_lightgbm_predicts():
+    from lightgbm import LGBMRegressor
+
+    from megatron_demix.search.sampler import MixtureSpace
+    from megatron_demix.search.tree_tables import TreeTables
+
+    prior = dict(zip("abcdefg", [0.5, 0.111, 0.027, 0.039, 0.02, 0.055, 0.248]))
+    config = SearchConfig(predictor="lightgbm")
+    rng = np.random.default_rng(0)
+    pool = MixtureSpace.build(prior, config).sample(8000, rng)  # shares on the 2e-4 grid, many exact zeros
+    X = pool[rng.choice(len(pool), 224, replace=False)]
+    Y = np.sin(X @ rng.normal(size=(7, 3)) * 3)
+    boosters = [fit_predictor(X, Y, ["a", "b", "c"], config, cross_validate=False).models[t].booster_ for t in range(3)]
+    boosters.append(fit_predictor(X[:16], Y[:16, :1], ["few"], config, cross_validate=False).models[0].booster_)
+    boosters.append(LGBMRegressor(n_estimators=5, n_jobs=1, verbose=-1).fit(X[:16], Y[:16, 0]).booster_)  # one-leaf trees
+    rows = np.concatenate([pool, _edge_rows(boosters, 7, rng)])
+    expected = np.stack([b.predict(rows) for b in boosters], axis=1)
+    tables = TreeTables.compile(boosters)
+    got = tables.predict(rows)
+    assert np.abs(got - expected).max() < 1e-9 and not tables.untabled
+    small = TreeTables.compile(boosters, cell_limit=4, max_cells=4)  # boosters with a larger tree: LightGBM
+    assert 4 in small.tabled and 0 in small.untabled
+    assert np.abs(small.predict(rows) - expected).max() < 1e-9
+    for t in range(3):  # the pool ranks the same, ties included (rows reaching the same leaves: equal bits)
+        order = lambda v: np.argsort(-v[: len(pool)], kind="stable")  # noqa: E731
+        assert np.array_equal(order(got[:, t]), order(expected[:, t]))
+        assert len(np.unique(got[: len(pool), t])) == len(np.unique(expected[: len(pool), t])) < len(pool)
+    assert len(tables.values) > 5 and np.ptp(got[:, 0]) > 0.1  # tables really were built from real splits
+
+    trees = fit_predictor(X, Y[:, :1], ["a"], config, cross_validate=False)
+    ridge = fit_predictor(X, Y[:, 1:2], ["b"], SearchConfig(predictor="ridge"), cross_validate=False)
+    mixed = Predictor(["a", "b"], ["lightgbm", "ridge"], trees.models + ridge.models)  # what `auto` may choose
+    for rows in (pool, pool[:TABLE_ROWS - 1]):  # through TreeTables, and through LightGBM's own predict
+        expected = np.stack([trees.models[0].booster_.predict(rows), ridge.models[0].predict(rows)], axis=1)
+        assert np.abs(mixed.predict(rows) - expected).max() < 1e-9
+
+    zero_missing = LGBMRegressor(n_estimators=5, min_child_samples=2, zero_as_missing=True, n_jobs=1, verbose=-1).fit(X, Y[:, 0])
+    with pytest.raises(ValueError, match="booster 0 has missing-value splits"):
+        TreeTables.compile([zero_missing.booster_])

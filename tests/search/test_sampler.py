@@ -55,6 +55,11 @@ def test_same_seed_same_pool_and_a_million_candidates_in_seconds():
     assert seconds < 60, f"1M candidates took {seconds:.1f}s"  # about 3 s on an idle 2-core machine
 
 
+
+def test_draws_repeat_over_rounds_on_a_small_grid_yet_the_pool_has_no_duplicates():
+    _, pool = _sample({"a": 0.5, "b": 0.3, "c": 0.2}, n=10_000, granularity=0.01)  # far fewer grid points than 10k
+    assert 1000 < len(pool) < 10_000 and len(np.unique(pool, axis=0)) == len(pool)
+
 @pytest.mark.parametrize("search, message", [
     ({"bounds": {"a": [0.6, 0.9], "b": [0.5, 0.7]}}, "minimum shares sum to 1.1 > 1"),
     ({"bounds": {"a": [0.2, 0.1]}}, "must be [min, max]"),
