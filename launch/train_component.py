@@ -14,6 +14,7 @@ Flags named like Megatron-LM's override the experiment's `training:` section. De
 `--save`/`--load` = <work_dir>/checkpoints/<model>, `--pretrained-checkpoint` = the base's save
 directory for a component (weights only, any TP/PP), logs in <work_dir>/logs/train/<model>/.
 `--load` resumes (model, optimizer, scheduler, data position, RNG) when it holds a checkpoint.
+With `model.from_hf`, `--component base` imports that Hugging Face model as the base (one process).
 """
 from __future__ import annotations
 
@@ -68,6 +69,11 @@ def train(args: argparse.Namespace) -> None:
     experiment = dataclasses.replace(experiment, training=training)  # re-runs the cross-section checks
     on_mixture = select_mixture_run(args.mixture_runs, args.component) if args.mixture_runs else None
     model = on_mixture.id if on_mixture else resolve_model(experiment, args.component)
+    if model == "base" and experiment.model.from_hf:
+        from megatron_demix.hf.from_hf import import_base
+
+        import_base(experiment, args.save)  # the base stage of an experiment that starts from a Hugging Face model
+        return
     save = args.save or (Path(on_mixture.save) if on_mixture else None)
     run = RunOptions.defaults(
         experiment, model, save=save, load=args.load or save, pretrained=args.pretrained_checkpoint,

@@ -8,7 +8,7 @@
       - {name: notes, path: /data/notes.jsonl, text_field: body}
     tokenizer: {vocab_size: 6144}
     prepare: {workers: 2}
-    model: {preset: tiny}
+    model: {preset: tiny}          # or {from_hf: /models/Qwen3-0.6B}: start from an open model (hf/from_hf.py)
     training: {...}  merge: {...}  eval: {...}  search: {...}  cluster: {...}
 
 `load_experiment(path)` validates the whole file and returns an `ExperimentConfig`; every error
@@ -203,6 +203,10 @@ def load_experiment(path: str | os.PathLike, overrides: dict | None = None) -> E
 def experiment_from_dict(data: dict, where: str = "experiment") -> ExperimentConfig:
     """Validate an experiment given as a dict (tests and the search build them in code)."""
     data = dict(data)
+    if isinstance(data.get("model"), dict) and data["model"].get("from_hf") is not None:
+        from megatron_demix.hf.from_hf import expand_from_hf  # reads config.json with transformers: only when asked
+
+        data = expand_from_hf(data, where)
     if "model" in data:
         data["model"] = expand_preset(data["model"], where=f"{where}: model")
     if isinstance(data.get("work_dir"), str):

@@ -2,6 +2,8 @@
 
     prepare -> base -> components (array) -> search (rounds of evaluation arrays) -> final mixture
 
+(the base is imported instead of trained when the experiment starts from a Hugging Face model, `model.from_hf`).
+
 Every stage submits the project's scripts in `slurm/` through one executor (cluster/executor.py):
 sbatch on a SLURM cluster, or the same scripts run here when there is none. Each job names its
 stage (JobSpec.stage), so it gets that stage's resources from the experiment's `cluster.stages`.
@@ -40,7 +42,10 @@ def prepare_spec(config_path: Path) -> JobSpec:
     return JobSpec("prepare", "slurm/prepare.sh", [str(config_path)], stage="prepare")
 
 
-def base_spec(config_path: Path, ranks: int) -> JobSpec:
+def base_spec(experiment, config_path: Path, ranks: int) -> JobSpec:
+    if experiment.model.from_hf:
+        # Imported, not trained (hf/from_hf.py): one CPU process holding the model once, as prepare's jobs do.
+        return JobSpec("import-base", TRAIN_SCRIPT, [str(config_path)], env={"DEMIX_COMPONENT": "base"}, stage="prepare")
     return JobSpec("train-base", TRAIN_SCRIPT, [str(config_path)], ntasks=ranks, env={"DEMIX_COMPONENT": "base"}, stage="train")
 
 
@@ -62,17 +67,20 @@ def prepare_data(config_path: Path, executor: Executor) -> None:
 
 
 def model_complete(experiment, name: str) -> bool:
-    """Has `base` or a component reached its iteration budget (its save root's tracker says so)?"""
+    """Has `base` or a component reached its iteration budget (its save root's tracker says so)?
+    An imported base (`model.from_hf`) is complete once its tracker exists: the import writes it last."""
     from megatron_demix.training.trainer import train_iters_for
 
     iteration = read_tracker(experiment.paths.checkpoint(name))
+    if name == "base" and experiment.model.from_hf:
+        return iteration is not None
     return isinstance(iteration, int) and iteration >= train_iters_for(experiment, name)
 
 
 def train_models(experiment, config_path: Path, executor: Executor, ranks: int) -> None:
     """The base (general data), then one component per candidate as an array job; finished models are skipped."""
     if not model_complete(experiment, "base"):
-        executor.submit(base_spec(config_path, ranks)).wait()
+        executor.submit(base_spec(experiment, config_path, ranks)).wait()
     if not all(model_complete(experiment, d.name) for d in experiment.candidates):
         # Tasks of finished components resume at their last iteration, validate and end.
         executor.submit(components_spec(experiment, config_path, ranks)).wait()
@@ -110,8 +118,8 @@ def run_pipeline(experiment, config_path: Path, executor: Executor, ranks: int) 
 
 def chain_specs(experiment, config_path: Path, ranks: int) -> list[JobSpec]:
     """The jobs of the whole pipeline, each depending on the one before (ids filled in at submission)."""
-    return [prepare_spec(config_path), base_spec(config_path, ranks), components_spec(experiment, config_path, ranks),
-            search_spec(config_path)]
+    return [prepare_spec(config_path), base_spec(experiment, config_path, ranks),
+            components_spec(experiment, config_path, ranks), search_spec(config_path)]
 
 
 def submit_pipeline(experiment, config_path: Path, executor: Executor, ranks: int) -> list[dict]:

@@ -42,7 +42,11 @@ def checkpoint_experiment(path: str | Path):
             f"{path}: its common state has no experiment `config` (not saved by this trainer or merge tool);"
             " pass experiment=X.yaml so the model architecture and tokenizer are known"
         )
-    return experiment_from_dict(common["config"], f"{path}: common state config")
+    config = common["config"]
+    if isinstance(config.get("model"), dict) and config["model"].get("from_hf"):
+        # Saved resolved (every architecture key is there): the Hugging Face directory need not still exist.
+        config = {**config, "model": {**config["model"], "from_hf": None}}
+    return experiment_from_dict(config, f"{path}: common state config")
 
 
 def init_inference(tensor_parallel: int = 1, pipeline_parallel: int = 1, seed: int = 1234) -> None:

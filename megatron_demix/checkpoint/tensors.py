@@ -107,7 +107,9 @@ class ComponentSource:
     _readers: list[ChunkReader] = field(default_factory=list)
 
     @classmethod
-    def open(cls, components, names=None, *, method: str = "linear", base=None, scale: float = 1.0) -> "ComponentSource":
+    def open(cls, components, names=None, *, method: str = "linear", base=None, scale: float = 1.0,
+             dtype: str = "same") -> "ComponentSource":
+        """`dtype` (same, fp32, bf16, fp16): what merged floating-point tensors are cast to (the merge's --dtype)."""
         names = list(names or [f"component {i + 1} ({p})" for i, p in enumerate(components)])
         method_ = get_method(method)
         if method_.needs_base and base is None:
@@ -115,7 +117,7 @@ class ComponentSource:
         paths = list(components) + ([base] if method_.needs_base else [])
         names += [f"base ({base})"] if method_.needs_base else []
         dirs = [torch_dist_dir(p, n) for p, n in zip(paths, names)]
-        plan = build_plan(dirs, names, has_base=method_.needs_base)
+        plan = build_plan(dirs, names, dtype=dtype, has_base=method_.needs_base)
         source = cls(plan, method_, scale, len(components))
         source._readers = [ChunkReader(d, read_metadata(d).storage_data, n) for d, n in zip(dirs, names)]
         return source

@@ -39,7 +39,8 @@ class TokenizerConfig:
     """The tokenizer: a user's Hugging Face `tokenizer.json`, or a byte-level BPE trained on the data."""
 
     path: str | None = None
-    """A `tokenizer.json` file; when unset, a byte-level BPE is trained on the datasets and saved in the work dir."""
+    """A `tokenizer.json` file (with `model.from_hf`: that directory's); when unset, a byte-level BPE is trained on
+    the datasets and saved in the work dir."""
     vocab_size: int = 6144
     """Vocabulary size of the trained BPE (ignored with `path`)."""
     train_megabytes: float = 8.0

@@ -29,8 +29,13 @@ class EvalConfig:
     command: str | None = None
     """Evaluate with another harness: a shell command template run once per mixture, with the
     placeholders {mixture} (JSON file {candidate: ratio}), {checkpoint} (the proxy merged to disk,
-    built only when named), {output} (where the command writes a flat JSON {metric: number}) and
-    {workdir}. Unset: the built-in lm-eval evaluation (launch/eval_proxy.py)."""
+    torch_dist), {hf_checkpoint} (the proxy exported as a Hugging Face model directory, streamed from
+    the components), {output} (where the command writes a flat JSON {metric: number}) and {workdir}.
+    A proxy is built only when its placeholder is named, and deleted after its evaluation unless
+    `keep_proxies`. Unset: the built-in lm-eval evaluation (launch/eval_proxy.py)."""
+    keep_proxies: bool = False
+    """Keep the proxies `command`'s {checkpoint} and {hf_checkpoint} build (in the search's
+    `work/<mixture id>/` directories) instead of deleting each after its evaluation: a model's size each."""
     batch_size: int = 8
     """Sequences per forward pass of the `megatron-demix` lm-eval model."""
     max_length: int | None = None

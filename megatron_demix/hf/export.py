@@ -282,7 +282,8 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, max_shard_b
 
 def export_mixture(experiment, mixture, output: str | Path, *, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
     """Export the proxy of `mixture` (a JSON file or dict over the experiment's candidates), merged while
-    streaming with the experiment's `merge:` settings: the same values `tools/merge/run.py` writes."""
+    streaming with the experiment's `merge:` settings (method, scale, normalize, dtype): the same values
+    `tools/merge/run.py` writes, in merge.dtype (`same`: the components' stored dtype)."""
     from megatron_demix.checkpoint.tensors import ComponentSource
     from megatron_demix.merge.engine import check_weights
     from megatron_demix.merge.methods import get_method
@@ -293,7 +294,7 @@ def export_mixture(experiment, mixture, output: str | Path, *, max_shard_bytes: 
     paths, given, base = mixture_inputs(experiment, mixture)
     names = [f"component {d.name} ({p})" for d, p in zip(experiment.candidates, paths)]
     weights = check_weights(given, names, method, normalize=settings.normalize)
-    source = ComponentSource.open(paths, names, method=method.name, base=base, scale=settings.scale)
+    source = ComponentSource.open(paths, names, method=method.name, base=base, scale=settings.scale, dtype=settings.dtype)
     try:
         return write_hf_model(source, weights, experiment.model, experiment.paths.tokenizer, output,
                               where=f"mixture {mixture}", max_shard_bytes=max_shard_bytes)

@@ -45,15 +45,34 @@ LINEAR_EXTRA_STATES = tuple(f"decoder.layers.{m}._extra_state" for m in (
 for the local layers and a fresh model) and every load asks for."""
 
 
-def read_hf_config(model_dir: Path):
+WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors")
+
+
+def read_hf_model(model_dir: Path, where: str = "--model") -> tuple:
+    """(transformers config, the `model:` fields) of a local Hugging Face model directory, refusing one
+    megatron-demix cannot use (naming `where`, the flag or key that gave it) before any tensor is read:
+    no directory, no or an unreadable config.json, an unsupported model, no tokenizer.json, no safetensors."""
     from transformers import AutoConfig
 
+    from megatron_demix.hf.config_map import model_fields
+
+    if not model_dir.is_dir():
+        raise ConversionError(f"{where} {model_dir}: no such directory; give a local Hugging Face model directory"
+                              " (config.json, tokenizer.json, *.safetensors)")
     if not (model_dir / "config.json").is_file():
-        raise ConversionError(f"--model {model_dir}: no config.json; give a local Hugging Face model directory")
+        raise ConversionError(f"{where} {model_dir}: no config.json; give a local Hugging Face model directory")
     try:
-        return AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+        config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
     except (ValueError, KeyError, OSError) as error:
-        raise ConversionError(f"{model_dir / 'config.json'}: unreadable ({error})") from None
+        raise ConversionError(f"{where} {model_dir / 'config.json'}: unreadable ({error})") from None
+    fields = model_fields(config, f"{where} {model_dir / 'config.json'}")
+    if not (model_dir / TOKENIZER_FILE).is_file():
+        raise ConversionError(f"{where} {model_dir}: no {TOKENIZER_FILE} (the fast tokenizer file); save it there with"
+                              " transformers.AutoTokenizer.from_pretrained(...).save_pretrained(DIR)")
+    if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
+        raise ConversionError(f"{where} {model_dir}: no model.safetensors or model.safetensors.index.json"
+                              " (PyTorch .bin weights: load and save_pretrained them with safetensors first)")
+    return config, fields
 
 
 class HFTensors:
@@ -65,12 +84,9 @@ class HFTensors:
         index = model_dir / "model.safetensors.index.json"
         if index.is_file():
             weight_map = json.loads(index.read_text())["weight_map"]
-        elif (model_dir / "model.safetensors").is_file():
+        else:  # read_hf_model checked that one of the two exists
             with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
                 weight_map = dict.fromkeys(f.keys(), "model.safetensors")
-        else:
-            raise ConversionError(f"--model {model_dir}: no model.safetensors or model.safetensors.index.json"
-                                  " (PyTorch .bin weights: load and save_pretrained them with safetensors first)")
         self.model_dir, self.weight_map = model_dir, weight_map
         self._files = {name: safe_open(str(model_dir / name), "pt") for name in sorted(set(weight_map.values()))}
 
@@ -112,7 +128,6 @@ def import_hf(model_dir: str | Path, save: str | Path, *, tensor_parallel: int =
     from megatron_demix.checkpoint.run_state import write_results_in_process
     from megatron_demix.config.base import build
     from megatron_demix.data.tokenizer import load_tokenizer
-    from megatron_demix.hf.config_map import model_fields
     from megatron_demix.model.config import ModelConfig, check_parallel_fits
     from megatron_demix.model.gpt import padded_vocab_size
     from megatron_demix.runtime.distributed import init_distributed
@@ -121,8 +136,7 @@ def import_hf(model_dir: str | Path, save: str | Path, *, tensor_parallel: int =
     model_dir, save = Path(model_dir), Path(save)
     if save.exists():
         raise ConversionError(f"--save {save}: already exists; remove it or choose another directory")
-    config = read_hf_config(model_dir)
-    fields = model_fields(config, str(model_dir / "config.json"))
+    config, fields = read_hf_model(model_dir)
     model = build(ModelConfig, {**fields, "make_vocab_size_divisible_by": make_vocab_size_divisible_by}, f"{model_dir}/config.json")
     check_parallel_fits(model, tensor_parallel, 1)
     tokenizer = load_tokenizer(model_dir / TOKENIZER_FILE)

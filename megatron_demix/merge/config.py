@@ -16,7 +16,9 @@ class MergeConfig:
     scale: float = 1.0
     """Task-arithmetic scale."""
     dtype: Literal["same", "fp32", "bf16", "fp16"] = "same"
-    """Output dtype; `same` keeps each input tensor's dtype. Accumulation is always fp32."""
+    """Output dtype of proxies: the merge's torch_dist files and the Hugging Face safetensors of `demix export
+    --experiment` and eval.command's {hf_checkpoint} (config.json's `dtype` says which); `same` keeps each
+    input tensor's dtype. Accumulation is always fp32."""
     normalize: bool = True
     """Rescale weights to sum 1."""
     ranks: int = 2

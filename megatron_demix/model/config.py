@@ -30,6 +30,11 @@ class ModelConfig:
 
     preset: Literal["tiny", "qwen3-1.7b"] | None = None
     """Named architecture whose values fill every key not given explicitly."""
+    from_hf: str | None = None
+    """A local Hugging Face Llama / Qwen2 / Qwen3 directory to start from: its config.json sets every
+    architecture key (one given here must agree; seq_length stays free), its tokenizer.json is the
+    tokenizer, and the base stage imports its weights into checkpoints/base instead of training a base
+    (megatron_demix/hf/from_hf.py)."""
     num_layers: int = 4
     """Transformer layers (--num-layers)."""
     hidden_size: int = 64

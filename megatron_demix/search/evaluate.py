@@ -10,9 +10,13 @@ mixture twice). How a mixture is scored (`EVALUATORS`, chosen from the `eval:` s
 - `command`: `eval.command` is a shell template run once per mixture with {mixture} (JSON
   {candidate: ratio}), {output} (where it writes a flat JSON {metric: number}), {workdir}, and
   {checkpoint}: when the template names it, the proxy is merged to disk first
-  (tools/merge/run.py on `merge.ranks` MPI ranks) and deleted afterwards; an entry with its own
-  `checkpoint` (a trained model, `demix validate`) passes that one, never merged nor deleted. Metrics become domain
-  scores through `eval.tasks` (each metric its own domain when that is empty).
+  (tools/merge/run.py on `merge.ranks` MPI ranks); an entry with its own
+  `checkpoint` (a trained model, `demix validate`) passes that one, never merged nor deleted.
+  {hf_checkpoint}: when named, the proxy (or that trained model) exported as a Hugging Face model
+  directory (hf/export.py, streamed from the components, in merge.dtype), for harnesses such as
+  lm-eval's `hf` / `vllm` models or OpenCompass. Both are deleted after the evaluation unless
+  `eval.keep_proxies`. Metrics become domain scores through `eval.tasks` (each metric its own
+  domain when that is empty).
 - `lm_eval`: the built-in evaluation, launch/eval_proxy.py on the whole batch (it builds each proxy
   in memory and writes per-mixture {"domains", "metrics"}).
 A failure of one mixture (non-zero exit, no or unreadable JSON, a NaN) does not stop the others;
@@ -57,8 +61,20 @@ def _merge_proxy(config: str, experiment, mixture_file: Path, output: Path) -> N
     _run([str(mpiexec), "-n", str(experiment.merge.ranks), *merge] if mpiexec.exists() else merge, "the merge (tools/merge/run.py)")
 
 
+def _export_proxy(experiment, item: dict, mixture_file: Path, output: Path) -> None:
+    """{hf_checkpoint}: a trained model's checkpoint, or the mixture's proxy streamed from the components, as a
+    Hugging Face model directory (in this process: it reads one tensor at a time and needs no ranks)."""
+    from megatron_demix.hf.export import export_checkpoint, export_mixture
+
+    if item.get("checkpoint"):
+        export_checkpoint(item["checkpoint"], output)
+    else:
+        export_mixture(experiment, mixture_file, output)
+
+
 def fill_placeholders(template: str, **paths: Path) -> str:
-    """Replace {mixture} {output} {checkpoint} {workdir} by quoted paths; every other brace stays (JSON, awk, ...)."""
+    """Replace {mixture} {output} {checkpoint} {hf_checkpoint} {workdir} by quoted paths; every other brace stays
+    (JSON, awk, ...)."""
     return re.sub(r"\{(" + "|".join(paths) + r")\}", lambda m: shlex.quote(str(paths[m.group(1)])), template)
 
 
@@ -69,14 +85,17 @@ def evaluate_with_command(config: str, experiment, mixtures: list[dict], work_ro
         workdir = work_root / item["id"]
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
-        mixture_file, output, checkpoint = workdir / "mixture.json", workdir / "metrics.json", workdir / "checkpoint"
+        mixture_file, output = workdir / "mixture.json", workdir / "metrics.json"
+        checkpoint, hf_checkpoint = workdir / "checkpoint", workdir / "hf_checkpoint"
         mixture_file.write_text(json.dumps(item["mixture"], indent=1))
         trained = item.get("checkpoint")
         try:
             if "{checkpoint}" in template and not trained:
                 _merge_proxy(config, experiment, mixture_file, checkpoint)
+            if "{hf_checkpoint}" in template:
+                _export_proxy(experiment, item, mixture_file, hf_checkpoint)
             command = fill_placeholders(template, mixture=mixture_file, output=output, checkpoint=trained or checkpoint,
-                                        workdir=workdir)
+                                        hf_checkpoint=hf_checkpoint, workdir=workdir)
             _run(["bash", "-c", command], f"eval.command for mixture {item['id']}")
             if not output.exists():
                 raise EvaluationFailed(f"eval.command for mixture {item['id']} exited 0 but wrote no {{output}} file ({output})")
@@ -90,7 +109,9 @@ def evaluate_with_command(config: str, experiment, mixtures: list[dict], work_ro
         except (EvaluationFailed, ValueError, KeyError) as error:
             outcome = error
         finally:
-            shutil.rmtree(checkpoint, ignore_errors=True)
+            if not experiment.eval.keep_proxies:
+                for proxy in (checkpoint, hf_checkpoint):
+                    shutil.rmtree(proxy, ignore_errors=True)
         record(item["id"], outcome)
 
 

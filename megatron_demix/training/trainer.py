@@ -45,10 +45,11 @@ from megatron_demix.training.optimizer import build_optimizer, build_scheduler, 
 
 
 def train_iters_for(experiment, model_name: str) -> int:
-    """The iteration budget: base_train_iters for the base; train_tokens (rounded up) or train_iters for a component."""
+    """The iteration budget: base_train_iters for the base (0 when it is imported, `model.from_hf`);
+    train_tokens (rounded up) or train_iters for a component."""
     training = experiment.training
     if model_name == "base":
-        return training.base_train_iters
+        return 0 if experiment.model.from_hf else training.base_train_iters
     if training.train_tokens is not None:
         return math.ceil(training.train_tokens / (training.global_batch_size * experiment.model.seq_length))
     return training.train_iters

@@ -1,6 +1,7 @@
 """Export: transformers' own model on the exported directory gives the megatron-core logits (Llama at TP=2 and
 PP=2, Qwen3 at TP=2 x PP=2, GQA); a mixture exported from the components equals the export of the proxy merged
-to disk; what Llama/Qwen cannot express, and an existing output, are refused before anything is written."""
+to disk, in merge.dtype; what Llama/Qwen cannot express, and an existing output, are refused before anything is
+written."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from tests.hf.hf_helpers import hf_logits, megatron_logits, safetensors_of
 
@@ -101,3 +103,26 @@ def test_cli_refuses_existing_output_and_bad_flags(eval_experiment, tmp_path, ca
         assert message in capsys.readouterr().err
     assert [p.name for p in existing.iterdir()] == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]
+
+
+def test_mixture_export_honours_merge_dtype(eval_experiment, tmp_path, capsys):
+    from megatron_demix.cli import main
+    from megatron_demix.hf.export import export_mixture
+
+    config, experiment = eval_experiment
+    mixture = tmp_path / "mixture.json"
+    mixture.write_text(json.dumps({"code": 0.4, "math": 0.6}))
+    data = yaml.safe_load(config.read_text())
+    data["merge"] = {"dtype": "bf16"}
+    in_bf16 = tmp_path / "bf16.yaml"
+    in_bf16.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", "--experiment", str(in_bf16), "--mixture", str(mixture), "--output", str(tmp_path / "bf16")])
+    assert exit_.value.code == 0 and "wrote" in capsys.readouterr().out
+
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
+    half = safetensors_of(tmp_path / "bf16")
+    full = safetensors_of(export_mixture(experiment, mixture, tmp_path / "fp32"))  # merge.dtype same: stored fp32
+    assert {t.dtype for t in full.values()} == {torch.float32} and {t.dtype for t in half.values()} == {torch.bfloat16}
+    # the fp32 merge rounded once to bf16, as tools/merge/run.py --dtype bf16 writes it
+    assert sorted(half) == sorted(full) and all(torch.equal(half[k], full[k].to(torch.bfloat16)) for k in full)

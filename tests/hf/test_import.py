@@ -10,26 +10,7 @@ import pytest
 import torch
 import yaml
 
-from tests.hf.hf_helpers import hf_logits, megatron_logits, safetensors_of
-
-SIZES = dict(vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, head_dim=16, max_position_embeddings=128, rms_norm_eps=1e-6,
-             rope_parameters={"rope_type": "default", "rope_theta": 50000.0})
-
-
-def make_hf_model(directory, tokenizer, model_type: str, tied: bool):
-    """A random `transformers` model saved with safetensors, with the tiny experiment's tokenizer."""
-    import transformers
-
-    config = transformers.AutoConfig.for_model(model_type, tie_word_embeddings=tied, **SIZES)
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    with torch.no_grad():  # every tensor random, biases and norms included, so any layout slip shows
-        for parameter in model.parameters():
-            parameter.normal_(0.0, 0.1)
-    model.save_pretrained(str(directory))
-    shutil.copyfile(tokenizer, directory / "tokenizer.json")
-    return directory
+from tests.hf.hf_helpers import hf_logits, make_hf_model, megatron_logits, safetensors_of
 
 
 @pytest.mark.parametrize("model_type, tied", [("llama", False), ("qwen2", True), ("qwen3", True)])
@@ -100,7 +81,8 @@ def test_bad_hf_inputs_are_refused(eval_experiment, tmp_path, capsys):
     cases = [
         (["--model", str(gpt2), "--save", str(tmp_path / "a")], "model_type 'gpt2' cannot be imported; supported: llama, qwen2, qwen3"),
         (["--model", str(scaled), "--save", str(tmp_path / "b")], "rope_parameters"),
-        (["--model", str(tmp_path / "none"), "--save", str(tmp_path / "c")], "no config.json"),
+        (["--model", str(tmp_path / "none"), "--save", str(tmp_path / "c")], "no such directory"),
+        (["--model", str(tmp_path / "exists"), "--save", str(tmp_path / "c")], "no config.json"),
         (["--model", str(source), "--save", str(existing)], "already exists"),
         (["--model", str(source), "--save", str(tmp_path / "d"), "--tensor-model-parallel-size", "3"],
          "--tensor-model-parallel-size 3 must divide"),
