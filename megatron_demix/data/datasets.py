@@ -18,6 +18,7 @@ reads the same training samples through a DALI pipeline (training/dali.py).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,24 @@ def check_prepared(experiment, blend: Blend) -> None:
                 f"dataset {name!r}: missing {', '.join(missing)}; run `demix prepare --config <experiment.yaml>`"
                 f" (or check work_dir={experiment.work_dir})"
             )
+        check_validation_split(prefix, name)
+
+
+def check_validation_split(prefix: Path, name: str) -> None:
+    """Fail when the validation split (Megatron's --split, DATA_SPLIT) of a dataset holds no document:
+    megatron-core's GPTDataset would then loop forever looking for tokens in an empty split."""
+    from megatron.core.datasets.blended_megatron_dataset_config import (
+        convert_split_vector_to_split_matrix, parse_and_normalize_split)
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    documents = len(IndexedDataset(str(prefix)).document_indices) - 1
+    begin, end = convert_split_vector_to_split_matrix(parse_and_normalize_split(DATA_SPLIT))[1]
+    if round(end * documents) - round(begin * documents) < 1:  # megatron-core's own rounding of the split
+        raise ConfigError(
+            f"dataset {name!r} ({prefix}.idx): its {documents} document(s) leave none for the validation split"
+            f" (Megatron --split {DATA_SPLIT}); give it more documents (at least {math.ceil(0.5 / (end - begin))},"
+            " e.g. a larger prepare.builtin_megabytes or source) and run `demix prepare` again"
+        )
 
 
 def _gpt_config(experiment, blend_or_prefixes, tokenizer, seed: int, cache: Path):

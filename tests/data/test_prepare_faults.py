@@ -157,3 +157,24 @@ def test_killed_prepare_leaves_temporaries_the_next_run_removes(tmp_path):
     assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
     counts = _prepare(config)
     assert counts["user"]["documents"] == 10000 and _leftovers(config) == []
+
+
+@pytest.mark.parametrize("documents, fails", [(24, True), (25, False)])
+def test_a_dataset_too_small_for_a_validation_split_is_refused(tmp_path, documents, fails):
+    """megatron-core's GPTDataset loops forever on an empty validation split; training refuses it first, by name."""
+    import numpy as np
+    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+
+    from megatron_demix.config.base import ConfigError
+    from megatron_demix.data.datasets import check_validation_split
+
+    prefix = tmp_path / "tiny"
+    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=DType.optimal_dtype(4096))
+    for d in range(documents):
+        builder.add_document(np.arange(d, d + 20), [20])
+    builder.finalize(f"{prefix}.idx")
+    if fails:
+        with pytest.raises(ConfigError, match=r"'tiny' .*tiny\.idx\): its 24 document\(s\) leave none .*at least 25"):
+            check_validation_split(prefix, "tiny")
+    else:
+        check_validation_split(prefix, "tiny")
