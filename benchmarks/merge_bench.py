@@ -13,8 +13,10 @@
    Each --repeat times (default 5), interleaved; the median wall time (and the largest peak RSS) is reported.
 4. Prints a markdown table: wall time, MB/s ((read + written) / wall), peak RSS per rank, and two
    ratios to the floor measured in the same run: the merge phases alone (merge() from its call to
-   the published output, from `--json-summary`) and the whole process; then the phase profile
-   (time, bytes, MB/s per phase) of the median 2-rank mpiexec run.
+   the published output, from `--json-summary`) and the whole process; issue 14's goals at 2 ranks
+   (merge phases within 1.2x the floor, whole process within the floor + 2 s), met or not; the load
+   average before and after; then the phase profile (time, bytes, MB/s per phase) of the median
+   2-rank mpiexec run.
 """
 from __future__ import annotations
 
@@ -158,6 +160,7 @@ def bench(args) -> None:
             "I/O floor (cat inputs + dd output, fsync)": lambda: run_floor(written),
             "naive: load_plain_tensors x4 + DCP save": run_naive}
     samples = {name: [] for name in runs}
+    load_before = os.getloadavg()
     for _ in range(args.repeat):
         for name, run in runs.items():
             samples[name].append(run())
@@ -172,7 +175,8 @@ def bench(args) -> None:
     floor = rows["I/O floor (cat inputs + dd output, fsync)"][0]
     naive_seconds = rows["naive: load_plain_tensors x4 + DCP save"][0]
     print(f"\ninputs: 4 x {read_bytes / 4 / 1e6:.0f} MB (TP=2, PP=2, fp32), largest stored chunk {largest / 1e6:.1f} MB;"
-          f" output {rows['merge, mpiexec -n 1'][1] / 1e6:.0f} MB; median of {args.repeat}\n")
+          f" output {rows['merge, mpiexec -n 1'][1] / 1e6:.0f} MB; median of {args.repeat}; load average (1, 5, 15 min)"
+          f" {', '.join(f'{x:.2f}' for x in load_before)} before, {', '.join(f'{x:.2f}' for x in os.getloadavg())} after\n")
     print("| run | wall s | MB/s (read+written)/wall | whole process x floor | merge phases s | merge phases x floor"
           " | speed-up vs naive | peak RSS per rank (MB) |")
     print("|---|---|---|---|---|---|---|---|")
@@ -181,6 +185,12 @@ def bench(args) -> None:
         phases = f"{merge_seconds:.2f} | {merge_seconds / floor:.2f}" if merge_seconds else "- | -"
         print(f"| {name} | {seconds:.2f} | {rate:.0f} | {seconds / floor:.2f} | {phases} | {naive_seconds / seconds:.1f}x |"
               f" {', '.join(f'{r / 1e6:.0f}' for r in rss) or '-'} |")
+    print("\nissue 14's goals at 2 ranks (merge phases within 1.2x the floor; whole process within the floor + 2 s):")
+    met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
+    for name in ("merge, mpiexec -n 2", "merge, torchrun 2 (gloo)"):
+        seconds, merge_seconds = rows[name][0], rows[name][4]
+        print(f"- {name}: merge phases {merge_seconds / floor:.2f}x the floor ({met(merge_seconds <= 1.2 * floor)});"
+              f" whole process floor {seconds - floor:+.2f} s ({met(seconds <= floor + 2)})")
     print("\nphase profile, median `mpiexec -n 2` run (slowest rank per phase; bytes over all ranks):\n")
     print("| phase | s | MB | MB/s |\n|---|---|---|---|")
     phases = rows["merge, mpiexec -n 2"][3]["phases"]

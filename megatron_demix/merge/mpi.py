@@ -12,6 +12,7 @@ but without a PMI each one sees an MPI world of size 1.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 
@@ -147,3 +148,16 @@ def process_seconds() -> float:
 def peak_rss_bytes() -> int:
     """This process's peak resident set size (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def keep_freed_memory() -> None:
+    """Let glibc's malloc keep freed blocks of up to 32 MiB for reuse instead of giving them back to the
+    kernel: each stored chunk is loaded into a fresh tensor, and fresh pages from the kernel cost a page
+    fault each (measured on a 4 x 1.4 GB merge: 370k faults -> 175k, 0.5 s less system time, same peak
+    RSS). For a merge process; a no-op where libc has no `mallopt`."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: glibc's largest
+    mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep the freed top of the heap

@@ -20,7 +20,7 @@ import torch.distributed.checkpoint as dcp
 import yaml
 
 from megatron_demix.checkpoint.layout import iteration_dir, write_tracker
-from megatron_demix.merge.io import MergeError
+from megatron_demix.merge.io import MergeError, require_finite
 from megatron_demix.merge.engine import check_weights, merge
 from megatron_demix.merge.methods import get_method
 from megatron_demix.merge.mpi import LaunchError, SerialComm, check_launch
@@ -317,6 +317,16 @@ def test_a_merge_that_overflows_the_output_dtype_is_refused(tmp_path):
     with pytest.raises(MergeError, match=r"the merge into torch.float16: tensor w .*non-finite"):
         merge([a], [1], tmp_path / "out", dtype="fp16", **QUIET)
     assert leaves_nothing(tmp_path / "out")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_finite_check_takes_the_exact_test_when_the_sum_is_not_finite(dtype):
+    """`require_finite` trusts a finite sum; one that overflows (finite values) or cancels (inf - inf) is checked value by value."""
+    big = torch.finfo(dtype).max
+    assert require_finite(torch.tensor([big, big, big], dtype=dtype), "x", "w").dtype == dtype  # sum overflows: still accepted
+    for values, bad in (([big, float("inf"), float("-inf")], 2), ([1.0, float("nan"), 2.0], 1), ([float("-inf")] * 3, 3)):
+        with pytest.raises(MergeError, match=rf"x: tensor w holds {bad} non-finite"):
+            require_finite(torch.tensor(values, dtype=dtype), "x", "w")
 
 
 def test_legacy_input_with_nan_is_refused(tmp_path):

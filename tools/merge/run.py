@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 
-from megatron_demix.merge.mpi import LaunchError, world  # noqa: E402  (light: no torch)
+from megatron_demix.merge.mpi import LaunchError, keep_freed_memory, world  # noqa: E402  (light: no torch)
 
 
 def parse_input(text: str) -> tuple[str, float]:
@@ -115,6 +115,7 @@ def main(argv=None) -> int:
 
 
 def run_merge(args, comm) -> None:
+    keep_freed_memory()
     function, kwargs = merge_call(args)
     summary = function(**kwargs, comm=comm)
     if args.json_summary and comm.rank == 0:
