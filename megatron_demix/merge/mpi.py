@@ -116,23 +116,22 @@ def world(env=None):
 
 
 def threads_per_rank(comm) -> int:
-    """CPU threads each rank of this node should use, so that N ranks do not each start one per core.
-
-    The CPUs this process may run on (a SLURM task bound to cores sees only its own) and the node's
-    CPUs shared by the ranks on it; collective over `comm` (every rank must call it).
+    """CPU threads each rank of this node should use, so that N ranks do not each start one per core
+    (runtime.distributed.cpus_per_rank: SLURM's allocation, else the cores this process may run on,
+    shared by the ranks on this node); collective over `comm` (every rank must call it).
     """
-    usable = len(os.sched_getaffinity(0))
+    from megatron_demix.runtime.distributed import cpus_per_rank  # imports torch: not at module level
+
     if isinstance(comm, SerialComm):
-        return usable
+        return cpus_per_rank(1)
     if isinstance(comm, GlooComm):
-        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", comm.size))
-        return max(1, min(usable, (os.cpu_count() or 1) // ranks_here))
+        return cpus_per_rank(int(os.environ.get("LOCAL_WORLD_SIZE", comm.size)))
     from mpi4py import MPI
 
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
     ranks_here = local.Get_size()
     local.Free()
-    return max(1, min(usable, (os.cpu_count() or 1) // ranks_here))
+    return cpus_per_rank(ranks_here)
 
 
 def process_seconds() -> float:
