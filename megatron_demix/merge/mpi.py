@@ -12,6 +12,7 @@ but without a PMI each one sees an MPI world of size 1.
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import resource
@@ -50,6 +51,13 @@ class GlooComm:
         self._group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
         self._dist = dist
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        # Tear gloo down before the interpreter does: left to exit, its threads were seen to abort a finished
+        # merge's rank ("terminate called without an active exception", SIGABRT) under torchrun.
+        atexit.register(self._destroy)
+
+    def _destroy(self) -> None:
+        if self._dist.is_initialized():
+            self._dist.destroy_process_group()
 
     def bcast(self, obj, root: int = 0):
         box = [obj]
