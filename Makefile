@@ -15,5 +15,8 @@ demo: setup
 	$(VENV)/bin/python -m megatron_demix.cluster.local_slurm start
 	$(VENV)/bin/demix run --config $(CONFIG)
 
+# Two pytest-xdist workers, one per core; tests sharing a trained fixture stay on one worker
+# (tests/conftest.py). PYTEST_WORKERS=0 runs them in this process, one after another.
+PYTEST_WORKERS ?= 2
 test: setup
-	$(VENV)/bin/python -m pytest -q tests $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder tests $(PYTEST_ARGS)

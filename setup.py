@@ -39,7 +39,7 @@ setup(
         "dali": ["nvidia-dali-cuda120==2.4.0"],
         "tensorboard": ["tensorboard==2.21.0"],
         "gpu": ["transformer-engine[pytorch]"],
-        "test": ["pytest==9.2.0", "pytest-timeout==2.4.0"],
+        "test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "pytest-xdist==3.8.0"],
     },
     entry_points={"console_scripts": [
         "demix=megatron_demix.cli:main",

@@ -34,4 +34,4 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q -e '.[test,dali,tensorboard]'
   echo "$want" > "$stamp"
 fi
-echo "[bootstrap] ready: $(.venv/bin/python -c 'import torch, megatron.core as m; print("torch", torch.__version__, "megatron-core", m.__version__)')"
+echo "[bootstrap] ready: $(.venv/bin/python -W ignore -c 'import torch, megatron.core as m; print("torch", torch.__version__, "megatron-core", m.__version__)')"

@@ -2,12 +2,19 @@
 
 Markers: `slurm` tests need the cluster (root + Debian's slurm packages, installed by
 scripts/bootstrap.sh); `mpi` tests run `mpiexec` from the venv. Both run in CI.
+
+`make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`), and each worker
+builds its own session fixtures. So the tests that share an expensive trained fixture are one xdist
+group (they run on one worker, which trains it once), and the groups are handed out longest first, so
+that no worker starts a long group near the end (`pytest_collection_modifyitems` below).
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,14 +28,101 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "mpi: runs real mpiexec with several ranks")
 
 
+# Expensive shared fixtures -> their group, longest group first (seconds on the 2-core CI machine:
+# fixture + the tests that use it). A test using fixtures of two groups would tie both to one worker:
+# `_group_of` refuses that, so that a new test cannot silently serialise the suite.
+SHARED_FIXTURE_GROUPS = {
+    "trained_base": "trained-base",      # tests/training: the TP=2 base + resumes, SLURM arrays (~300 s)
+    "trained": "pipeline",               # tests/test_pipeline.py: `demix train` + 4 pipeline runs (~300 s)
+    "eval_experiment": "eval-models",    # base TP=2, code PP=2, math TP=1: tests/eval, tests/hf (~250 s)
+    "qwen3_checkpoint": "eval-models",
+    "checkpoints": "merge-checkpoints",  # tests/merge: four saved GPTs (~130 s)
+}
+GROUP_ORDER = list(dict.fromkeys(SHARED_FIXTURE_GROUPS.values()))
+GROUPS_FILE = "demix_fixture_groups"  # workerinput key: where workers write {nodeid: group}
+
+
+def _group_of(item) -> str | None:
+    groups = {SHARED_FIXTURE_GROUPS[f] for f in item.fixturenames if f in SHARED_FIXTURE_GROUPS}
+    if len(groups) > 1:
+        raise pytest.UsageError(f"{item.nodeid} uses fixtures of the groups {sorted(groups)}: that ties them to one"
+                                " worker; use one family of shared fixtures per test (tests/conftest.py)")
+    return groups.pop() if groups else None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest groups first: the scheduler hands out work units in collection order."""
+    rank = {group: i for i, group in enumerate(GROUP_ORDER)}
+    items.sort(key=lambda item: rank.get(_group_of(item), len(rank)))  # stable: file order within a group
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist sends the collection to the controller
+def pytest_collection_finish(session):
+    """xdist worker: tell the controller each test's group (it sees node ids only, not fixtures)."""
+    path = getattr(session.config, "workerinput", {}).get(GROUPS_FILE)
+    if path:
+        from megatron_demix.runtime.files import atomic_write_json
+
+        atomic_write_json(Path(path), {item.nodeid: _group_of(item) for item in session.items if _group_of(item)})
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """xdist controller: where this worker writes the groups (one file per run; both workers write the same)."""
+    node.workerinput[GROUPS_FILE] = str(Path(node.config.option.basetemp or tempfile.gettempdir())
+                                        / f"demix-fixture-groups-{os.getpid()}.json")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadgroup`, with the groups from the tests' fixtures. (xdist's own loadgroup reads `xdist_group`
+    marks into node ids, which pytest 9 no longer lets it change.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FixtureGroupScheduling(LoadScopeScheduling):
+        """One work unit per group of tests sharing a fixture, one per other test (all collections are in by the
+        time xdist splits them, so the workers' group files exist)."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            if not hasattr(self, "groups"):
+                path = next(Path(n.workerinput[GROUPS_FILE]) for n in self.nodes)
+                self.groups = json.loads(path.read_text())
+            return self.groups.get(nodeid, nodeid)
+
+    return FixtureGroupScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
-def slurm_cluster():
-    """A running one-node SLURM cluster; started here (and stopped afterwards, by PID) unless one already runs."""
+def slurm_cluster(request):
+    """A running one-node SLURM cluster; started here unless one already runs, and stopped afterwards (by
+    PID) by whoever started it: this process, or, under xdist, the controller once every worker is done."""
     from megatron_demix.cluster import local_slurm
 
     started = local_slurm.start()
     yield
-    if started:
+    worker_output = getattr(request.config, "workeroutput", None)  # set on xdist workers only
+    if started and worker_output is None:
+        local_slurm.stop()
+    elif started:
+        worker_output["started_slurm"] = True
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """xdist controller: a worker is done; remember whether it started the cluster."""
+    if getattr(node, "workeroutput", {}).get("started_slurm"):
+        node.config.stash[STOP_SLURM] = True
+
+
+STOP_SLURM = pytest.StashKey[bool]()
+
+
+def pytest_sessionfinish(session):
+    if session.config.stash.get(STOP_SLURM, False):
+        from megatron_demix.cluster import local_slurm
+
         local_slurm.stop()
 
 

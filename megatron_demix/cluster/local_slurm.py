@@ -11,6 +11,7 @@ machines this project is developed on. The reasons for the settings are comments
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import shutil
 import signal
@@ -28,6 +29,7 @@ PID_FILES = {
 STATE_DIRS = ("/var/spool/slurmctld", "/var/spool/slurmd", "/var/log/slurm")
 MUNGE_DIRS = ("/run/munge", "/var/lib/munge", "/var/log/munge")
 STARTED_MARK = Path("/run/demix-local-slurm.started")
+START_LOCK = Path("/run/demix-local-slurm.lock")  # one `start` at a time (parallel test workers, two `make demo`s)
 """Lists the daemons `start` launched, so `stop` ends only those."""
 
 
@@ -108,14 +110,21 @@ def is_running() -> bool:
 
 
 def start(cpus: int | None = None) -> bool:
-    """Start munge, slurmctld and slurmd unless a cluster already answers; returns True if it started any."""
+    """Start munge, slurmctld and slurmd unless a cluster already answers; returns True if it started any.
+    Callers in other processes wait on a lock and then find the cluster running."""
     if is_running():
         return False
+    if os.geteuid() != 0:
+        raise LocalSlurmError("the local SLURM cluster needs root (daemons and /etc/slurm); run as root or use cluster.executor: local")
+    with open(START_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return False if is_running() else _start_daemons(cpus)
+
+
+def _start_daemons(cpus: int | None) -> bool:
     for binary in ("slurmctld", "slurmd", "munged"):
         if shutil.which(binary) is None and not Path("/usr/sbin", binary).exists():
             raise LocalSlurmError(f"{binary} is not installed: run `bash scripts/bootstrap.sh` (installs slurmctld slurmd slurm-client munge)")
-    if os.geteuid() != 0:
-        raise LocalSlurmError("the local SLURM cluster needs root (daemons and /etc/slurm); run as root or use cluster.executor: local")
     started = []
     for d in (*STATE_DIRS, *MUNGE_DIRS):
         Path(d).mkdir(parents=True, exist_ok=True)
