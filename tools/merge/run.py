@@ -18,6 +18,7 @@ after the newest one. Exit status 2 on every rank for bad input, 1 for a failure
 with the error on rank 0's stderr.
 """
 import argparse
+import gc
 import sys
 from pathlib import Path
 
@@ -114,8 +115,25 @@ def main(argv=None) -> int:
     return run_command("merge", run_merge, args, comm, quiet=comm.rank != 0)
 
 
+def import_merge() -> None:
+    """Import the merge's modules, torch with them, with the cycle collector paused, then freeze every object alive
+    (`gc.freeze`), so that the collector never traverses torch's ~170k objects again. Measured on the 4 x 1.4 GB
+    benchmark, `mpiexec -n 2`: start-up 0.13 s shorter (the import's collections), planning 0.12 -> 0.06 s (a full
+    collection while unpickling the inputs' `.metadata`), and the time from the published output to the end of the
+    processes 0.46 -> 0.21 s (the interpreter's collections at exit). The import's own cyclic garbage (~1 MB)
+    stays. For this command's process only: a library caller's collector is left as it is."""
+    gc.disable()
+    try:
+        import megatron_demix.merge.engine  # noqa: F401
+        import megatron_demix.merge.run_average  # noqa: F401
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
 def run_merge(args, comm) -> None:
     keep_freed_memory()
+    import_merge()
     function, kwargs = merge_call(args)
     summary = function(**kwargs, comm=comm)
     if args.json_summary and comm.rank == 0:
