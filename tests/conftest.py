@@ -37,6 +37,8 @@ SHARED_FIXTURE_GROUPS = {
     "eval_experiment": "eval-models",    # base TP=2, code PP=2, math TP=1: tests/eval, tests/hf (~250 s)
     "qwen3_checkpoint": "eval-models",
     "checkpoints": "merge-checkpoints",  # tests/merge: four saved GPTs (~130 s)
+    "trained_run": "merge-run",          # tests/merge/test_run_average.py: a run saving every 2 iterations (~60 s)
+    "searches": "search-runs",           # tests/search/test_search.py: a synthetic search per seed (~40 s)
 }
 GROUP_ORDER = list(dict.fromkeys(SHARED_FIXTURE_GROUPS.values()))
 GROUPS_FILE = "demix_fixture_groups"  # workerinput key: where workers write {nodeid: group}
