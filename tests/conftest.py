@@ -4,9 +4,9 @@ Markers: `slurm` tests need the cluster (root + Debian's slurm packages, install
 scripts/bootstrap.sh); `mpi` tests run `mpiexec` from the venv. Both run in CI.
 
 `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`), and each worker
-builds its own session fixtures. So the tests that share an expensive trained fixture are one xdist
-group (they run on one worker, which trains it once), and the groups are handed out longest first, so
-that no worker starts a long group near the end (`pytest_collection_modifyitems` below).
+builds its own session fixtures. So the tests that share an expensive trained fixture are one work
+unit of the scheduler below (they run on one worker, which trains it once), and the groups are handed
+out longest first, so that no worker starts a long group near the end.
 """
 from __future__ import annotations
 
@@ -65,7 +65,8 @@ def pytest_collection_finish(session):
     if path:
         from megatron_demix.runtime.files import atomic_write_json
 
-        atomic_write_json(Path(path), {item.nodeid: _group_of(item) for item in session.items if _group_of(item)})
+        groups = {item.nodeid: _group_of(item) for item in session.items}
+        atomic_write_json(Path(path), {nodeid: group for nodeid, group in groups.items() if group})
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -111,14 +112,14 @@ def slurm_cluster(request):
         worker_output["started_slurm"] = True
 
 
+STOP_SLURM = pytest.StashKey[bool]()  # xdist controller: a worker started the cluster
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error):
     """xdist controller: a worker is done; remember whether it started the cluster."""
     if getattr(node, "workeroutput", {}).get("started_slurm"):
         node.config.stash[STOP_SLURM] = True
-
-
-STOP_SLURM = pytest.StashKey[bool]()
 
 
 def pytest_sessionfinish(session):

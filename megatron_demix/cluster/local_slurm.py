@@ -29,8 +29,9 @@ PID_FILES = {
 STATE_DIRS = ("/var/spool/slurmctld", "/var/spool/slurmd", "/var/log/slurm")
 MUNGE_DIRS = ("/run/munge", "/var/lib/munge", "/var/log/munge")
 STARTED_MARK = Path("/run/demix-local-slurm.started")
-START_LOCK = Path("/run/demix-local-slurm.lock")  # one `start` at a time (parallel test workers, two `make demo`s)
 """Lists the daemons `start` launched, so `stop` ends only those."""
+START_LOCK = Path("/run/demix-local-slurm.lock")
+"""Held while `start` runs: one start at a time (parallel test workers, two `make demo`s)."""
 
 
 class LocalSlurmError(RuntimeError):

@@ -10,8 +10,8 @@ every model with megatron's fusions off (`bias_activation_fusion`, `bias_dropout
 
 So the finder below calls megatron-core's own `disable_jit_fuser()` the moment `megatron.core.jit` is
 loaded, before any other megatron module imports `jit_fuser`. It is installed by `megatron_demix`'s
-`__init__`, which every entry point imports before megatron-core. Nothing else changes: a function
-that were called would run eagerly, as megatron-core's `disable_jit_fuser` intends.
+`__init__`, which every entry point imports before megatron-core. Nothing else changes: such a function,
+if it were called, would run eagerly, as megatron-core's `disable_jit_fuser` intends.
 """
 from __future__ import annotations
 
