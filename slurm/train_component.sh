@@ -21,7 +21,7 @@
 #   DEMIX_SRUN_ARGS   extra srun flags, e.g. "--container-image=nvcr.io/nvidia/pytorch:25.01-py3"
 #   DEMIX_COMPONENT   what to train instead of the array task: base, a candidate name or index
 # Outside SLURM (`DEMIX_TASK_ID=0 DEMIX_NTASKS=2 bash slurm/train_component.sh exp.yaml`, as the local
-# executor runs it) the ranks are started with torchrun on this machine.
+# executor runs it) the ranks are started with torchrun on this machine (one rank: directly).
 #
 # Preemption and time limits: --requeue lets SLURM restart a preempted task. 120 s before the time
 # limit SLURM sends USR1 to this script, which first has the ranks save (SIGTERM: they finish the
@@ -63,9 +63,14 @@ COMPONENT=${DEMIX_COMPONENT:-$TASK}
 LAUNCH=("$REPO/launch/train_component.py" --config "$CONFIG" --component "$COMPONENT" --exit-signal-handler "$@")
 
 if [[ -z "${SLURM_JOB_ID:-}" ]]; then
-    # Not under SLURM (the local executor sets DEMIX_TASK_ID / DEMIX_NTASKS): torchrun starts the ranks.
+    # Not under SLURM (the local executor sets DEMIX_TASK_ID / DEMIX_NTASKS): torchrun starts the ranks;
+    # one rank needs no launcher (a lone process makes its own one-process group), and torchrun's own
+    # start-up (it imports torch) would cost seconds of every small local job.
     echo "$(date -u +%FT%TZ) component $COMPONENT of $CONFIG on this machine, ${DEMIX_NTASKS:-1} process(es)"
-    exec "$(dirname "$PYTHON")/torchrun" --standalone --nproc-per-node "${DEMIX_NTASKS:-1}" "${LAUNCH[@]}"
+    if [[ "${DEMIX_NTASKS:-1}" == 1 ]]; then
+        exec "$PYTHON" "${LAUNCH[@]}"
+    fi
+    exec "$(dirname "$PYTHON")/torchrun" --standalone --nproc-per-node "$DEMIX_NTASKS" "${LAUNCH[@]}"
 fi
 
 TASK_JOB=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}

@@ -250,6 +250,9 @@ def prepare_dataset(experiment: ExperimentConfig, dataset: DatasetConfig, tokeni
             return previous
         log.info("%s: its source, settings or tokenizer changed since it was prepared: preparing it again", dataset.name)
     count_file.unlink(missing_ok=True)
+    # megatron-core (and torch with it) only when there is something to build: a complete preparation is
+    # checked in well under a second. Imported before the clock starts: it takes seconds.
+    import megatron.core.datasets.indexed_dataset  # noqa: F401
     start = time.perf_counter()
     if readers.dataset_format(dataset, source) == "indexed":
         counts = _link_indexed(source, prefix)
@@ -273,8 +276,6 @@ def token_prior(experiment: ExperimentConfig, counts: dict[str, dict]) -> dict[s
 
 def prepare(experiment: ExperimentConfig, workers: int | None = None) -> dict[str, dict]:
     """Run every preparation step (see the module docstring); returns the token counts per dataset."""
-    import megatron.core.datasets.indexed_dataset  # noqa: F401  (slow first import; keep it out of the timings)
-
     workers = workers or experiment.prepare.workers
     write_builtin_corpora(experiment)
     tokenizer = ensure_tokenizer(experiment)

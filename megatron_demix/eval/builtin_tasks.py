@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from megatron_demix.runtime.files import atomic_write_text
+from megatron_demix.runtime.files import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -152,13 +152,38 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
+def _task_inputs(experiment) -> dict | None:
+    """What the tasks are made from: each dataset's preparation record (data/prepare.py writes it with
+    every build) and the task settings. None when a dataset has no record: the tasks are then always
+    written."""
+    records = {}
+    for dataset in experiment.datasets:
+        path = experiment.paths.token_count(dataset.name)
+        if not path.is_file():
+            return None
+        records[dataset.name] = json.loads(path.read_text())
+    settings = experiment.eval
+    return {"datasets": records, "questions": settings.builtin_questions, "documents": settings.builtin_documents,
+            "seed": experiment.training.seed, "context_words": CONTEXT_WORDS, "continuation_words": CONTINUATION_WORDS,
+            "choices": CHOICES, "bpb_characters": BPB_CHARACTERS}
+
+
 def write_builtin_tasks(experiment, tokenizer=None) -> Path:
-    """Write every dataset's two tasks under `tasks_dir(experiment)`; returns that directory."""
+    """Write every dataset's two tasks under `tasks_dir(experiment)`; returns that directory.
+
+    Skipped when `inputs.json` there records the same inputs: reading the held-out documents needs
+    megatron-core (and torch, seconds to import), and a prepared experiment is checked at the start
+    of every pipeline run."""
     from megatron_demix.data.tokenizer import load_tokenizer
 
+    root = tasks_dir(experiment)
+    stamp, inputs = root / "inputs.json", _task_inputs(experiment)
+    if inputs is not None and stamp.is_file() and json.loads(stamp.read_text()) == inputs:
+        log.info("built-in tasks in %s: up to date", root)
+        return root
+    stamp.unlink(missing_ok=True)
     tokenizer = tokenizer or load_tokenizer(experiment.paths.tokenizer)
     settings = experiment.eval
-    root = tasks_dir(experiment)
     root.mkdir(parents=True, exist_ok=True)
     for number, dataset in enumerate(experiment.datasets):
         documents = held_out_documents(experiment, dataset.name, tokenizer)
@@ -176,4 +201,6 @@ def write_builtin_tasks(experiment, tokenizer=None) -> Path:
                 continue
             _write_jsonl(files[kind], rows[kind])
             atomic_write_text(root / f"{task}.yaml", yaml.safe_dump(_task_yaml(task, files[kind], kind), sort_keys=False))
+    if inputs is not None:
+        atomic_write_json(stamp, inputs)
     return root

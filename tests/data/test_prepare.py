@@ -59,11 +59,41 @@ def test_prepared_data_builds_a_gpt_dataset(prepared_demo):
     assert sample["tokens"].shape == (64,) and int(sample["tokens"].max()) < tokenizer.vocab_size
 
 
-def test_rerun_skips_finished_datasets(prepared_demo):
-    before = {d.name: os.stat(f"{prepared_demo.paths.dataset_prefix(d.name)}.bin").st_mtime_ns for d in prepared_demo.datasets}
-    prepare(prepared_demo)
-    after = {d.name: os.stat(f"{prepared_demo.paths.dataset_prefix(d.name)}.bin").st_mtime_ns for d in prepared_demo.datasets}
-    assert before == after
+RERUN_PROBE = """
+import sys
+from megatron_demix.data.prepare import prepare
+from megatron_demix.experiment import experiment_from_dict
+experiment = experiment_from_dict({config!r}, "demo")
+prepare(experiment)
+print("torch" in sys.modules)
+"""
+
+
+def test_rerun_skips_finished_datasets_and_tasks_without_megatron(prepared_demo, demo_config_dict):
+    """A complete preparation is checked from its records alone (no megatron-core, no torch: every pipeline run
+    starts with it); changed task settings rewrite the built-in tasks, and only them."""
+    import subprocess
+    import sys
+
+    from megatron_demix.eval.builtin_tasks import tasks_dir
+
+    def stamps(pattern):
+        return {p: p.stat().st_mtime_ns for p in sorted(prepared_demo.paths.root.glob(pattern))}
+
+    data, tasks = stamps("data/*/*.bin"), stamps("eval/tasks/*/*.jsonl")
+    config = {**demo_config_dict, "work_dir": str(prepared_demo.work_dir)}
+    out = subprocess.run([sys.executable, "-c", RERUN_PROBE.format(config=config)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-1] == "False"
+    assert stamps("data/*/*.bin") == data and stamps("eval/tasks/*/*.jsonl") == tasks and data and tasks
+
+    choice = tasks_dir(prepared_demo) / "code" / "choice.jsonl"
+    items = len(choice.read_text().splitlines())
+    prepare(experiment_from_dict({**config, "eval": {**config.get("eval", {}), "builtin_questions": 3}}, "demo"))
+    assert stamps("data/*/*.bin") == data
+    assert len(choice.read_text().splitlines()) == 3 < items
+    prepare(prepared_demo)  # and back, for the other tests of the session
+    assert len(choice.read_text().splitlines()) == items
 
 
 def _experiment(tmp_path, demo_config_dict, **dataset):
