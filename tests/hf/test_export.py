@@ -15,23 +15,19 @@ import yaml
 from tests.hf.hf_helpers import hf_logits, megatron_logits, safetensors_of
 
 
-def _checkpoint(request, which: str):
-    if which == "qwen3":
-        return request.getfixturevalue("qwen3_checkpoint")
-    return request.getfixturevalue("eval_experiment")[1].paths.checkpoint(which)
-
-
 @pytest.mark.parametrize("which, architecture", [("base", "LlamaForCausalLM"), ("code", "LlamaForCausalLM"),
                                                  ("qwen3", "Qwen3ForCausalLM")],
                          ids=["llama-tp2", "llama-pp2", "qwen3-tp2-pp2"])
-def test_transformers_logits_equal_megatron(request, tmp_path, which, architecture):
+def test_transformers_logits_equal_megatron(eval_experiment, qwen3_checkpoint, tmp_path, which, architecture):
+    # Both fixtures named here (not fetched with request.getfixturevalue): the test then runs on the worker that
+    # trained them (tests/conftest.py groups tests by the fixtures they name).
     import transformers
 
     from megatron_demix.checkpoint.inference import load_for_inference
     from megatron_demix.data.tokenizer import load_tokenizer
     from megatron_demix.hf.export import export_checkpoint
 
-    checkpoint = _checkpoint(request, which)
+    checkpoint = qwen3_checkpoint if which == "qwen3" else eval_experiment[1].paths.checkpoint(which)
     out = export_checkpoint(checkpoint, tmp_path / "hf", max_shard_bytes=300_000)
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == [architecture]

@@ -1,12 +1,13 @@
 """Test tool run under torchrun: inspect checkpoints from inside a real process group.
 
-    torchrun --nproc-per-node 2 tests/training/train_tool.py logits --config X.yaml --checkpoint DIR \
-        --tp 2 --pp 1 --out logits.pt
+    torchrun --nproc-per-node 2 tests/training/train_tool.py logits --checkpoint DIR \
+        --view 2 1 X.yaml tp2.pt --view 1 2 X.yaml pp2.pt
     torchrun --nproc-per-node 1 tests/training/train_tool.py first-step --config X.yaml --component code \
         --save DIR --out report.json
 
-`logits`: load the weights of DIR at the given TP/PP and write the full-vocabulary logits of a
-fixed batch (from the last pipeline stage, gathered over TP). `first-step`: build the component's
+`logits`: for each `--view TP PP CONFIG OUT`, build the model of CONFIG at that TP/PP (the rest of
+the processes data-parallel), load the weights of DIR and write the full-vocabulary logits of a
+fixed batch (from the last pipeline stage, gathered over TP); one launch for all the views. `first-step`: build the component's
 Trainer (which initialises from the base) and compare every local weight shard, before any step,
 with the same region of the base checkpoint read as plain tensors.
 """
@@ -27,21 +28,26 @@ def _setup(config: str, tp: int, pp: int):
     from megatron_demix.runtime.parallel import ParallelDims, initialize_model_parallel
 
     experiment = load_experiment(config)
-    layout = init_distributed()
+    layout = init_distributed()  # once per process; the model-parallel groups are made again for each call
     initialize_model_parallel(ParallelDims(tp, pp, layout.world_size), seed=1)
     return experiment, load_tokenizer(experiment.paths.tokenizer)
 
 
 def logits(args) -> None:
+    for tp, pp, config, out in args.view:
+        _view_logits(args.checkpoint, int(tp), int(pp), config, out)
+
+
+def _view_logits(checkpoint: str, tp: int, pp: int, config: str, out: str) -> None:
     from megatron.core import parallel_state, tensor_parallel
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megatron_demix.model.gpt import build_gpt_model
     from megatron_demix.checkpoint.run_state import load_weights
 
-    experiment, tokenizer = _setup(args.config, args.tp, args.pp)
+    experiment, tokenizer = _setup(config, tp, pp)
     model = build_gpt_model(experiment.model, tokenizer.vocab_size)
-    load_weights(Path(args.checkpoint), model)
+    load_weights(Path(checkpoint), model)
     model.eval()
     seq = experiment.model.seq_length
     tokens = torch.randint(0, tokenizer.vocab_size, (2, seq), generator=torch.Generator().manual_seed(0))
@@ -58,8 +64,8 @@ def logits(args) -> None:
         )
     if parallel_state.is_pipeline_last_stage():
         full = tensor_parallel.gather_from_tensor_model_parallel_region(outputs[0])
-        if parallel_state.get_tensor_model_parallel_rank() == 0:
-            torch.save(full[..., : tokenizer.vocab_size].clone(), args.out)
+        if parallel_state.get_tensor_model_parallel_rank() == 0 and parallel_state.get_data_parallel_rank() == 0:
+            torch.save(full[..., : tokenizer.vocab_size].clone(), out)
 
 
 def _global_region(plain: torch.Tensor, sharded) -> torch.Tensor:
@@ -106,13 +112,14 @@ def first_step(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["logits", "first-step"])
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--config")
     parser.add_argument("--checkpoint")
+    parser.add_argument("--view", nargs=4, action="append", metavar=("TP", "PP", "CONFIG", "OUT"))
     parser.add_argument("--component", default="0")
     parser.add_argument("--save")
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--pp", type=int, default=1)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out")
     args = parser.parse_args()
     {"logits": logits, "first-step": first_step}[args.mode](args)
     torch.distributed.barrier()
