@@ -135,7 +135,7 @@ def test_submitted_chain_runs_to_the_final_mixture_on_slurm(slurm_cluster, tmp_p
         states = slurm_job_states(search_job)
         if states and all(s.split()[0] not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING") for s in states.values()):
             break
-        time.sleep(2)
+        time.sleep(0.5)
     assert list(slurm_job_states(search_job).values()) == ["COMPLETED 0:0"], (work / "logs").iterdir()
     answer = json.loads((work / "search" / "final_mixture.json").read_text())
     assert abs(sum(answer["mixture"].values()) - 1) < 1e-9

@@ -13,6 +13,8 @@ import torch
 
 from merge_helpers import HERE, PYTHON, REPO, RUN, small_env, torchrun
 
+from tests.conftest import sbatch_and_wait
+
 pytestmark = pytest.mark.mpi
 
 # name: (ranks, [(checkpoint, weight)], extra flags, weights after normalisation)
@@ -132,18 +134,18 @@ def test_job_script_runs_outside_slurm_with_mpiexec(runs, checkpoints, tmp_path)
 def test_srun_in_sbatch(slurm_cluster, runs, checkpoints, tmp_path, mpi_plugin):
     """srun --mpi=pmi2 -n 2 gives the same data files as mpiexec -n 2; plain srun is refused on every task."""
     output, log = tmp_path / "out", tmp_path / "job.out"
-    submit = subprocess.run(
-        ["sbatch", "--wait", "-n", "2", "-t", "10", f"--output={log}", str(REPO / "slurm" / "merge.sh"),
-         "--inputs", f"{checkpoints['A']}:1", f"{checkpoints['B']}:3", "--output", str(output)],
-        capture_output=True, text=True, cwd=REPO, env={**small_env(), "DEMIX_SRUN_MPI": mpi_plugin, "DEMIX_PYTHON": PYTHON},
+    submit, states = sbatch_and_wait(
+        ["-n", "2", "-t", "10", f"--output={log}", REPO / "slurm" / "merge.sh",
+         "--inputs", f"{checkpoints['A']}:1", f"{checkpoints['B']}:3", "--output", output],
+        cwd=REPO, env={**small_env(), "DEMIX_SRUN_MPI": mpi_plugin, "DEMIX_PYTHON": PYTHON},
     )
     text = log.read_text()
     if mpi_plugin == "pmi2":
-        assert submit.returncode == 0, submit.stderr + text
+        assert list(states.values()) == ["COMPLETED 0:0"], submit.stderr + text
         reference = runs["n2_verify"][0] / "iter_0000010"
         for name in ("__0_0.distcp", "__1_0.distcp"):
             assert (output / "iter_0000010" / name).read_bytes() == (reference / name).read_bytes()
     else:
-        assert submit.returncode != 0, text
+        assert list(states.values())[0].startswith("FAILED"), (states, text)
         assert text.count("srun --mpi=pmi2") == 2, text  # both tasks refuse
         assert not output.exists()

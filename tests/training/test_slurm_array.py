@@ -15,21 +15,16 @@ import pytest
 import yaml
 from train_helpers import REPO, start_requeued_task, train_records
 
+from tests.conftest import sbatch_and_wait
+
 
 @pytest.mark.slurm
 def test_sbatch_array_trains_two_components(slurm_cluster, tiny_config, trained_base, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    submit = subprocess.run(
-        ["sbatch", "--parsable", "--wait", "--array=0-1", f"--output={tmp_path}/%x-%A_%a.out",
-         "slurm/train_component.sh", str(tiny_config), "--train-iters", "3"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )
+    submit, states = sbatch_and_wait(["--array=0-1", f"--output={tmp_path}/%x-%A_%a.out", "slurm/train_component.sh",
+                                      tiny_config, "--train-iters", 3], cwd=REPO, env=env)
     logs = "\n".join(p.read_text() for p in sorted(tmp_path.glob("*.out")))
-    assert submit.returncode == 0, f"{submit.stderr}\n{logs[-6000:]}"
-    job = submit.stdout.strip().split(";")[0]
-    shown = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True).stdout
-    states = sorted(field.split("=")[1] for field in shown.split() if field.startswith("JobState="))
-    assert states == ["COMPLETED", "COMPLETED"], shown
+    assert sorted(states.values()) == ["COMPLETED 0:0", "COMPLETED 0:0"], f"{submit.stderr}\n{states}\n{logs[-6000:]}"
     work = tiny_config.parent
     for task, name in enumerate(("code", "math")):
         assert (work / "checkpoints" / name / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
@@ -58,13 +53,11 @@ def test_sbatch_without_array_fails_at_once_naming_the_array(slurm_cluster, tiny
     """Without --array the job cannot know the operator's other flags: it stops (FAILED, so `afterok` never
     fires) before training anything, and its log gives the --array to add."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(["sbatch", "--parsable", "--wait", f"--output={tmp_path}/%x-%j.out", "slurm/train_component.sh",
-                          str(tiny_config)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    out, states = sbatch_and_wait([f"--output={tmp_path}/%x-%j.out", "slurm/train_component.sh", tiny_config],
+                                  cwd=REPO, env=env, timeout=120)
     job = out.stdout.strip()
     log = (tmp_path / f"demix-train-{job}.out").read_text()
-    assert out.returncode == 2, log
-    fields = _job_fields(job)
-    assert (fields["JobState"], fields["ExitCode"]) == ("FAILED", "2:0"), fields
+    assert states == {job: "FAILED 2:0"}, (states, log)
     assert f"sbatch --array=0-1 [your flags] slurm/train_component.sh {tiny_config}" in log
     assert "node(s)" not in log  # stopped before starting any rank
 
@@ -75,10 +68,10 @@ def test_bad_config_fails_in_the_job_as_one_line(slurm_cluster, tiny_config, tmp
     data["training"] = {**data["training"], "tensor_model_parallel_size": 3}
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump(data))
-    out = subprocess.run(["sbatch", "--parsable", "--wait", "--array=0", f"--output={tmp_path}/%x-%A_%a.out",
-                          "slurm/train_component.sh", str(config)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    out, states = sbatch_and_wait(["--array=0", f"--output={tmp_path}/%x-%A_%a.out", "slurm/train_component.sh", config],
+                                  cwd=REPO, timeout=120)
     log = (tmp_path / f"demix-train-{out.stdout.strip()}_0.out").read_text()
-    assert out.returncode == 2, log
+    assert list(states.values()) == ["FAILED 2:0"], (states, log)
     assert log.strip().splitlines() == [
         f"demix check: error: {config}: training: --tensor-model-parallel-size 3 must divide model.num_attention_heads=4"
         " and model.num_query_groups=2"], log
