@@ -73,4 +73,6 @@ def evaluate(args) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from megatron_demix.runtime.errors import exit_process
+
+    exit_process(main())

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 from pathlib import Path
 
 TRAINING_SECTION_ONLY = {"train_iters"}
@@ -100,4 +99,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":  # required: dist_checkpointing.save forks worker processes
-    sys.exit(main())
+    from megatron_demix.runtime.errors import exit_process
+
+    exit_process(main())

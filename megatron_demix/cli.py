@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
 from megatron_demix.hf import commands as hf_commands
-from megatron_demix.runtime.errors import run_command
+from megatron_demix.runtime.errors import exit_process, run_command
 
 
 class Command(NamedTuple):
@@ -226,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("megatron").setLevel(logging.WARNING)
-    sys.exit(run_command(f"demix {args.command}", COMMANDS[args.command].run, args))
+    exit_process(run_command(f"demix {args.command}", COMMANDS[args.command].run, args))
 
 
 if __name__ == "__main__":

@@ -283,4 +283,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from megatron_demix.runtime.errors import exit_process
+
+    exit_process(main())

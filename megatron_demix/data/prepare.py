@@ -230,9 +230,11 @@ def _inputs(experiment: ExperimentConfig, dataset: DatasetConfig, source: Path, 
 
 
 def _same_inputs(recorded: dict, current: dict) -> bool:
-    """Equal but for file modification times (a touched but unchanged file is still prepared)."""
+    """Equal but for where the files are and when they were modified: a touched but unchanged file, or a
+    work_dir copied elsewhere (its built-in corpora with it), is still prepared."""
     def content(inputs: dict) -> dict:
-        return {**inputs, "files": [{k: v for k, v in f.items() if k != "mtime_ns"} for f in inputs.get("files", ())]}
+        files = [{k: v for k, v in f.items() if k not in ("path", "mtime_ns")} for f in inputs.get("files", ())]
+        return {**{k: v for k, v in inputs.items() if k != "source"}, "files": files}
     return content(recorded) == content(current)
 
 

@@ -163,7 +163,8 @@ def _task_inputs(experiment) -> dict | None:
             return None
         records[dataset.name] = json.loads(path.read_text())
     settings = experiment.eval
-    return {"datasets": records, "questions": settings.builtin_questions, "documents": settings.builtin_documents,
+    return {"root": str(tasks_dir(experiment)), "datasets": records,  # the task files name their data by path
+            "questions": settings.builtin_questions, "documents": settings.builtin_documents,
             "seed": experiment.training.seed, "context_words": CONTEXT_WORDS, "continuation_words": CONTINUATION_WORDS,
             "choices": CHOICES, "bpb_characters": BPB_CHARACTERS}
 

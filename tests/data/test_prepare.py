@@ -96,6 +96,19 @@ def test_rerun_skips_finished_datasets_and_tasks_without_megatron(prepared_demo,
     assert len(choice.read_text().splitlines()) == items
 
 
+def test_a_copied_work_dir_is_not_prepared_again_and_its_tasks_name_the_copy(prepared_demo, demo_config_dict, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(prepared_demo.work_dir, copy)
+    moved = experiment_from_dict({**demo_config_dict, "work_dir": str(copy)}, "demo")
+    records = {d.name: moved.paths.token_count(d.name).read_text() for d in moved.datasets}
+    prepare(moved)
+    assert {d.name: moved.paths.token_count(d.name).read_text() for d in moved.datasets} == records  # not re-tokenized
+    for task in (copy / "eval" / "tasks").glob("*.yaml"):
+        assert str(copy) in task.read_text() and str(prepared_demo.work_dir) not in task.read_text()
+
+
 def _experiment(tmp_path, demo_config_dict, **dataset):
     datasets = [{"name": "general", "role": "general", "builtin": "math"}, {"name": "user", **dataset}]
     return experiment_from_dict({**demo_config_dict, "work_dir": str(tmp_path / "work"), "datasets": datasets,

@@ -38,3 +38,12 @@ def test_demix_command_exit_codes(tmp_path):
     result = subprocess.run([str(VENV_BIN / "demix"), "check", "--config", str(bad)], capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith(f"demix check: error: {bad}: ")
+
+
+def test_exit_process_keeps_the_code_and_leaves_the_objects_frozen():
+    import sys
+
+    probe = ("import atexit, gc; from megatron_demix.runtime.errors import exit_process;"
+             " atexit.register(lambda: print(gc.get_freeze_count() > 1000)); exit_process(3)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout.strip()) == (3, "True"), result.stderr

@@ -51,4 +51,6 @@ def search(args) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from megatron_demix.runtime.errors import exit_process
+
+    exit_process(main())
