@@ -22,6 +22,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
+# One thread per process, in the workers and every job they start (the pipeline's own jobs included): two
+# workers share two cores, and a process at 2 threads on a busy core runs several times slower
+# (runtime/distributed.py: share_cpus). Set before any worker imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slurm: needs the real local SLURM cluster (started by the slurm_cluster fixture)")
