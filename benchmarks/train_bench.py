@@ -94,7 +94,8 @@ def trainer_loop(experiment, iters: int, warmup: int) -> float:
     """Seconds between the trainer's own records at iteration `warmup` and at the last iteration."""
     import torch
 
-    from megatron_demix.training.trainer import RunOptions, Trainer
+    from megatron_demix.training.run_options import RunOptions
+    from megatron_demix.training.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         run = RunOptions(model_name="base", save=Path(tmp) / "save", load=None, pretrained=None, train_iters=iters,

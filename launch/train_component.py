@@ -54,9 +54,8 @@ def train(args: argparse.Namespace) -> None:
     from megatron_demix.config.base import replace
     from megatron_demix.experiment import load_experiment
     from megatron_demix.config.flags import flag_overrides
-    from megatron_demix.data.datasets import resolve_model
     from megatron_demix.training.mixture_runs import select_mixture_run
-    from megatron_demix.training.trainer import RunOptions, Trainer
+    from megatron_demix.training.run_options import RunOptions, already_trained, resolve_model
 
     experiment = load_experiment(args.config)
     overrides = flag_overrides(args, args.training_fields)
@@ -82,6 +81,13 @@ def train(args: argparse.Namespace) -> None:
     )
     if args.no_pretrained:
         run = dataclasses.replace(run, pretrained=None)
+    done = already_trained(run)
+    if done is not None:  # e.g. a requeued or resubmitted task: answered before torch is even imported
+        if _first_rank():
+            print(f"[{model}] {run.save} holds iteration {done} of {run.train_iters}: already trained, nothing to do", flush=True)
+        return
+    from megatron_demix.training.trainer import Trainer
+
     trainer = Trainer(experiment, run)
     try:
         trainer.train()
@@ -94,8 +100,11 @@ def main(argv=None) -> int:
     from megatron_demix.runtime.errors import run_command
 
     args = parse_args(argv)
-    first_rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
-    return run_command("launch/train_component.py", train, args, quiet=not first_rank)
+    return run_command("launch/train_component.py", train, args, quiet=not _first_rank())
+
+
+def _first_rank() -> bool:
+    return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
 
 
 if __name__ == "__main__":  # required: dist_checkpointing.save forks worker processes

@@ -27,6 +27,7 @@ from pathlib import Path
 from megatron_demix.checkpoint.layout import read_tracker
 from megatron_demix.cluster.executor import Executor, JobFailed, JobSpec, SlurmExecutor, slurm_job_states
 from megatron_demix.runtime.files import atomic_write_json
+from megatron_demix.training.run_options import train_iters_for
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,6 @@ def prepare_data(config_path: Path, executor: Executor) -> None:
 def model_complete(experiment, name: str) -> bool:
     """Has `base` or a component reached its iteration budget (its save root's tracker says so)?
     An imported base (`model.from_hf`) is complete once its tracker exists: the import writes it last."""
-    from megatron_demix.training.trainer import train_iters_for
-
     iteration = read_tracker(experiment.paths.checkpoint(name))
     if name == "base" and experiment.model.from_hf:
         return iteration is not None
@@ -174,7 +173,6 @@ def _hours(time_limit: str | None) -> float | None:
 def compute_estimate(experiment, evaluations: int, eval_tasks: int) -> dict:
     """GPU-hours of training from the model's FLOPs per token, and every stage's allocation ceiling."""
     from megatron_demix.model.flops import parameter_count, training_flops_per_token
-    from megatron_demix.training.trainer import train_iters_for
 
     vocab = experiment.tokenizer.vocab_size if experiment.tokenizer.path is None else None
     tokens_per_iter = experiment.training.global_batch_size * experiment.model.seq_length
@@ -204,7 +202,6 @@ def compute_estimate(experiment, evaluations: int, eval_tasks: int) -> dict:
 def pipeline_status(experiment) -> dict:
     """Where the pipeline stands: each stage from its outputs, the submitted jobs' states, the search's rounds."""
     from megatron_demix.search.driver import search_status
-    from megatron_demix.training.trainer import train_iters_for
 
     paths = experiment.paths
     models = {}

@@ -44,19 +44,6 @@ class Blend:
     weights: tuple[float, ...]
 
 
-def resolve_model(experiment, component: str) -> str:
-    """`base`, a candidate name, or a candidate index (SLURM array task id) -> model name."""
-    names = [d.name for d in experiment.candidates]
-    if component == "base" or component in names:
-        return component
-    if component.isdigit() and int(component) < len(names):
-        return names[int(component)]
-    raise ConfigError(
-        f"--component {component!r}: expected 'base', a candidate name ({', '.join(names)})"
-        f" or an index 0..{len(names) - 1}"
-    )
-
-
 def blend_for(experiment, model: str, mixture: dict[str, float] | None = None) -> Blend:
     """The base: general data; a component: beta general + (1 - beta) its candidate; with `mixture`
     ({candidate: share}, summing to 1): beta general + (1 - beta) x the mixture, what the proxy merged

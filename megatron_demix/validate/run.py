@@ -81,7 +81,7 @@ class ValidatePaths:
 
 
 def component_iters(experiment) -> int:
-    from megatron_demix.training.trainer import train_iters_for
+    from megatron_demix.training.run_options import train_iters_for
 
     return train_iters_for(experiment, experiment.candidates[0].name)
 

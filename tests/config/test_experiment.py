@@ -55,7 +55,7 @@ def test_tensor_parallel_must_divide_heads():
 
 
 def test_paper_config_validates_and_matches_the_paper():
-    from megatron_demix.training.trainer import train_iters_for
+    from megatron_demix.training.run_options import train_iters_for
 
     experiment = load_experiment(REPO / "configs" / "paper.yaml")
     assert len(experiment.candidates) == 7

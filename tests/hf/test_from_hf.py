@@ -40,7 +40,7 @@ def _write(tmp_path, data: dict, name: str = "exp.yaml"):
 
 
 def test_the_model_section_and_tokenizer_come_from_the_directory(hf_model, tmp_path):
-    from megatron_demix.training.trainer import train_iters_for
+    from megatron_demix.training.run_options import train_iters_for
 
     experiment = load_experiment(_write(tmp_path, _experiment(tmp_path, {"from_hf": str(hf_model), "seq_length": 64})))
     model = experiment.model

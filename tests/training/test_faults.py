@@ -134,7 +134,8 @@ def test_tracker_naming_an_incomplete_directory(tiny_config, trained_base, tmp_p
     # The same check covers the weights a component starts from (in-process: no process group needed).
     from megatron_demix.checkpoint.layout import CheckpointError
     from megatron_demix.experiment import load_experiment
-    from megatron_demix.training.trainer import RunOptions, check_before_start
+    from megatron_demix.training.run_options import RunOptions
+    from megatron_demix.training.trainer import check_before_start
 
     experiment = load_experiment(tiny_config)
     run = RunOptions.defaults(experiment, "code", save=tmp_path / "code", pretrained=save, log_dir=tmp_path / "logs")

@@ -10,8 +10,8 @@ import pytest
 
 from megatron_demix.config.base import ConfigError
 from megatron_demix.experiment import load_experiment
-from megatron_demix.data.datasets import blend_for, resolve_model
-from megatron_demix.training.trainer import RunOptions, train_iters_for
+from megatron_demix.data.datasets import blend_for
+from megatron_demix.training.run_options import RunOptions, resolve_model, train_iters_for
 
 
 def test_budgets_in_iterations_or_tokens(tiny_config):
@@ -46,3 +46,18 @@ def test_run_defaults_follow_the_experiment_paths(tiny_config, tmp_path):
     moved = RunOptions.defaults(experiment, "code", save=tmp_path)
     assert moved.save == moved.load == tmp_path
     assert RunOptions.defaults(experiment, "base").pretrained is None
+
+
+def test_already_trained_only_at_or_past_the_budget_of_its_own_save_root(tmp_path):
+    from megatron_demix.checkpoint.layout import CheckpointError, write_tracker
+    from megatron_demix.training.run_options import already_trained
+
+    save = tmp_path / "save"
+    run = RunOptions(model_name="code", save=save, load=save, pretrained=None, train_iters=6, log_dir=tmp_path)
+    assert already_trained(run) is None  # nothing saved
+    write_tracker(save, 4)
+    assert already_trained(run) is None  # resumes at 4
+    write_tracker(save, 6)
+    with pytest.raises(CheckpointError, match="iter_0000006: named by latest_checkpointed_iteration.txt but missing"):
+        already_trained(run)  # at its budget, but damaged: what a resume would say (complete: the launcher test)
+    assert already_trained(dataclasses.replace(run, load=tmp_path / "elsewhere")) is None  # loads another root

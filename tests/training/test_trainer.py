@@ -58,6 +58,20 @@ def test_tp2_checkpoint_loads_at_tp1_and_pp2_with_same_logits(tiny_config, train
         torch.testing.assert_close(other, saved, rtol=1e-5, atol=1e-5)
 
 
+def test_a_trained_model_is_answered_without_torch(tiny_config, trained_base):
+    """Launched again on its complete save root (a requeued or resubmitted task): nothing is trained, torch is not
+    imported, and the checkpoint is untouched."""
+    probe = (f"import atexit, runpy, sys; sys.argv[0] = {str(LAUNCH)!r}; atexit.register(lambda: print('torch' in sys.modules));"
+             " runpy.run_path(sys.argv[0], run_name='__main__')")
+    before = (trained_base / "latest_checkpointed_iteration.txt").stat().st_mtime_ns
+    result = subprocess.run([sys.executable, "-c", probe, "--config", str(tiny_config), "--component", "base"],
+                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"[base] {trained_base} holds iteration 8 of 8: already trained, nothing to do" in result.stdout
+    assert result.stdout.split()[-1] == "False"
+    assert (trained_base / "latest_checkpointed_iteration.txt").stat().st_mtime_ns == before
+
+
 def test_component_first_step_weights_equal_base(tiny_config, trained_base, tmp_path):
     """The base was saved at TP=2; the component starts at PP=2 and must hold exactly its weights."""
     out = tmp_path / "report.json"

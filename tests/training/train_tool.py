@@ -86,8 +86,8 @@ def first_step(args) -> None:
 
     from megatron_demix.checkpoint.layout import resolve_checkpoint
     from megatron_demix.experiment import load_experiment
-    from megatron_demix.data.datasets import resolve_model
-    from megatron_demix.training.trainer import RunOptions, Trainer
+    from megatron_demix.training.run_options import RunOptions, resolve_model
+    from megatron_demix.training.trainer import Trainer
 
     experiment = load_experiment(args.config)
     training = dataclasses.replace(experiment.training, tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp)
