@@ -35,7 +35,8 @@ def pytest_configure(config):
 
 # Expensive shared fixtures -> their group, longest group first (seconds on the 2-core CI machine:
 # fixture + the tests that use it). A test using fixtures of two groups would tie both to one worker:
-# `_group_of` refuses that, so that a new test cannot silently serialise the suite.
+# `_group_of` refuses that, so that a new test cannot silently serialise the suite. Only fixtures a test
+# names are seen: one fetched with `request.getfixturevalue` is built again on the other worker.
 SHARED_FIXTURE_GROUPS = {
     "trained_base": "trained-base",      # tests/training: the TP=2 base + resumes, SLURM arrays (~300 s)
     "trained": "pipeline",               # tests/test_pipeline.py: `demix train` + 4 pipeline runs (~300 s)
