@@ -146,18 +146,12 @@ def sbatch_and_wait(args: list, timeout: float = 600, **kwargs) -> tuple[subproc
     """`sbatch --parsable ARGS`, then poll every 0.5 s until no task of the job is pending or running; returns
     the submission and {task: 'STATE exit'}. (`sbatch --wait` polls at 2, 4, 8, then every 10 s: up to 10 s
     idle per job.)"""
-    import time
-
-    from megatron_demix.cluster.executor import RUNNING_STATES, slurm_job_states
+    from megatron_demix.cluster.executor import wait_for_slurm_job
 
     submit = subprocess.run(["sbatch", "--parsable", *map(str, args)], capture_output=True, text=True, timeout=60, **kwargs)
     if submit.returncode != 0:
         return submit, {}
-    job, deadline = submit.stdout.strip().split(";")[0], time.monotonic() + timeout
-    while (states := slurm_job_states(job)) and any(s.split()[0] in RUNNING_STATES for s in states.values()):
-        assert time.monotonic() < deadline, f"job {job} still {states} after {timeout} s"
-        time.sleep(0.5)
-    return submit, states
+    return submit, wait_for_slurm_job(submit.stdout.strip().split(";")[0], timeout, max_delay=0.5)
 
 
 @pytest.fixture(scope="session")

@@ -181,8 +181,8 @@ def slurm_job_states(job_id: str) -> dict[str, str]:
     return states
 
 
-def wait_for_slurm_job(job_id: str, timeout: float | None = None, progress=None) -> dict[str, str]:
-    """Poll until no task of `job_id` is pending or running (0.5 s, backing off to 10 s);
+def wait_for_slurm_job(job_id: str, timeout: float | None = None, progress=None, max_delay: float = 10.0) -> dict[str, str]:
+    """Poll until no task of `job_id` is pending or running (0.5 s, backing off to `max_delay`);
     `progress(summary)` is called after each poll."""
     deadline = None if timeout is None else time.monotonic() + timeout
     delay = 0.5
@@ -199,7 +199,7 @@ def wait_for_slurm_job(job_id: str, timeout: float | None = None, progress=None)
             subprocess.run(["scancel", job_id])
             raise JobFailed(f"SLURM job {job_id} still running after {timeout:.0f}s (cancelled): {states}")
         time.sleep(delay)
-        delay = min(delay * 1.5, 10.0)
+        delay = min(delay * 1.5, max_delay)
 
 
 class LocalExecutor(Executor):
