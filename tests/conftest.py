@@ -136,8 +136,8 @@ def pytest_sessionfinish(session):
 
 
 def run_torchrun(nproc: int, script: Path, args=(), timeout: float = 300) -> subprocess.CompletedProcess:
-    """`torchrun --standalone` (a free rendezvous port: no clash with concurrent runs), one thread per rank."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
+    """`torchrun --standalone` (a free rendezvous port: no clash with concurrent runs)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
     command = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", str(nproc), str(script), *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
 

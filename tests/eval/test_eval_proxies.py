@@ -22,7 +22,7 @@ MIXTURES = [
     {"id": "m1", "mixture": {"code": 0.8, "math": 0.2}},
     {"id": "m2", "mixture": {"code": 0.5, "math": 0.5}},
 ]
-ENV = {**os.environ, "HF_DATASETS_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "HF_DATASETS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
 
 
 def _launcher():

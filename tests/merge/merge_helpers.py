@@ -15,8 +15,8 @@ RUN = [PYTHON, str(REPO / "tools" / "merge" / "run.py")]
 
 
 def small_env() -> dict:
-    """One thread per process: tests share 2 cores with other test runs."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    """Library warnings off (one thread per process comes from tests/conftest.py)."""
+    return {**os.environ, "PYTHONWARNINGS": "ignore"}
 
 
 def torchrun(nproc: int, args: list, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -14,9 +13,8 @@ from train_helpers import LAUNCH, REPO
 
 def _launch(*args) -> subprocess.CompletedProcess:
     """One process (world size 1), as `python launch/train_component.py ...`."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, str(LAUNCH), *map(str, args)], capture_output=True, text=True,
-                          timeout=120, env=env, cwd=REPO)
+                          timeout=120, cwd=REPO)
 
 
 def _variant(tiny_config, tmp_path, **changes):

@@ -19,7 +19,7 @@ from tests.filesystems import tmpfs
 
 def _launch(config, *args) -> subprocess.CompletedProcess:
     """One process (world size 1), as `python launch/train_component.py --config ...`."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, str(LAUNCH), "--config", str(config), *map(str, args)],
                           capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
 

@@ -20,9 +20,8 @@ from tests.conftest import sbatch_and_wait
 
 @pytest.mark.slurm
 def test_sbatch_array_trains_two_components(slurm_cluster, tiny_config, trained_base, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     submit, states = sbatch_and_wait(["--array=0-1", f"--output={tmp_path}/%x-%A_%a.out", "slurm/train_component.sh",
-                                      tiny_config, "--train-iters", 3], cwd=REPO, env=env)
+                                      tiny_config, "--train-iters", 3], cwd=REPO)
     logs = "\n".join(p.read_text() for p in sorted(tmp_path.glob("*.out")))
     assert sorted(states.values()) == ["COMPLETED 0:0", "COMPLETED 0:0"], f"{submit.stderr}\n{states}\n{logs[-6000:]}"
     work = tiny_config.parent
@@ -52,9 +51,8 @@ def _job_fields(job: str) -> dict[str, str]:
 def test_sbatch_without_array_fails_at_once_naming_the_array(slurm_cluster, tiny_config, tmp_path):
     """Without --array the job cannot know the operator's other flags: it stops (FAILED, so `afterok` never
     fires) before training anything, and its log gives the --array to add."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out, states = sbatch_and_wait([f"--output={tmp_path}/%x-%j.out", "slurm/train_component.sh", tiny_config],
-                                  cwd=REPO, env=env, timeout=120)
+                                  cwd=REPO, timeout=120)
     job = out.stdout.strip()
     log = (tmp_path / f"demix-train-{job}.out").read_text()
     assert states == {job: "FAILED 2:0"}, (states, log)
@@ -83,7 +81,7 @@ def test_usr1_saves_first_then_requeues_and_the_task_resumes(slurm_cluster, tiny
     signal's iteration, only then is the task requeued, and the requeued task resumes from that checkpoint."""
     config = _own_work_dir(tiny_config, tmp_path)
     save = tmp_path / "work" / "checkpoints" / "base"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DEMIX_COMPONENT": "base"}
+    env = {**os.environ, "DEMIX_COMPONENT": "base"}
     log = tmp_path / "train.out"
     submit = subprocess.run(["sbatch", "--parsable", "--array=0", f"--output={log}", "slurm/train_component.sh", str(config),
                              "--train-iters", "160", "--save-interval", "40", "--log-interval", "20"],
@@ -124,7 +122,7 @@ def _read(log: Path) -> str:
 def test_script_outside_slurm_runs_torchrun(tiny_config, trained_base, tmp_path):
     """How the local executor runs it: task id and process count from DEMIX_TASK_ID / DEMIX_NTASKS."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env.update(OMP_NUM_THREADS="1", DEMIX_TASK_ID="1", DEMIX_NTASKS="2")
+    env.update(DEMIX_TASK_ID="1", DEMIX_NTASKS="2")
     result = subprocess.run(["bash", "slurm/train_component.sh", str(tiny_config), "--train-iters", "2", "--save", tmp_path,
                              "--log-dir", tmp_path], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -8,7 +8,6 @@ processes a rank started; the save on that signal must still complete, and the t
 """
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import time
@@ -22,12 +21,11 @@ SAVE_INTERVAL, STOP_AFTER = 3, 30
 def _submit(config, tmp_path, save) -> str:
     """Component 0 as `sbatch --array=0 slurm/train_component.sh`, periodic saves, a large budget;
     --stop-after-iters ends the resumed run early (without a save) so the test stays short."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     submit = subprocess.run(
         ["sbatch", "--parsable", "--array=0", f"--output={tmp_path}/%x-%A_%a.out", "slurm/train_component.sh",
          str(config), "--train-iters", "1000", "--save-interval", str(SAVE_INTERVAL), "--stop-after-iters", str(STOP_AFTER),
          "--save", str(save), "--log-dir", str(save / "logs")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+        cwd=REPO, capture_output=True, text=True, timeout=60,
     )
     assert submit.returncode == 0, submit.stderr
     return submit.stdout.strip().split(";")[0] + "_0"
