@@ -6,8 +6,9 @@ from typing import Literal
 
 from megatron_demix.config.base import fail, require_at_least
 
-BUILTIN_CORPORA = ("prose", "code", "math")
-"""Corpora made on any machine from what Python and Debian ship (see data/builtin.py)."""
+BUILTIN_CORPORA = ("prose", "code_high", "code_medium", "code_low", "math_high", "math_medium", "math_low", "code", "math")
+"""Corpora made on any machine from what Python and Debian ship (see data/builtin.py; `code` and `math`
+are `code_high` and `math_high`)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -18,20 +19,31 @@ class DatasetConfig:
     """Short identifier; names the component model and the output files (letters, digits, _ and -)."""
     role: Literal["general", "candidate"] = "candidate"
     """`general` data is blended into every component (beta) and trains the base; one component per candidate."""
-    builtin: Literal["prose", "code", "math"] | None = None
-    """A built-in corpus (no downloads); give either this or `path`."""
+    builtin: Literal[BUILTIN_CORPORA] | None = None
+    """A built-in corpus (no downloads): general prose, code and math at three quality tiers; give either this or `path`."""
     path: str | None = None
     """A JSONL file, a plain text file, a directory of them, or a Megatron indexed dataset prefix (.bin/.idx)."""
     format: Literal["auto", "jsonl", "text", "indexed"] = "auto"
     """How to read `path`; `auto` decides by suffix (.jsonl/.json, .txt, .bin/.idx prefix)."""
     text_field: str = "text"
     """The JSONL field holding the document text."""
+    domain: str | None = None
+    """The evaluation domain the dataset belongs to (e.g. `code` for every code tier); unset: its own name.
+    A domain's built-in tasks are made from the held-out documents of its first dataset listed: list its
+    cleanest dataset first."""
 
     def __post_init__(self):
         if not self.name or not all(c.isalnum() or c in "_-" for c in self.name):
             fail("name", f"{self.name!r} must be non-empty and use only letters, digits, '_' and '-'")
         if (self.builtin is None) == (self.path is None):
-            fail(self.name, "give exactly one of 'builtin' (one of prose, code, math) or 'path'")
+            fail(self.name, f"give exactly one of 'builtin' (one of {', '.join(BUILTIN_CORPORA)}) or 'path'")
+        if self.domain is not None and (not self.domain or not all(c.isalnum() or c in "_-" for c in self.domain)):
+            fail(f"{self.name}.domain", f"{self.domain!r} must be non-empty and use only letters, digits, '_' and '-'")
+
+    @property
+    def eval_domain(self) -> str:
+        """The evaluation domain: `domain`, else the dataset's name."""
+        return self.domain or self.name
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -60,7 +72,8 @@ class PrepareConfig:
     workers: int = 2
     """Tokenizer worker processes (like Megatron's preprocess_data.py --workers)."""
     builtin_megabytes: float = 2.0
-    """Size of each built-in corpus in MB of text."""
+    """Size of the built-in corpora in MB of text: `prose` and the medium tiers have this size, the high tiers
+    half of it, the low tiers one and a half times (past about 1 MB, prose and code run out of source text)."""
     append_eod: bool = True
     """Append the end-of-document token after every document (Megatron's --append-eod)."""
     chunk_documents: int = 256

@@ -1,19 +1,23 @@
-"""Built-in lm-eval tasks for an experiment's own datasets, written by `demix prepare`.
+"""Built-in lm-eval tasks for an experiment's evaluation domains, written by `demix prepare`.
 
-    <work_dir>/eval/tasks/demix_<dataset>_choice.yaml   + <dataset>/choice.jsonl
-    <work_dir>/eval/tasks/demix_<dataset>_bpb.yaml      + <dataset>/bpb.jsonl
+    <work_dir>/eval/tasks/demix_<domain>_choice.yaml   + <domain>/choice.jsonl
+    <work_dir>/eval/tasks/demix_<domain>_bpb.yaml      + <domain>/bpb.jsonl
 
-Per dataset (general and every candidate), two offline tasks (`dataset_path: json`, run with
-`--include_path <work_dir>/eval/tasks` and HF_DATASETS_OFFLINE=1):
-- `demix_<name>_choice` (multiple_choice, `acc`): the first words of a passage, and its true next
-  words among continuations of other passages of the same dataset;
-- `demix_<name>_bpb` (loglikelihood_rolling, `bits_per_byte`, lower is better): whole documents.
+The domains are the datasets' `domain` fields (unset: each dataset is its own domain), so several
+candidates (a domain's quality tiers) share one domain, as the paper's general / math / code. Per
+domain, two offline tasks (`dataset_path: json`, run with `--include_path <work_dir>/eval/tasks`
+and HF_DATASETS_OFFLINE=1):
+- `demix_<domain>_choice` (multiple_choice, `acc`): the first words of a passage, and its true next
+  words among continuations of other passages of the same domain;
+- `demix_<domain>_bpb` (loglikelihood_rolling, `bits_per_byte`, lower is better): whole documents.
 
-Held-out documents only: the documents of the validation split, which the trainer never trains
-on. Megatron splits an indexed dataset by document ranges (`data/datasets.py`: DATA_SPLIT
-"98,2,0"), so the held-out documents are exactly the range megatron-core gives the validation
-split; they are read back from the prepared `.bin/.idx` and detokenized, so the task text is the
-text the model would have seen (works for datasets given as `.bin/.idx` too).
+Held-out documents only, of the domain's first dataset listed (its cleanest: a domain is scored on
+good text, not on the damaged text of its low tier): the documents of that dataset's validation
+split, which no trainer trains on. Megatron splits an indexed dataset by document ranges
+(`data/datasets.py`: DATA_SPLIT "98,2,0"), so the held-out documents are exactly the range
+megatron-core gives the validation split; they are read back from the prepared `.bin/.idx` and
+detokenized, so the task text is the text the model would have seen (works for datasets given as
+`.bin/.idx` too). That no other dataset holds them is checked by content (data/contamination.py).
 """
 from __future__ import annotations
 
@@ -41,9 +45,24 @@ def tasks_dir(experiment) -> Path:
     return experiment.paths.eval_tasks
 
 
-def task_names(dataset: str) -> dict[str, str]:
-    """{kind: task name} of one dataset's built-in tasks."""
-    return {"choice": f"demix_{dataset}_choice", "bpb": f"demix_{dataset}_bpb"}
+def task_names(domain: str) -> dict[str, str]:
+    """{kind: task name} of one domain's built-in tasks."""
+    return {"choice": f"demix_{domain}_choice", "bpb": f"demix_{domain}_bpb"}
+
+
+def task_files(experiment) -> dict[str, dict[str, Path]]:
+    """domain -> {kind: the JSONL file of its built-in task}."""
+    root = tasks_dir(experiment)
+    return {domain: {kind: root / domain / f"{kind}.jsonl" for kind in ("choice", "bpb")}
+            for domain in domain_sources(experiment)}
+
+
+def domain_sources(experiment) -> dict[str, str]:
+    """Evaluation domain -> the dataset its built-in tasks are made from: the domain's first dataset listed."""
+    sources: dict[str, str] = {}
+    for dataset in experiment.datasets:
+        sources.setdefault(dataset.eval_domain, dataset.name)
+    return sources
 
 
 BUILTIN_METRICS = {"choice": "acc", "bpb": "bits_per_byte"}
@@ -51,23 +70,28 @@ BUILTIN_METRICS = {"choice": "acc", "bpb": "bits_per_byte"}
 
 
 def default_tasks(experiment) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """(domain -> task names, task -> metric) of the built-in tasks: one domain per dataset.
+    """(domain -> task names, task -> metric) of the built-in tasks: one domain per `domain` of the datasets.
 
     Once `demix prepare` wrote them, only the tasks it could make are listed (a dataset too small
-    to hold out passages has none, and no domain)."""
+    to hold out passages has none, and its domain none)."""
     root = tasks_dir(experiment)
     tasks, metrics = {}, {}
-    for dataset in experiment.datasets:
-        names = {kind: task for kind, task in task_names(dataset.name).items()
+    for domain in domain_sources(experiment):
+        names = {kind: task for kind, task in task_names(domain).items()
                  if not root.is_dir() or (root / f"{task}.yaml").is_file()}
         if names:
-            tasks[dataset.name] = list(names.values())
+            tasks[domain] = list(names.values())
             metrics.update({names[kind]: BUILTIN_METRICS[kind] for kind in names})
     return tasks, metrics
 
 
 def held_out_documents(experiment, name: str, tokenizer) -> list[str]:
     """The validation-split documents of dataset `name`, as text (end-of-document token removed)."""
+    return split_documents(experiment, name, tokenizer, "validation")
+
+
+def split_documents(experiment, name: str, tokenizer, split: str | None = None) -> list[str]:
+    """The documents of dataset `name` in Megatron's `split` ("train", "validation"; None: all), as text."""
     from megatron.core.datasets.blended_megatron_dataset_config import (
         convert_split_vector_to_split_matrix, parse_and_normalize_split,
     )
@@ -77,8 +101,10 @@ def held_out_documents(experiment, name: str, tokenizer) -> list[str]:
 
     index = IndexedDataset(str(experiment.paths.dataset_prefix(name)))
     count = len(index.sequence_lengths)
-    split = convert_split_vector_to_split_matrix(parse_and_normalize_split(DATA_SPLIT))[1]  # validation
-    begin, end = int(round(split[0] * count)), int(round(split[1] * count))
+    begin, end = 0, count
+    if split is not None:
+        bounds = convert_split_vector_to_split_matrix(parse_and_normalize_split(DATA_SPLIT))[["train", "validation"].index(split)]
+        begin, end = int(round(bounds[0] * count)), int(round(bounds[1] * count))
     texts = []
     for i in range(begin, end):
         ids = index[i].tolist()
@@ -104,7 +130,7 @@ def passages(documents: list[str]) -> list[tuple[str, str]]:
 
 
 def choice_items(documents: list[str], limit: int, seed: int) -> list[dict]:
-    """Multiple-choice items: a passage's opening, its true continuation and same-dataset distractors
+    """Multiple-choice items: a passage's opening, its true continuation and same-domain distractors
     (continuations of other passages), the passages spread evenly over the documents."""
     found = passages(documents)
     rng = random.Random(seed)
@@ -164,13 +190,14 @@ def _task_inputs(experiment) -> dict | None:
         records[dataset.name] = json.loads(path.read_text())
     settings = experiment.eval
     return {"root": str(tasks_dir(experiment)), "datasets": records,  # the task files name their data by path
+            "domains": domain_sources(experiment),
             "questions": settings.builtin_questions, "documents": settings.builtin_documents,
             "seed": experiment.training.seed, "context_words": CONTEXT_WORDS, "continuation_words": CONTINUATION_WORDS,
             "choices": CHOICES, "bpb_characters": BPB_CHARACTERS}
 
 
 def write_builtin_tasks(experiment, tokenizer=None) -> Path:
-    """Write every dataset's two tasks under `tasks_dir(experiment)`; returns that directory.
+    """Write every domain's two tasks under `tasks_dir(experiment)`; returns that directory.
 
     Skipped when `inputs.json` there records the same inputs: reading the held-out documents needs
     megatron-core (and torch, seconds to import), and a prepared experiment is checked at the start
@@ -186,17 +213,17 @@ def write_builtin_tasks(experiment, tokenizer=None) -> Path:
     tokenizer = tokenizer or load_tokenizer(experiment.paths.tokenizer)
     settings = experiment.eval
     root.mkdir(parents=True, exist_ok=True)
-    for number, dataset in enumerate(experiment.datasets):
-        documents = held_out_documents(experiment, dataset.name, tokenizer)
+    files_of = task_files(experiment)
+    for number, (domain, source) in enumerate(domain_sources(experiment).items()):
+        documents = held_out_documents(experiment, source, tokenizer)
         items = choice_items(documents, settings.builtin_questions, seed=experiment.training.seed + number)
-        names = task_names(dataset.name)
-        files = {"choice": root / dataset.name / "choice.jsonl", "bpb": root / dataset.name / "bpb.jsonl"}
+        names, files = task_names(domain), files_of[domain]
         rows = {"choice": items, "bpb": [{"text": excerpt(t)} for t in documents[: settings.builtin_documents]]}
         for kind, task in names.items():
             if not rows[kind]:
                 # Never fail `demix prepare` for a small dataset: it just gets no such task (and says so).
-                log.warning("dataset %s: its %d held-out documents are too few for task %s (it needs %s); no such task",
-                            dataset.name, len(documents), task,
+                log.warning("domain %s: the %d held-out documents of dataset %s are too few for task %s (it needs %s);"
+                            " no such task", domain, len(documents), source, task,
                             f"{CHOICES} passages of {CONTEXT_WORDS + CONTINUATION_WORDS} words" if kind == "choice" else "one document")
                 (root / f"{task}.yaml").unlink(missing_ok=True)
                 continue

@@ -43,9 +43,9 @@ class EvalConfig:
     limit: int | None = None
     """At most this many examples per task (lm-eval's --limit)."""
     builtin_questions: int = 100
-    """Multiple-choice items per dataset in the built-in tasks (fewer when the held-out documents run out)."""
+    """Multiple-choice items per domain in the built-in tasks (fewer when the held-out documents run out)."""
     builtin_documents: int = 20
-    """Held-out documents per dataset in the built-in bits-per-byte tasks."""
+    """Held-out documents per domain in the built-in bits-per-byte tasks."""
     cache_components: Literal["auto", "always", "never"] = "auto"
     """Many mixtures per job: hold every component in memory and recompute the model in place per
     mixture (`always`), merge-on-load from disk per mixture (`never`), or decide by the components'

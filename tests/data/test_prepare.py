@@ -50,7 +50,7 @@ def test_prepared_data_builds_a_gpt_dataset(prepared_demo):
 
     tokenizer = load_tokenizer(prepared_demo.paths.tokenizer)
     config = GPTDatasetConfig(
-        random_seed=1, sequence_length=64, blend=([str(prepared_demo.paths.dataset_prefix("code"))], None),
+        random_seed=1, sequence_length=64, blend=([str(prepared_demo.paths.dataset_prefix("code_high"))], None),
         split="1,0,0", tokenizer=tokenizer, reset_position_ids=False, reset_attention_mask=False,
         eod_mask_loss=False, path_to_cache=str(prepared_demo.paths.data / "cache"),
     )
@@ -134,7 +134,7 @@ def test_user_jsonl_with_custom_field_and_text_files(tmp_path, demo_config_dict)
 
 
 def test_existing_indexed_dataset_is_used_as_it_is(prepared_demo, tmp_path, demo_config_dict):
-    source = prepared_demo.paths.dataset_prefix("code")
+    source = prepared_demo.paths.dataset_prefix("code_high")
     experiment = _experiment(tmp_path, demo_config_dict, path=str(source))
     experiment = experiment_from_dict({**demo_config_dict, "work_dir": experiment.work_dir,
                                        "datasets": [{"name": "general", "role": "general", "builtin": "math"},
@@ -142,7 +142,7 @@ def test_existing_indexed_dataset_is_used_as_it_is(prepared_demo, tmp_path, demo
                                        "tokenizer": {"path": str(prepared_demo.paths.tokenizer)},
                                        "prepare": {"builtin_megabytes": 0.05, "workers": 1}}, "test")
     counts = prepare(experiment)
-    expected = json.loads(prepared_demo.paths.token_count("code").read_text())["tokens"]
+    expected = json.loads(prepared_demo.paths.token_count("code_high").read_text())["tokens"]
     assert counts["user"]["tokens"] == expected
     assert os.path.realpath(f"{experiment.paths.dataset_prefix('user')}.bin") == os.path.realpath(f"{source}.bin")
 

@@ -1,0 +1,158 @@
+"""Contamination by content: which documents share a normalised text window with another corpus.
+
+    python -m megatron_demix.data.contamination --config configs/demo.yaml    # after `demix prepare`
+
+A text is normalised (lowercased, whitespace collapsed), cut into every window of WINDOW_WORDS
+consecutive words, and each window hashed to 64 bits; two texts overlap when they share a window
+(a text shorter than a window is one window). This is the n-gram test of language-model
+contamination studies; it finds copies whatever the file or path they came from.
+
+On a prepared experiment (`check_experiment`) it checks, from the tokenized datasets themselves:
+(a) no document of one dataset shares a window with another dataset;
+(b) no held-out evaluation text (the built-in tasks' items and documents) shares a window with
+    any dataset's training split (the documents the trainer draws from, its own dataset's included).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+WINDOW_WORDS = 13
+"""Words per window: 13, as in the GPT-3 paper's contamination study (long enough that common
+phrases and code idioms do not count as copies)."""
+_MULTIPLIER = np.uint64(0x100000001B3)  # FNV-64 prime: mixes the words' hashes into the window's
+
+
+@lru_cache(maxsize=1 << 20)
+def _word_hash(word: str) -> int:
+    return int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+
+
+def window_hashes(text: str, words: int = WINDOW_WORDS) -> np.ndarray:
+    """The 64-bit hashes of every `words`-word window of the normalised `text` (deterministic)."""
+    tokens = text.lower().split()
+    if not tokens:
+        return np.zeros(0, dtype=np.uint64)
+    ids = np.fromiter((_word_hash(t) for t in tokens), dtype=np.uint64, count=len(tokens))
+    count = max(len(tokens) - words + 1, 1)
+    windows = np.zeros(count, dtype=np.uint64)
+    for offset in range(min(words, len(tokens))):
+        windows = windows * _MULTIPLIER + ids[offset:offset + count]  # uint64 arithmetic wraps, as a hash should
+    return windows
+
+
+class WindowIndex:
+    """The windows of the texts added so far, to ask whether a new text shares one."""
+
+    def __init__(self, words: int = WINDOW_WORDS):
+        self.words = words
+        self.hashes: set[int] = set()
+
+    def add(self, text: str) -> None:
+        self.hashes.update(window_hashes(text, self.words).tolist())
+
+    def shares(self, text: str) -> bool:
+        return not self.hashes.isdisjoint(window_hashes(text, self.words).tolist())
+
+
+@dataclass
+class Overlaps:
+    """What a check found: the texts checked and those sharing a window, as (source, number, other source)."""
+
+    checked: int = 0
+    found: list[tuple[str, int, str]] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        pairs: dict[str, int] = {}
+        for source, _, other in self.found:
+            pairs[f"{source} in {other}"] = pairs.get(f"{source} in {other}", 0) + 1
+        return {"checked": self.checked, "overlaps": len(self.found), "by_pair": pairs}
+
+
+def cross_corpus_overlaps(corpora: dict[str, Iterable[str]], words: int = WINDOW_WORDS) -> Overlaps:
+    """(a): every document of every corpus against every other corpus."""
+    corpora = {name: list(docs) for name, docs in corpora.items()}
+    indexes = {}
+    for name, docs in corpora.items():
+        indexes[name] = WindowIndex(words)
+        for doc in docs:
+            indexes[name].add(doc)
+    result = Overlaps()
+    for name, docs in corpora.items():
+        for number, doc in enumerate(docs):
+            result.checked += 1
+            hashes = window_hashes(doc, words).tolist()
+            for other, index in indexes.items():
+                if other != name and not index.hashes.isdisjoint(hashes):
+                    result.found.append((name, number, other))
+    return result
+
+
+def held_out_overlaps(held_out: dict[str, Iterable[str]], training: dict[str, Iterable[str]],
+                      words: int = WINDOW_WORDS) -> Overlaps:
+    """(b): every held-out text (per domain) against every dataset's training documents."""
+    indexes = {}
+    for name, docs in training.items():
+        indexes[name] = WindowIndex(words)
+        for doc in docs:
+            indexes[name].add(doc)
+    result = Overlaps()
+    for domain, texts in held_out.items():
+        for number, text in enumerate(texts):
+            result.checked += 1
+            result.found.extend((domain, number, name) for name, index in indexes.items() if index.shares(text))
+    return result
+
+
+def evaluation_texts(experiment) -> dict[str, list[str]]:
+    """domain -> the texts of its built-in tasks: each choice item's passage (question + true answer)
+    and each bits-per-byte document, as `demix prepare` wrote them."""
+    from megatron_demix.eval.builtin_tasks import task_files
+
+    texts: dict[str, list[str]] = {}
+    for domain, files in task_files(experiment).items():
+        rows = texts.setdefault(domain, [])
+        if files["choice"].is_file():
+            for line in files["choice"].read_text().splitlines():
+                item = json.loads(line)
+                rows.append(f"{item['context']} {item['choices'][item['label']]}")
+        if files["bpb"].is_file():
+            rows.extend(json.loads(line)["text"] for line in files["bpb"].read_text().splitlines())
+    return texts
+
+
+def check_experiment(experiment, words: int = WINDOW_WORDS) -> dict:
+    """Checks (a) and (b) on a prepared experiment (see the module docstring); returns both summaries."""
+    from megatron_demix.data.tokenizer import load_tokenizer
+    from megatron_demix.eval.builtin_tasks import split_documents
+
+    tokenizer = load_tokenizer(experiment.paths.tokenizer)
+    every = {d.name: split_documents(experiment, d.name, tokenizer) for d in experiment.datasets}
+    training = {d.name: split_documents(experiment, d.name, tokenizer, "train") for d in experiment.datasets}
+    cross = cross_corpus_overlaps(every, words)
+    held_out = held_out_overlaps(evaluation_texts(experiment), training, words)
+    return {"window_words": words, "documents": {name: len(docs) for name, docs in every.items()},
+            "cross_corpus": cross.summary(), "held_out_in_training": held_out.summary()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from megatron_demix.experiment import load_experiment
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="the experiment YAML (prepared with `demix prepare`)")
+    parser.add_argument("--words", type=int, default=WINDOW_WORDS, help="words per window")
+    args = parser.parse_args(argv)
+    report = check_experiment(load_experiment(args.config), args.words)
+    print(json.dumps(report, indent=2))
+    return 1 if report["cross_corpus"]["overlaps"] or report["held_out_in_training"]["overlaps"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
