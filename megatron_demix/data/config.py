@@ -22,11 +22,13 @@ class DatasetConfig:
     builtin: Literal[BUILTIN_CORPORA] | None = None
     """A built-in corpus (no downloads): general prose, code and math at three quality tiers; give either this or `path`."""
     path: str | None = None
-    """A JSONL file, a plain text file, a directory of them, or a Megatron indexed dataset prefix (.bin/.idx)."""
+    """A JSONL file (plain, .gz or .zst), a Parquet file, a plain text file, a `datasets` save_to_disk folder, a
+    directory or glob pattern (`shards/*.parquet`) of these, or a Megatron indexed dataset prefix (.bin/.idx)."""
     format: Literal["auto", "jsonl", "text", "indexed"] = "auto"
-    """How to read `path`; `auto` decides by suffix (.jsonl/.json, .txt, .bin/.idx prefix)."""
+    """How to read `path`; `auto` decides by suffix, file by file (.jsonl/.json[.gz|.zst], .parquet, .arrow, .txt,
+    .bin/.idx prefix)."""
     text_field: str = "text"
-    """The JSONL field holding the document text."""
+    """The JSONL field, or Parquet / Arrow column, holding the document text."""
     domain: str | None = None
     """The evaluation domain the dataset belongs to (e.g. `code` for every code tier); unset: its own name.
     A domain's built-in tasks are made from the held-out documents of its first dataset listed: list its

@@ -71,15 +71,17 @@ def write_builtin_corpora(experiment: ExperimentConfig) -> None:
 
 
 def _training_texts(experiment: ExperimentConfig):
+    """The first `train_megabytes` of each dataset's text, counted in text (not in the bytes of its container,
+    compressed or not), so the same documents train the same tokenizer whatever format holds them."""
     budget = int(experiment.tokenizer.train_megabytes * 1_000_000)
     for dataset in experiment.datasets:
         path = dataset_source(experiment, dataset)
         if readers.dataset_format(dataset, path) == "indexed":
             continue
         used = 0
-        for text, size in readers.iter_documents(dataset, path):
+        for text, _ in readers.iter_documents(dataset, path):
             yield text
-            used += size
+            used += len(text.encode("utf-8"))
             if used >= budget:
                 break
 
