@@ -40,7 +40,7 @@ def _experiment(tmp_path, demo_config_dict, trained=None, **sections) -> tuple:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, demo_config_dict):
-    """A work dir with prepared data, a base and both components, trained once by `demix train` (local executor)."""
+    """A work dir with prepared data, a base and the 6 components, trained once by `demix train` (local executor)."""
     tmp = tmp_path_factory.mktemp("pipeline")
     config, work = _experiment(tmp, demo_config_dict, cluster={"executor": "local"})
     out = _demix("train", "--config", config)
@@ -50,7 +50,7 @@ def trained(tmp_path_factory, demo_config_dict):
 
 def _synthetic_eval(tmp_path, sleep: float = 0.0) -> dict:
     """An `eval:` section scoring each mixture with tests/search/synthetic_eval.py (no checkpoints needed)."""
-    command = (f"{sys.executable} {SYNTHETIC_EVAL} {{mixture}} {{output}} --optimum code=0.7,math=0.3 --noise 0.01"
+    command = (f"{sys.executable} {SYNTHETIC_EVAL} {{mixture}} {{output}} --optimum code_high=0.5,math_high=0.3,code_medium=0.2 --noise 0.01"
                f" --counter {tmp_path / 'evaluations.txt'} --sleep {sleep}")
     return {"command": command, "tasks": {"general": ["quality"], "target": ["closeness"]}}
 
@@ -77,13 +77,13 @@ def test_dry_run_of_the_paper_config_lists_every_job_and_the_compute():
 
 
 def test_local_pipeline_ends_with_a_mixture_and_a_rerun_redoes_nothing(tmp_path, demo_config_dict, trained):
-    """The demo's pipeline, reduced: prepare, base, 2 components, a 4+2+1 search scored by lm-eval on the built-in tasks."""
+    """The demo's pipeline, reduced: prepare, base, 6 components, a 4+2+1 search scored by lm-eval on the built-in tasks."""
     config, work = _experiment(tmp_path, demo_config_dict, trained, cluster={"executor": "local"},
                                eval={"limit": 8, "batch_size": 8})
     out = _demix("run", "--config", config)
     assert out.returncode == 0, out.stderr[-4000:]
     answer = json.loads((work / "search" / "final_mixture.json").read_text())
-    assert set(answer["mixture"]) == {"code", "math"} and abs(sum(answer["mixture"].values()) - 1) < 1e-9
+    assert set(answer["mixture"]) == {d["name"] for d in demo_config_dict["datasets"][1:]} and abs(sum(answer["mixture"].values()) - 1) < 1e-9
     assert answer["evaluations"] == 7 and answer["measured"] is not None
     assert "final mixture (vs the token prior)" in out.stdout and "stage seconds: prepare" in out.stdout
     report = work / "search" / "report"
@@ -167,7 +167,7 @@ def test_validate_measures_fidelity_equal_to_scipy_from_the_raw_scores(tmp_path,
         assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == str(TINY_TRAINING["train_iters"])
         valid = [json.loads(line) for line in (work / "logs" / "train" / f"reference-v00{i}" / "train.jsonl").read_text().splitlines()
                  if '"valid"' in line]
-        assert {"general"} < {r["domain"] for r in valid} <= {"general", "code", "math"}
+        assert {"general"} < {r["domain"] for r in valid} <= {d["name"] for d in demo_config_dict["datasets"]}
     with open(root / "scores.csv") as f:
         raw = list(csv.DictReader(f))
     assert sorted({r["method"] for r in raw}) == ["demix", "reference"] and len(raw) == 6

@@ -46,8 +46,9 @@ SIZE_FACTORS = {"high": 0.5, "medium": 1.0, "low": 1.5}
 """Size of a tier against `megabytes` (the paper: the highest tiers are the smallest)."""
 CODE_TIER_SHARES = {"code_high": 2, "code_medium": 4, "code_low": 6}
 """How the standard-library files are divided between the code tiers (stripping shrinks a file)."""
-CODE_PIECE_BYTES = 4096
-"""Longest code document: a file is cut at line ends into pieces (enough held-out pieces for the tasks)."""
+CODE_PIECE_BYTES = 1024
+"""Longest code document: a file is cut at line ends into function-sized pieces (a high tier, the smallest,
+still holds out about ten of them for the evaluation tasks)."""
 LOW_BLOCK_LINES = 6
 LOW_NOISE = 0.04
 """Share of non-space characters of a low tier replaced by noise."""
