@@ -34,6 +34,9 @@ setup(
         "scipy",
         # Ridge, the search's small-sample predictor (search/predictor.py).
         "scikit-learn==1.9.1",
+        # Corpora as they ship (data/readers.py): Parquet and save_to_disk Arrow files (string_view: 16), .zst JSON lines.
+        "pyarrow>=16,<27",
+        "zstandard>=0.25.0,<0.26",
     ],
     extras_require={
         "dali": ["nvidia-dali-cuda120==2.4.0"],
