@@ -109,10 +109,13 @@ def _directory_files(dataset: DatasetConfig, directory: Path) -> list[Path]:
 def source_files(dataset: DatasetConfig, path: Path) -> list[Path]:
     """The files of a dataset that is not `indexed`: the file, a directory's data files, a pattern's matches."""
     if _is_pattern(path) and not path.exists():
-        matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
+        # As in a directory, `auto` skips files of no known kind (a README next to the shards).
+        matches = [m for m in sorted(Path(m) for m in glob.glob(str(path), recursive=True))
+                   if m.is_dir() or dataset.format != "auto" or file_kind(m)]
         files = list(dict.fromkeys(f for m in matches for f in (_directory_files(dataset, m) if m.is_dir() else [m])))
         if not files:
-            raise DataError(f"{path}: the pattern of dataset '{dataset.name}' matches no files; fix datasets[].path")
+            raise DataError(f"{path}: the pattern of dataset '{dataset.name}' matches no data files"
+                            f" ({', '.join(KINDS)} or a save_to_disk folder); fix datasets[].path")
         return files
     if path.is_dir():
         if not (files := _directory_files(dataset, path)):

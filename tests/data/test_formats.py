@@ -63,6 +63,7 @@ def _parquet_shards(root: Path, texts: list[str]) -> Path:
 def _saved(root: Path, texts: list[str]) -> Path:
     import datasets
 
+    root.mkdir(exist_ok=True)
     datasets.Dataset.from_dict({"id": list(range(len(texts))), "text": texts}).save_to_disk(
         str(root / "saved"), num_shards=3)
     return root / "saved"
@@ -72,6 +73,18 @@ def _arrow_file(root: Path, texts: list[str]) -> Path:
     with pa.ipc.new_file(root / "docs.arrow", _table(texts).schema) as writer:
         writer.write_table(_table(texts), max_chunksize=64)
     return root / "docs.arrow"
+
+
+def _mixed(root: Path, texts: list[str]) -> Path:
+    """A directory of three containers (read in sorted order) and a README that is not data."""
+    mixed = root / "mixed"
+    mixed.mkdir()
+    third = len(texts) // 3
+    _written(mixed / "a.jsonl.zst", _zst(_jsonl_bytes(texts[:third])))
+    pq.write_table(_table(texts[third:2 * third]), mixed / "b.parquet", row_group_size=40)
+    _saved(mixed / "c", texts[2 * third:])
+    (mixed / "README.md").write_text("# three shards\n")
+    return mixed
 
 
 def _written(path: Path, data: bytes) -> Path:
@@ -91,6 +104,7 @@ WRITERS = {
     "parquet_glob": lambda root, texts: _parquet_shards(root / "glob", texts) / "part-*.parquet",
     "saved": _saved,
     "arrow_file": _arrow_file,
+    "mixed_dir": _mixed,
 }
 """The same documents in the same order in every container `datasets[].path` accepts."""
 
@@ -239,8 +253,13 @@ def test_folders_and_patterns_that_cannot_be_read_say_what_to_point_at(sources, 
     with pytest.raises(DataError, match=re.escape(f"a DatasetDict saved with save_to_disk (splits: train, test); set"
                                                   f" datasets[].path of 'user' to one split's folder, e.g. {tmp_path / 'dict' / 'train'}")):
         _read(tmp_path / "dict")
-    with pytest.raises(DataError, match=re.escape(f"{tmp_path}/none/*.parquet: the pattern of dataset 'user' matches no files")):
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path}/none/*.parquet: the pattern of dataset 'user' matches no data files")):
         _read(tmp_path / "none" / "*.parquet")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "README.md").write_text("about the shards")
+    with pytest.raises(DataError, match="notes/\\*: the pattern of dataset 'user' matches no data files"):
+        _read(tmp_path / "notes" / "*")
+    assert _read(tmp_path / "notes" / "*", format="text") == ["about the shards"]
     (tmp_path / "mystery.bin.zst").write_bytes(sources["jsonl_zst"].read_bytes())
     with pytest.raises(DataError, match=r"mystery\.bin\.zst: not UTF-8 text .* a suffix that says its format"):
         _read(tmp_path / "mystery.bin.zst")
