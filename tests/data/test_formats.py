@@ -300,3 +300,16 @@ def test_memory_while_reading_does_not_grow_with_the_file(tmp_path, kind):
     small_peak, large_peak = _peak_bytes(small), _peak_bytes(large)
     assert large_peak < 1.3 * small_peak + (1 << 20), (small_peak, large_peak)
     assert large_peak < text_bytes / 2, (large_peak, text_bytes)
+
+
+def test_parquet_columns_other_than_the_text_are_never_read(sources, tmp_path):
+    """Another column's pages corrupted: reading the whole table fails, reading the documents does not."""
+    parquet = sources["parquet"].read_bytes()
+    metadata = pq.ParquetFile(sources["parquet"]).metadata
+    for group in range(metadata.num_row_groups):
+        url = metadata.row_group(group).column(2)
+        parquet = _corrupt(parquet, url.dictionary_page_offset if url.has_dictionary_page else url.data_page_offset, 16)
+    (tmp_path / "bad_urls.parquet").write_bytes(parquet)
+    with pytest.raises((OSError, pa.ArrowException)):
+        pq.read_table(tmp_path / "bad_urls.parquet")
+    assert _read(tmp_path / "bad_urls.parquet") == _read(sources["plain"])
