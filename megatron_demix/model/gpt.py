@@ -39,6 +39,14 @@ def layer_spec(model: ModelConfig):
     return gpt_layer_specs.get_gpt_layer_local_spec(qk_layernorm=model.qk_layernorm, normalization=model.normalization)
 
 
+def _no_cuda_graph_modules(config_class) -> dict:
+    """No CUDA graphs, in the spelling of the installed megatron-core: the field is `cuda_graph_modules`
+    from 0.19 (`cuda_graph_scope` is deprecated there), `cuda_graph_scope` before. Both releases warn
+    that their own default ("full") is deprecated, so the empty list is passed, not left out."""
+    fields = config_class.__dataclass_fields__
+    return {"cuda_graph_modules" if "cuda_graph_modules" in fields else "cuda_graph_scope": []}
+
+
 def transformer_config(model: ModelConfig, tensor_parallel: int, pipeline_parallel: int, params_dtype: torch.dtype):
     """The megatron-core TransformerConfig; TP/PP must equal what parallel_state was given
     (otherwise every pipeline stage numbers its layers from 0)."""
@@ -46,8 +54,7 @@ def transformer_config(model: ModelConfig, tensor_parallel: int, pipeline_parall
 
     check_parallel_fits(model, tensor_parallel, pipeline_parallel)
     return TransformerConfig(
-        # megatron-core 0.16's own default ("full") warns that it is deprecated; [] is the new spelling.
-        cuda_graph_scope=[],
+        **_no_cuda_graph_modules(TransformerConfig),
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
         ffn_hidden_size=model.ffn_hidden_size,
@@ -80,7 +87,15 @@ def transformer_config(model: ModelConfig, tensor_parallel: int, pipeline_parall
 
 
 def build_gpt_model(model: ModelConfig, vocab_size: int, *, params_dtype: torch.dtype = torch.float32):
-    """The GPTModel stage of this rank (parallel_state must be initialised)."""
+    """The GPTModel stage of this rank (parallel_state must be initialised).
+
+    megatron-core 0.19 deprecates GPTModel for HybridModel (its migration guide,
+    docs/user-guide/hybrid-model-migration.md). Not followed yet: HybridModel splits each block into
+    an attention and an MLP layer, so its checkpoints number `decoder.layers.*` differently and a
+    GPTModel run refuses them: megatron-core 0.16 (still supported) has no HybridModel, and the merge,
+    the HF key maps and components trained by Megatron-LM's GPT recipes all use GPTModel's keys.
+    Migrate when 0.16 support ends, with the merge's and HF export's key maps (runtime/quiet.py hides
+    the deprecation line meanwhile)."""
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
 

@@ -11,6 +11,9 @@ megatron-core hard-codes CUDA in many places (`torch.cuda.current_device()`, `de
 - `torch.cuda.current_device()` returns the CPU device; `manual_seed(_all)`, `synchronize` and
   `empty_cache` are no-ops; the CUDA RNG get/set (torch.cuda, torch.cuda.random and megatron's
   private `_get_cuda_rng_state` / `_set_cuda_rng_state`) use the CPU generator;
+- `torch.cuda.current_stream()` / `default_stream()` return torch's CPU stream, whose
+  `wait_event` / `wait_stream` do nothing: megatron-core 0.19's `start_grad_sync` waits on the
+  current stream at every gradient reduction, CUDA graphs or not;
 - a TorchFunctionMode rewrites `device=` arguments naming CUDA to CPU and makes
   `Tensor.cuda()` / `Tensor.to("cuda")` identities.
 It must be installed before megatron-core builds anything; `install_cpu_compat()` is idempotent.
@@ -86,6 +89,7 @@ def install_cpu_compat() -> None:
             return
         cpu = torch.device("cpu")
         torch.cuda.current_device = lambda: cpu
+        torch.cuda.current_stream = torch.cuda.default_stream = torch.cpu.current_stream
         for name in ("manual_seed", "manual_seed_all", "synchronize", "empty_cache"):
             setattr(torch.cuda, name, lambda *a, **k: None)
         torch.cuda.get_rng_state = torch.cuda.random.get_rng_state = _cpu_rng_state

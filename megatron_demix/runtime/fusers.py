@@ -8,42 +8,24 @@ without), on GPU hosts as on CPU hosts. This project calls none of those functio
 every model with megatron's fusions off (`bias_activation_fusion`, `bias_dropout_fusion`,
 `masked_softmax_fusion`, `apply_rope_fusion` all False), torch norms and `F.silu` / `F.gelu`.
 
-So the finder below calls megatron-core's own `disable_jit_fuser()` the moment `megatron.core.jit` is
-loaded, before any other megatron module imports `jit_fuser`. It is installed by `megatron_demix`'s
+So megatron-core's own `disable_jit_fuser()` is called the moment `megatron.core.jit` is loaded
+(runtime/import_hooks.py), before any other megatron module imports `jit_fuser`. It is installed by `megatron_demix`'s
 `__init__`, which every entry point imports before megatron-core. Nothing else changes: such a function,
-if it were called, would run eagerly, as megatron-core's `disable_jit_fuser` intends.
+if it were called, would run eagerly, as megatron-core's `disable_jit_fuser` intends. (megatron-core
+0.19 imports torch._dynamo and torch._inductor regardless: its MoE router decorates a class with
+`@torch.compile` at import. The fusers are still off there.)
 """
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
-import sys
+from megatron_demix.runtime.import_hooks import after_import
 
 JIT_MODULE = "megatron.core.jit"
 
 
-class _DisableJitFuserOnLoad(importlib.abc.MetaPathFinder):
-    """Finds `megatron.core.jit` as the normal path finder does, and disables its fuser once loaded."""
-
-    def find_spec(self, name, path, target=None):
-        if name != JIT_MODULE:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
-        if spec is None or spec.loader is None:
-            return spec
-        exec_module = spec.loader.exec_module
-
-        def exec_then_disable(module):
-            exec_module(module)
-            module.disable_jit_fuser()
-
-        spec.loader.exec_module = exec_then_disable
-        return spec
+def _disable(jit_module) -> None:
+    jit_module.disable_jit_fuser()
 
 
 def disable_megatron_jit_fuser() -> None:
-    """Install the finder (idempotent); where megatron-core is already imported, disable the fuser for what follows."""
-    if JIT_MODULE in sys.modules:
-        sys.modules[JIT_MODULE].disable_jit_fuser()
-    elif not any(isinstance(finder, _DisableJitFuserOnLoad) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _DisableJitFuserOnLoad())
+    """Disable the fuser as soon as `megatron.core.jit` loads (at once if it already has); idempotent."""
+    after_import(JIT_MODULE, _disable)

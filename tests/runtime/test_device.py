@@ -20,6 +20,8 @@ def test_cpu_compat_redirects_cuda_to_cpu():
         assert not device.is_gpu_host()
         device.install_cpu_compat(); device.install_cpu_compat()  # idempotent
         assert torch.cuda.current_device() == torch.device("cpu")
+        stream = torch.cuda.current_stream()
+        stream.wait_stream(torch.cuda.default_stream()); stream.wait_event(None)  # megatron-core 0.19 grad sync
         assert torch.zeros(2, device="cuda").device.type == "cpu"
         t = torch.ones(3)
         assert t.cuda() is t and t.to("cuda").device.type == "cpu"

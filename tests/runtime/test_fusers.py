@@ -24,7 +24,12 @@ def _probe(first: str) -> list[str]:
 
 
 def test_megatron_decorates_plain_functions_and_never_imports_inductor():
-    assert _probe("import megatron_demix") == ["True", "False", "False"]  # the functions as written
+    fuser_off, compiled, inductor = _probe("import megatron_demix")
+    assert (fuser_off, compiled) == ("True", "False")  # the functions as written
+    # From 0.19 megatron-core's MoE router compiles a class at import, which loads inductor anyway.
+    from importlib.metadata import version
+
+    assert inductor == str(tuple(map(int, version("megatron-core").split(".")[:2])) >= (0, 19))
 
 
 def test_without_megatron_demix_first_megatron_compiles_them():

@@ -110,7 +110,8 @@ def test_usr1_saves_first_then_requeues_and_the_task_resumes(slurm_cluster, tiny
     signal_iteration = int(saved.group(1))
     assert text.index("USR1 (time limit near)") < saved.start() < text.index("requeueing"), text
     written = {p.name for p in (save / f"iter_{signal_iteration:07d}").iterdir()}
-    assert {"metadata.json", ".metadata", "common.pt"} <= written and any(n.endswith(".distcp") for n in written), written
+    # common.pt up to megatron-core 0.18; from 0.19 the common state is inside the checkpoint.
+    assert {"metadata.json", ".metadata"} <= written and any(n.endswith(".distcp") for n in written), written
     assert f"training 160 iterations from {signal_iteration}" in text, text
     assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == "160"
 

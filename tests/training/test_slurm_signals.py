@@ -65,8 +65,11 @@ def _signal_save(log: str) -> int:
 def _assert_complete_checkpoint(save, iteration: int):
     assert int((save / "latest_checkpointed_iteration.txt").read_text()) == iteration
     path = save / f"iter_{iteration:07d}"
-    assert {"metadata.json", ".metadata", "common.pt"} <= {p.name for p in path.iterdir()}
+    assert {"metadata.json", ".metadata"} <= {p.name for p in path.iterdir()}
     assert any(path.glob("__*_*.distcp"))
+    from megatron.core.dist_checkpointing import load_common_state_dict  # common.pt or (0.19) inside
+
+    assert load_common_state_dict(str(path))["iteration"] == iteration
 
 
 @pytest.mark.slurm
