@@ -268,8 +268,7 @@ def builtin_corpora(megabytes: float) -> dict[str, tuple[str, ...]]:
         for doc in documents:
             if budget <= 0:
                 break
-            if doc.strip() and not index.shares(doc):
-                index.add(doc)
+            if doc.strip() and index.add_if_new(doc):
                 kept.append(doc)
                 budget -= len(doc.encode())
         corpora[name] = tuple(kept)

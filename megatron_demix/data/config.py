@@ -73,7 +73,7 @@ class PrepareConfig:
 
     workers: int = 2
     """Tokenizer worker processes (like Megatron's preprocess_data.py --workers)."""
-    builtin_megabytes: float = 2.0
+    builtin_megabytes: float = 1.0
     """Size of the built-in corpora in MB of text: `prose` and the medium tiers have this size, the high tiers
     half of it, the low tiers one and a half times (past about 1 MB, prose and code run out of source text)."""
     append_eod: bool = True

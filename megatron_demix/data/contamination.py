@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import sys
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -61,6 +62,14 @@ class WindowIndex:
     def shares(self, text: str) -> bool:
         return not self.hashes.isdisjoint(window_hashes(text, self.words).tolist())
 
+    def add_if_new(self, text: str) -> bool:
+        """Add `text` unless it shares a window with a text added before; returns whether it was added."""
+        hashes = window_hashes(text, self.words).tolist()
+        if not self.hashes.isdisjoint(hashes):
+            return False
+        self.hashes.update(hashes)
+        return True
+
 
 @dataclass
 class Overlaps:
@@ -70,20 +79,22 @@ class Overlaps:
     found: list[tuple[str, int, str]] = field(default_factory=list)
 
     def summary(self) -> dict:
-        pairs: dict[str, int] = {}
-        for source, _, other in self.found:
-            pairs[f"{source} in {other}"] = pairs.get(f"{source} in {other}", 0) + 1
-        return {"checked": self.checked, "overlaps": len(self.found), "by_pair": pairs}
+        pairs = Counter(f"{source} in {other}" for source, _, other in self.found)
+        return {"checked": self.checked, "overlaps": len(self.found), "by_pair": dict(pairs)}
+
+
+def _indexes(corpora: dict[str, list[str]], words: int) -> dict[str, WindowIndex]:
+    indexes = {name: WindowIndex(words) for name in corpora}
+    for name, docs in corpora.items():
+        for doc in docs:
+            indexes[name].add(doc)
+    return indexes
 
 
 def cross_corpus_overlaps(corpora: dict[str, Iterable[str]], words: int = WINDOW_WORDS) -> Overlaps:
     """(a): every document of every corpus against every other corpus."""
     corpora = {name: list(docs) for name, docs in corpora.items()}
-    indexes = {}
-    for name, docs in corpora.items():
-        indexes[name] = WindowIndex(words)
-        for doc in docs:
-            indexes[name].add(doc)
+    indexes = _indexes(corpora, words)
     result = Overlaps()
     for name, docs in corpora.items():
         for number, doc in enumerate(docs):
@@ -98,11 +109,7 @@ def cross_corpus_overlaps(corpora: dict[str, Iterable[str]], words: int = WINDOW
 def held_out_overlaps(held_out: dict[str, Iterable[str]], training: dict[str, Iterable[str]],
                       words: int = WINDOW_WORDS) -> Overlaps:
     """(b): every held-out text (per domain) against every dataset's training documents."""
-    indexes = {}
-    for name, docs in training.items():
-        indexes[name] = WindowIndex(words)
-        for doc in docs:
-            indexes[name].add(doc)
+    indexes = _indexes({name: list(docs) for name, docs in training.items()}, words)
     result = Overlaps()
     for domain, texts in held_out.items():
         for number, text in enumerate(texts):

@@ -27,7 +27,7 @@ def test_prepare_job_runs_to_completion(request, backend, tmp_path, demo_config_
     job = executor.submit(JobSpec("prepare", "slurm/prepare.sh", [str(config)]))
     states = job.wait(timeout=300)
     assert list(states.values()) == ["COMPLETED 0:0"], job.log().read_text()
-    for name in ("general", "code", "math"):
+    for name in [d["name"] for d in demo_config_dict["datasets"]]:
         record = json.loads((tmp_path / "work" / "data" / name / "token_count.json").read_text())
         assert record["tokens"] > 0
 

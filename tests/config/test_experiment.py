@@ -13,9 +13,11 @@ from tests.conftest import REPO
 def test_demo_config_loads():
     experiment = load_experiment(REPO / "configs" / "demo.yaml")
     assert experiment.general.name == "general"
-    assert [d.name for d in experiment.candidates] == ["code", "math"]
+    assert [d.name for d in experiment.candidates] == [f"{domain}_{tier}" for domain in ("code", "math")
+                                                       for tier in ("high", "medium", "low")]
+    assert [d.eval_domain for d in experiment.datasets] == ["general"] + ["code"] * 3 + ["math"] * 3
     assert experiment.model.num_query_groups == 2  # from the tiny preset
-    assert experiment.paths.dataset_prefix("code").name == "code"
+    assert experiment.paths.dataset_prefix("code_high").name == "code_high"
 
 
 def _write(tmp_path, data) -> str:

@@ -276,7 +276,9 @@ def test_mixture_file_names_every_component(demo_config_dict, checkpoints, tmp_p
     from megatron_demix.experiment import experiment_from_dict
     from megatron_demix.merge.mixture import mixture_inputs
 
-    config = {**demo_config_dict, "work_dir": str(tmp_path / "work")}
+    datasets = [{"name": "general", "role": "general", "builtin": "prose"}, {"name": "code", "builtin": "code"},
+                {"name": "math", "builtin": "math"}]
+    config = {**demo_config_dict, "work_dir": str(tmp_path / "work"), "datasets": datasets}
     experiment = experiment_from_dict(config)
     for name, source in (("code", "A"), ("math", "B"), ("base", "BASE")):
         experiment.paths.checkpoint(name).parent.mkdir(parents=True, exist_ok=True)

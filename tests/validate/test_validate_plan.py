@@ -16,7 +16,10 @@ from megatron_demix.validate.run import evaluation_entries, reference_mixtures, 
 
 @pytest.fixture
 def experiment(tmp_path, demo_config_dict):
-    return experiment_from_dict({**demo_config_dict, "work_dir": str(tmp_path / "work"),
+    datasets = [{"name": "general", "role": "general", "builtin": "prose"}, {"name": "code", "builtin": "code"},
+                {"name": "math", "builtin": "math"}]  # two candidates, the plan's arithmetic by hand
+    training = {**demo_config_dict["training"], "train_iters": 200}
+    return experiment_from_dict({**demo_config_dict, "work_dir": str(tmp_path / "work"), "datasets": datasets, "training": training,
                                  "search": {"prior": {"code": 3, "math": 1}, "pool_size": 100},
                                  "validate": {"references": 5, "proxy_budgets": [0.125, 0.5]}})
 
@@ -37,7 +40,7 @@ def test_mixtures_are_drawn_once_and_a_changed_setting_fails(experiment):
 def test_models_to_train_evaluations_and_compute(experiment):
     mixtures = reference_mixtures(experiment)
     runs = training_runs(experiment, mixtures)
-    component_iters = experiment.training.train_iters  # 200 in the demo
+    component_iters = experiment.training.train_iters  # 200 (set above)
     assert [(r.id, r.train_iters) for r in runs if r.id.endswith("v000")] == [
         ("reference-v000", component_iters), ("trained-0.125x-v000", 25), ("trained-0.5x-v000", 100)]
     assert len(runs) == 16 and all(r.save.endswith(f"validate/models/{r.id}") for r in runs)
