@@ -41,6 +41,8 @@ from megatron_demix.checkpoint.layout import CheckpointError
 
 METADATA_FILE = ".metadata"
 COMMON_FILE = "common.pt"
+COMMON_OBJECT = "common_state/shard_0_1"
+"""Where megatron-core 0.19 keeps the common state instead: ShardedObject `common_state` (shape (1,)) in the data."""
 BACKEND_FILE = "metadata.json"
 # The DCP format version torch 2.13's FileSystemWriter stamps on `.metadata`.
 DCP_VERSION = "1.0.0"
@@ -156,6 +158,20 @@ def read_metadata(path: Path) -> Metadata:
     if not isinstance(metadata, Metadata) or metadata.storage_data is None:
         raise CheckpointDataError(f"{file}: not a torch.distributed.checkpoint Metadata with storage_data")
     return metadata
+
+
+def read_common_state(path: Path):
+    """The checkpoint's non-sharded ("common") state, None when it has none: `common.pt` up to
+    megatron-core 0.18; from 0.19 the object `COMMON_OBJECT` in the data (a one-element list)."""
+    path = Path(path)
+    if (path / COMMON_FILE).exists():
+        return torch.load(path / COMMON_FILE, map_location="cpu", weights_only=False)
+    storage = read_metadata(path).storage_data
+    index = next((i for i in storage if i.fqn == COMMON_OBJECT), None)
+    if index is None:
+        return None
+    with ChunkReader(path, storage) as reader:
+        return torch.load(io.BytesIO(reader.raw(index)), map_location="cpu", weights_only=False)[0]
 
 
 class _FileWindow(io.RawIOBase):

@@ -24,6 +24,7 @@ import torch
 from megatron_demix.checkpoint.layout import CheckpointError
 from megatron_demix.checkpoint.torch_dist import (
     BACKEND_FILE, COMMON_FILE, DCP_VERSION, METADATA_FILE, Metadata, MetadataIndex, StorageInfo, StorageMeta, dump_metadata,
+    read_common_state,
 )
 from megatron_demix.runtime.files import atomic_write_bytes, atomic_write_json, write_failure
 
@@ -141,7 +142,7 @@ class DataFileWriter:
 
 def write_checkpoint_files(directory: Path, state_dict_metadata: dict, records: dict, first_input: Path, common_source: Path,
                            provenance: dict) -> None:
-    """Rank 0's part: `.metadata`, `metadata.json`, `common.pt` (when `common_source` has one) and `merge.json`.
+    """Rank 0's part: `.metadata`, `metadata.json`, `common.pt` (when `common_source` has a common state) and `merge.json`.
 
     The common state gets `demix_merge` (the provenance, so a copy without `merge.json` still says
     what it is) and the output's `iteration`. `.metadata` is written last, so a directory with one
@@ -149,11 +150,11 @@ def write_checkpoint_files(directory: Path, state_dict_metadata: dict, records: 
     """
     directory = Path(directory)
     atomic_write_bytes(directory / BACKEND_FILE, (Path(first_input) / BACKEND_FILE).read_bytes())
-    common = Path(common_source) / COMMON_FILE
-    # From megatron-core 0.19 the common state is a ShardedObject inside the data (copied with
-    # the other objects) and there is no common.pt; writing one then would shadow it.
-    if common.exists():
-        state = torch.load(common, map_location="cpu", weights_only=False)
+    # From megatron-core 0.19 the input's common state is an object inside its data (copied with the
+    # other objects, unchanged). The output's, with the merge's iteration and provenance, always goes
+    # to common.pt, which every release reads first (0.19 before that object; 0.16 knows only it).
+    state = read_common_state(common_source)
+    if state is not None:
         if isinstance(state, dict):
             # Optimizer state is not merged, so its non-tensor half must not pretend to be there.
             for key in ("optimizer", "opt_param_scheduler"):
