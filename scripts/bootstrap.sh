@@ -26,8 +26,7 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 # The default venv gets the megatron-core pinned in constraints.txt; --compat makes .venv-compat
 # with the one on its `# compat:` line (the oldest supported release, CI's second run).
 VENV=.venv
-default_mcore=$(sed -n 's/^megatron-core==//p' constraints.txt)
-mcore=$default_mcore
+mcore=$(sed -n 's/^megatron-core==//p' constraints.txt)
 if [ "${1:-}" = "--compat" ]; then
   VENV=.venv-compat
   mcore=$(sed -n 's/^# compat: megatron-core==//p' constraints.txt)
