@@ -1,31 +1,53 @@
-"""Preparation throughput: tokens/s with 1 and 2 tokenizer workers, side by side in one run.
+"""Preparation throughput: tokens/s with 1 and 2 tokenizer workers, or per container format, side by side in one run.
 
     .venv/bin/python benchmarks/prepare_bench.py [--megabytes 8] [--workers 1 2]
+    .venv/bin/python benchmarks/prepare_bench.py --formats --megabytes 100 --workers 2
 
-Tokenizes the built-in corpora (best of --repeat runs) (a trained 4096-token BPE) into Megatron indexed datasets from
-scratch for each worker count and prints tokens/s per dataset, and the ratio to 1 worker.
+Without --formats: tokenizes the built-in corpora (best of --repeat runs) (a trained 4096-token BPE) into Megatron
+indexed datasets from scratch for each worker count and prints tokens/s per dataset, and the ratio to 1 worker.
+
+With --formats: the same --megabytes of documents as plain JSONL, Parquet (8 row groups, two more columns),
+.jsonl.zst and a `datasets` save_to_disk folder, each prepared in a fresh process (best of --repeat, interleaved):
+time, tokens/s against plain JSONL, and the peak memory of the reading process and of its tokenizer workers
+above the process's memory before the run (megatron-core and torch imported), from getrusage.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing
+import os
+import random
+import resource
 import shutil
 import tempfile
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import yaml
 
 from megatron_demix.experiment import experiment_from_dict
 from megatron_demix.data.prepare import ensure_tokenizer, prepare_dataset, write_builtin_corpora
+from megatron_demix.data.tokenizer import load_tokenizer, train_bpe
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--megabytes", type=float, default=8.0, help="size of each built-in corpus")
+    parser.add_argument("--megabytes", type=float, default=8.0, help="size of each built-in corpus (--formats: of the documents)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeat", type=int, default=3, help="runs per setting; the fastest counts (machines are noisy)")
+    parser.add_argument("--formats", action="store_true", help="compare container formats instead of worker counts")
     args = parser.parse_args()
+    if args.formats:
+        formats_bench(args)
+    else:
+        workers_bench(args)
+
+
+def workers_bench(args) -> None:
     import megatron.core.datasets.indexed_dataset  # noqa: F401  (import outside the timings)
 
     data = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
@@ -33,7 +55,7 @@ def main() -> None:
         experiment = experiment_from_dict({**data, "work_dir": work, "prepare": {"builtin_megabytes": args.megabytes}})
         write_builtin_corpora(experiment)
         tokenizer = ensure_tokenizer(experiment)
-        rows = {}
+        rows, load = {}, [os.getloadavg()[0]]
         for _ in range(args.repeat):  # interleaved, so drifting load hits every setting alike
             for workers in args.workers:
                 for dataset in experiment.datasets:
@@ -53,6 +75,117 @@ def main() -> None:
         tokens = sum(rows[n, args.workers[0]]["tokens"] for n in (names if name == "all" else [name]))
         print(f"{name:<10}{tokens:>12,}" + "".join(f"{rate(w):>22,.0f}" for w in args.workers)
               + "".join(f"{rate(w) / rate(args.workers[0]):>12.2f}" for w in args.workers[1:]))
+
+
+
+# ----------------------------------------------------------------------------- --formats
+def _documents(megabytes: float, seed: int = 0) -> list[str]:
+    """Distinct web-page-like documents: words of Python's help topics drawn by their frequency there, lengths
+    log-normal around 2.5 KB, a paragraph break every 60 words. Distinct, so compressors see text, not repeats."""
+    import pydoc_data.topics
+
+    counts = Counter(w for text in pydoc_data.topics.topics.values() for w in text.split())
+    words = [w for w, _ in counts.most_common()]
+    cumulative, total = [], 0
+    for w in words:
+        total += counts[w]
+        cumulative.append(total)
+    rng, texts, size = random.Random(seed), [], 0
+    while size < megabytes * 1_000_000:
+        drawn = rng.choices(words, cum_weights=cumulative, k=max(8, int(rng.lognormvariate(6.0, 0.7))))
+        text = "\n\n".join(" ".join(drawn[i:i + 60]) for i in range(0, len(drawn), 60))
+        texts.append(text)
+        size += len(text.encode())
+    return texts
+
+
+def _write_formats(root: Path, texts: list[str]) -> dict[str, Path]:
+    """The documents, in the same order, in each container (written by each format's own library)."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    columns = {"id": list(range(len(texts))), "url": [f"https://example.org/{i}" for i in range(len(texts))], "text": texts}
+    plain = root / "docs.jsonl"
+    plain.write_text("".join(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n" for i, t in enumerate(texts)))
+    zst = root / "docs.jsonl.zst"
+    with open(plain, "rb") as source, open(zst, "wb") as target:
+        zstandard.ZstdCompressor(level=3).copy_stream(source, target)
+    parquet = root / "docs.parquet"
+    pq.write_table(pa.table(columns), parquet, row_group_size=len(texts) // 8 + 1)
+    saved = root / "saved"
+    datasets.Dataset.from_dict(columns).save_to_disk(str(saved))
+    return {"jsonl": plain, "parquet": parquet, "jsonl.zst": zst, "save_to_disk": saved}
+
+
+def _measure(config: dict, name: str, workers: int) -> dict:
+    """Prepare one dataset of `config` in this fresh process: its record, and peak memory above the start."""
+    # Imports outside the timings (a process's first Parquet read still adds about 70 MiB, the same at 20 or 80 MB).
+    import megatron.core.datasets.indexed_dataset  # noqa: F401
+    import psutil
+    import pyarrow.parquet  # noqa: F401
+    import zstandard  # noqa: F401
+
+    experiment = experiment_from_dict(config, "bench")
+    tokenizer = load_tokenizer(experiment.tokenizer.path)
+    start = psutil.Process().memory_info().rss
+    dataset = next(d for d in experiment.datasets if d.name == name)
+    record = prepare_dataset(experiment, dataset, tokenizer, workers)
+    # The reader's peak is VmHWM, not getrusage's maxrss: that one keeps the peak of the parent this spawned
+    # process was forked from (exec does not reset it). A forked worker's RSS counts only the pages it
+    # touched, so it is shown whole, not above the start.
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    reader_peak = int(status["VmHWM"].split()[0]) * 1024 - start
+    return {**record, "start_rss": start, "reader_peak": reader_peak,
+            "worker_peak": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}
+
+
+def _disk_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in ([path] if path.is_file() else path.rglob("*")) if f.is_file())
+
+
+def formats_bench(args) -> None:
+    spawn = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as work:
+        root = Path(work)
+        texts = _documents(args.megabytes)
+        sources = _write_formats(root, texts)
+        tokenizer = train_bpe(texts[:int(len(texts) * min(1.0, 8 / args.megabytes))], 4096, root / "tokenizer.json")  # on 8 MB
+        del texts
+        names = {"jsonl": "jsonl", "parquet": "parquet", "jsonl.zst": "jsonl_zst", "save_to_disk": "save_to_disk"}
+        config = {"name": "bench", "work_dir": str(root / "work"), "model": {"preset": "tiny"},
+                  "tokenizer": {"path": str(tokenizer.path)},
+                  "datasets": [{"name": names[fmt], "role": "general" if fmt == "jsonl" else "candidate", "path": str(path)}
+                               for fmt, path in sources.items()]}
+        rows, load = {}, [os.getloadavg()[0]]
+        for _ in range(args.repeat):  # interleaved, so drifting load hits every format alike
+            for workers in args.workers:
+                for fmt in sources:
+                    shutil.rmtree(root / "work" / "data" / names[fmt], ignore_errors=True)
+                    with ProcessPoolExecutor(1, spawn) as fresh:  # a fresh process: its own peak memory
+                        record = fresh.submit(_measure, config, names[fmt], workers).result()
+                    best = rows.get((fmt, workers))
+                    if best is None or record["seconds"] < best["seconds"]:
+                        rows[fmt, workers] = record
+                    identical = all((root / "work" / "data" / names[fmt] / f"{names[fmt]}{s}").read_bytes()
+                                    == (root / "work" / "data" / "jsonl" / f"jsonl{s}").read_bytes() for s in (".bin", ".idx"))
+                    rows[fmt, workers]["identical"] = identical
+                    load.append(os.getloadavg()[0])
+        print(f"\nload average (1 min) during the runs: {min(load):.1f} to {max(load):.1f} on {os.cpu_count()} cores")
+        print(f"{args.megabytes:g} MB of documents ({rows['jsonl', args.workers[0]]['documents']:,}),"
+              f" BPE vocab {tokenizer.vocab_size}; the reading process starts at"
+              f" {rows['jsonl', args.workers[0]]['start_rss'] / 2**20:.0f} MiB (megatron-core, pyarrow imported)")
+        print("| format | on disk | workers | tokens | seconds | tokens/s | vs JSONL | reader peak RSS above start |"
+              " worker peak RSS | .bin/.idx = JSONL's |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for workers in args.workers:
+            for fmt, path in sources.items():
+                r, base = rows[fmt, workers], rows["jsonl", workers]
+                print(f"| {fmt} | {_disk_bytes(path) / 1e6:.1f} MB | {workers} | {r['tokens']:,} | {r['seconds']:.1f} |"
+                      f" {r['tokens_per_second']:,} | {r['tokens_per_second'] / base['tokens_per_second']:.2f} |"
+                      f" {r['reader_peak'] / 2**20:+.0f} MiB | {r['worker_peak'] / 2**20:.0f} MiB |"
+                      f" {'yes' if r['identical'] else 'NO'} |")
 
 
 if __name__ == "__main__":
