@@ -139,11 +139,15 @@ def _run_run(args) -> None:
     print("\nfinal mixture (vs the token prior):")
     for name, share in answer["mixture"].items():
         print(f"  {name:<20} {share:6.3f}   prior {prior[name]:6.3f}   {share - prior[name]:+.3f}")
-    measured = answer.get("measured") or {}
+    print(f"chosen as: {answer['reason']}")
+    measured, check = answer.get("measured") or {}, answer.get("check") or {}
     if measured:
-        from megatron_demix.search.report import versus_best
-
-        print(f"its own proxy, evaluated: rank {measured['rank']} of {measured['of']} evaluated mixtures. {versus_best(answer)}")
+        print(f"predicted best, its own proxy measured {measured['score']:.3f} (rank {measured['rank']} of {measured['of']});"
+              f" best evaluated ({check.get('best_id', '-')}) {check.get('best_measured', float('nan')):.3f}:"
+              f" {'kept' if check.get('kept', True) else 'replaced by ' + str(check.get('chosen_id'))}")
+    stage = answer.get("next_stage") or {}
+    if stage:
+        print(f"next stage: Megatron-LM {stage['megatron_lm_flags']}\n  or this trainer: {stage['train_command']}")
     print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()) + f" ({type(executor).__name__})")
     print(f"report: {result['report']} (summary.md, final_mixture.json, *.png)")
 

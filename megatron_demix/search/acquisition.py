@@ -1,45 +1,47 @@
-"""Which pool mixtures the next round evaluates (`search.acquisition`, a registry).
+"""Which candidate mixtures the next round evaluates (`search.acquisition`, a registry).
 
-- `top_random` (the paper): a uniform random subset of the `acquisition_top` best predicted pool
-  mixtures not yet evaluated; exploitation with some spread, cheap.
-- `ucb`: a bootstrap ensemble's composite mean + kappa x std (optimism where the regressors
-  disagree), picked greedily under a minimum L1 distance to every earlier pick and evaluated
-  mixture, so a round does not spend its proxies on near-copies. A merged proxy costs one
-  evaluation, which makes spending some on uncertainty affordable.
+- `ei` (the default): expected improvement of the composite score over the best predicted score of an
+  evaluated mixture, under the predictor's uncertainty (the Gaussian process's posterior, else the
+  bootstrap ensemble's spread); picked greedily under a minimum L1 distance to every earlier pick and
+  evaluated mixture. It spends proxies where a gain is likely, not only where the mean is highest.
+- `top_spread`: the best predicted mixtures under the same distance rule (pure exploitation).
+- `top_random` (the paper): a uniform random subset of the `acquisition_top` best predicted mixtures
+  not yet evaluated; exploitation with some spread, cheap.
+- `ucb`: a bootstrap ensemble's composite mean + kappa x std (optimism where the regressors disagree).
+A merged proxy costs one evaluation, which makes spending some on uncertainty affordable.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import norm
 
 from megatron_demix.search.config import SearchConfig
 
 
 @dataclass
 class Candidates:
-    """What an acquisition chooses from: the pool, its predicted composite scores and what was evaluated."""
+    """What an acquisition chooses from: candidate mixtures, their predicted composite scores and what was evaluated."""
 
     pool: np.ndarray
     score: np.ndarray
-    """Composite score of the main predictor per pool row."""
+    """Composite score of the main predictor per candidate row."""
     ensemble_scores: np.ndarray | None
-    """[members, pool] composite scores of the bootstrap ensemble (acquisitions with `needs_ensemble`)."""
+    """[members, candidates] composite scores of the bootstrap ensemble (acquisitions with `needs_ensemble`)."""
     evaluated: np.ndarray
-    """Boolean mask of pool rows already evaluated."""
+    """Boolean mask of candidate rows already evaluated."""
     evaluated_mixtures: np.ndarray
-    """[e, k] every mixture evaluated so far (pool or not), for distance constraints."""
+    """[e, k] every mixture evaluated so far (candidate or not), for distance constraints."""
+    score_std: np.ndarray | None = None
+    """Standard deviation of the composite score per candidate (the Gaussian process's), when known."""
+    incumbent: float | None = None
+    """The best predicted composite score among the evaluated mixtures (what `ei` must improve on)."""
 
 
-def top_random(c: Candidates, n: int, rng: np.random.Generator, config: SearchConfig) -> np.ndarray:
-    order = np.argsort(-c.score, kind="stable")
-    order = order[~c.evaluated[order]][: max(config.acquisition_top, n)]
-    return rng.choice(order, size=min(n, len(order)), replace=False)
-
-
-def ucb(c: Candidates, n: int, rng: np.random.Generator, config: SearchConfig) -> np.ndarray:
-    upper = c.ensemble_scores.mean(axis=0) + config.ucb_kappa * c.ensemble_scores.std(axis=0)
-    order = np.argsort(-upper, kind="stable")
+def spread_picks(c: Candidates, order: np.ndarray, n: int, config: SearchConfig) -> np.ndarray:
+    """The first `n` of `order` (best first) that keep `min_distance` (L1) from each other and from every
+    evaluated mixture; when the rule cannot be met any more, the best remaining."""
     order = order[~c.evaluated[order]]
     shortlist = order[: max(50 * n, 1000)]
     nearest = np.full(len(shortlist), np.inf)
@@ -48,17 +50,52 @@ def ucb(c: Candidates, n: int, rng: np.random.Generator, config: SearchConfig) -
     picks = []
     for _ in range(n):
         allowed = np.flatnonzero(nearest >= config.min_distance)
-        if not len(allowed):  # the constraint cannot be met any more: take the best remaining
+        if not len(allowed):
             allowed = np.flatnonzero(nearest > -np.inf)
             if not len(allowed):
                 break
-        best = allowed[0]  # shortlist is in UCB order
+        best = allowed[0]  # shortlist is in acquisition order
         picks.append(shortlist[best])
         nearest = np.minimum(nearest, np.abs(c.pool[shortlist] - c.pool[shortlist[best]]).sum(axis=1))
         nearest[best] = -np.inf  # picked
     return np.array(picks, dtype=np.int64)
 
 
-ACQUISITIONS = {"top_random": top_random, "ucb": ucb}
-"""name -> function(candidates, n, rng, config) -> pool indices."""
+def top_random(c: Candidates, n: int, rng: np.random.Generator, config: SearchConfig) -> np.ndarray:
+    order = np.argsort(-c.score, kind="stable")
+    order = order[~c.evaluated[order]][: max(config.acquisition_top, n)]
+    return rng.choice(order, size=min(n, len(order)), replace=False)
+
+
+def top_spread(c: Candidates, n: int, rng: np.random.Generator, config: SearchConfig) -> np.ndarray:
+    return spread_picks(c, np.argsort(-c.score, kind="stable"), n, config)
+
+
+def ucb(c: Candidates, n: int, rng: np.random.Generator, config: SearchConfig) -> np.ndarray:
+    upper = c.ensemble_scores.mean(axis=0) + config.ucb_kappa * c.ensemble_scores.std(axis=0)
+    return spread_picks(c, np.argsort(-upper, kind="stable"), n, config)
+
+
+def expected_improvement(mean: np.ndarray, std: np.ndarray, incumbent: float) -> np.ndarray:
+    """E[max(0, f - incumbent)] for f ~ N(mean, std^2) (0 spread: the plain improvement)."""
+    std = np.maximum(std, 1e-12)
+    z = (mean - incumbent) / std
+    return (mean - incumbent) * norm.cdf(z) + std * norm.pdf(z)
+
+
+def ei(c: Candidates, n: int, rng: np.random.Generator, config: SearchConfig) -> np.ndarray:
+    if c.score_std is not None:
+        mean, std = c.score, c.score_std
+    else:
+        mean, std = c.ensemble_scores.mean(axis=0), c.ensemble_scores.std(axis=0)
+    finite = np.isfinite(mean)  # rows below a domain floor score -inf: never picked
+    incumbent = c.incumbent if c.incumbent is not None else float(mean[finite].max())
+    gain = np.full(len(mean), -np.inf)
+    gain[finite] = expected_improvement(mean[finite], std[finite], incumbent)
+    return spread_picks(c, np.lexsort((-c.score, -gain)), n, config)  # ties (no gain anywhere): the best predicted
+
+
+ACQUISITIONS = {"ei": ei, "top_spread": top_spread, "top_random": top_random, "ucb": ucb}
+"""name -> function(candidates, n, rng, config) -> candidate indices."""
 NEEDS_ENSEMBLE = {"ucb"}
+"""Acquisitions that always need the bootstrap ensemble (`ei` needs it only without a GP)."""

@@ -1,9 +1,11 @@
-"""The `search:` section: sampling mixtures, rounds of proxies, the predictor and the final answer.
+"""The `search:` section: sampling mixtures, rounds of proxies, the predictor, the objective and the answer.
 
-Defaults reproduce the DeMix reference code (shared/notes/demix-method.md): a Dirichlet pool
-around the token prior (prior^0.7, 15 strengths in [0.5, 5], caps 4 x prior, grid 2e-4), rounds
-n, n/2, n/4, one LightGBM regressor per target (300 iterations, learning rate 0.02, seed 42),
-the macro-average of per-domain percentile ranks, and the mean of the top-128 predicted mixtures.
+The sampling, the rounds and the predictor follow the DeMix reference code (shared/notes/demix-method.md):
+a Dirichlet pool around the token prior (prior^0.7, 15 strengths in [0.5, 5], caps 4 x prior, grid 2e-4),
+rounds n, n/2, n/4, LightGBM per target (300 iterations, learning rate 0.02, seed 42; leaves sized to the
+points) and the mean of the top-k predicted mixtures. Beyond it: the `standardized` objective (magnitudes
+count), per-domain floors, token-budget caps (`target_tokens`, `max_epochs`), the Gaussian-process and
+quadratic predictors, the `ei` acquisition, and the answer's check against the best evaluated mixture.
 """
 from __future__ import annotations
 
@@ -52,28 +54,58 @@ class SearchConfig:
     zero_below: float = 2e-4
     """Shares below this become 0 before rounding (the reference's 2e-4)."""
 
-    predictor: Literal["auto", "lightgbm", "ridge", "quadratic"] = "auto"
-    """`auto`: per target, whichever of LightGBM, Ridge and `quadratic` (Ridge on the shares and their
-    pairwise products, which can put an optimum inside the simplex) has the higher cross-validated Spearman."""
+    predictor: Literal["auto", "lightgbm", "ridge", "quadratic", "gp"] = "lightgbm"
+    """`lightgbm` (the paper's; leaves sized to the points), `gp` (a Gaussian process with a learned noise
+    level: smooth, uncertainty-aware, cautious away from the data), `quadratic` (Scheffe's mixture model,
+    penalty chosen by leave-one-out), `ridge` (the reference's small-n model), or `auto`: per target,
+    whichever of `auto_kinds` has the higher cross-validated Spearman. benchmarks/RESULTS-search.md compares them."""
+    auto_kinds: list[str] = field(default_factory=lambda: ["gp", "quadratic", "lightgbm"])
+    """The kinds `predictor: auto` chooses among."""
     ridge_alpha: float = 0.5
-    """L2 penalty of the Ridge regressor (the reference code's small-n fallback used 0.5)."""
+    """L2 penalty of the `ridge` regressor (the reference code's small-n fallback used 0.5)."""
     cv_folds: int = 5
     """Folds of the cross-validated Spearman (leave-one-out when fewer points than 2 x folds)."""
-    acquisition: Literal["top_random", "ucb"] = "top_random"
-    """How later rounds pick: `top_random` (paper: random among the top predicted) or `ucb`
-    (bootstrap ensemble, upper confidence bound, a minimum L1 distance between picks)."""
+    acquisition: Literal["top_random", "ucb", "ei", "top_spread"] = "top_random"
+    """How later rounds pick: `top_random` (the paper: random among the top predicted), `ei` (expected
+    improvement of the composite under the predictor's uncertainty: the GP's own, else a bootstrap
+    ensemble's), `top_spread` (the best predicted, spread apart) or `ucb` (ensemble mean + kappa x std);
+    all but `top_random` keep picks at least `min_distance` apart."""
     acquisition_top: int = 1024
     """`top_random` draws from this many best predicted pool mixtures not yet evaluated."""
     ensemble_size: int = 8
-    """Bootstrap regressors per target, for `ucb` and for the final mixture's uncertainty."""
+    """Bootstrap regressors per target, for `ucb`, for `ei` without a GP and for the final mixture's uncertainty."""
     ucb_kappa: float = 1.0
     """UCB = mean + kappa * std of the ensemble's composite score."""
     min_distance: float = 0.05
-    """`ucb`: picks are at least this L1 distance from each other and from evaluated mixtures."""
-    objective: str = "macro_rank"
-    """`macro_rank` (per-domain percentile ranks over the pool, weighted mean) or one metric's name."""
+    """`ei`, `ucb`, `top_spread`: picks are at least this L1 distance from each other and from evaluated mixtures."""
+    local_candidates: int = 4096
+    """Besides the pool, this many mixtures drawn close around the best predicted ones (Dirichlet at
+    `local_concentration` x their shares, same bounds and grid): later rounds and the final answer can
+    land between the pool's points. 0: the pool only (the reference)."""
+    local_concentration: float = 200.0
+    """How tightly the local candidates sit around their centre (about 1/sqrt of it per share, relative)."""
+    objective: str = "standardized"
+    """`standardized` (per-domain scores over their spread among the evaluated mixtures, weighted mean:
+    magnitudes count), `macro_rank` (the paper's: per-domain percentile ranks, weighted mean; a large loss
+    on one domain can buy a tiny gain on another) or one metric's name."""
     domain_weights: dict[str, float] = field(default_factory=dict)
-    """Domain -> weight in `macro_rank`; empty: equal weights."""
+    """Domain -> weight in the composite; empty: equal weights."""
+    domain_floors: dict[str, float] = field(default_factory=dict)
+    """Domain -> largest allowed drop below the token prior's predicted score, in that domain's units (e.g.
+    `general: 0.01`): mixtures predicted below it are never proposed nor answered."""
+    target_tokens: float | None = None
+    """Tokens of the next training stage (the one the answer is for). With `max_epochs` it caps each
+    candidate: (1 - beta) x share x target_tokens <= max_epochs x its tokens (no dataset seen more than
+    `max_epochs` times)."""
+    max_epochs: float | None = None
+    """Most passes over any candidate in the next stage (with `target_tokens`; practitioners use about 4)."""
+    final: Literal["argmax", "top_k_mean"] = "top_k_mean"
+    """The answer before its check: `top_k_mean` (the reference: the mean of the top-k predicted feasible pool
+    mixtures; averaging many good mixtures damps the surrogate's noise, which in six dimensions beats
+    taking its single best) or `argmax` (the best predicted feasible mixture of the pool and the local candidates)."""
+    final_tolerance: float = 2.0
+    """The evaluated answer must not measure below the best evaluated mixture by more than this many
+    standard errors of their difference; otherwise the best evaluated mixture is the answer (the report says so)."""
 
     mixtures_per_task: int = 1
     """Mixtures one array task evaluates in a row (amortises loading the model and the harness)."""
@@ -108,8 +140,23 @@ class SearchConfig:
             fail("poll_seconds", "poll_seconds must be > 0, ucb_kappa and min_distance >= 0")
         self._validate_sampler()
         self._validate_prior_and_bounds()
+        self._validate_answer()
         if any(w < 0 for w in self.domain_weights.values()) or (self.domain_weights and sum(self.domain_weights.values()) <= 0):
             fail("domain_weights", f"{self.domain_weights}: weights must be >= 0 with a positive sum")
+
+    def _validate_answer(self):
+        unknown = sorted(set(self.auto_kinds) - {"lightgbm", "ridge", "quadratic", "gp"})
+        if unknown or not self.auto_kinds:
+            fail("auto_kinds", f"{self.auto_kinds}: choose one or more of lightgbm, ridge, quadratic, gp")
+        if (self.target_tokens is None) != (self.max_epochs is None):
+            fail("target_tokens", "set both search.target_tokens and search.max_epochs (the cap is max_epochs x a "
+                 "candidate's tokens / target_tokens), or neither")
+        if self.target_tokens is not None and not (self.target_tokens > 0 and self.max_epochs > 0):
+            fail("target_tokens", f"{self.target_tokens} and max_epochs {self.max_epochs} must be > 0")
+        if any(not math.isfinite(v) or v < 0 for v in self.domain_floors.values()):
+            fail("domain_floors", f"{self.domain_floors}: each floor is a drop (>= 0) below the prior's predicted score")
+        if self.local_candidates < 0 or self.local_concentration <= 0 or self.final_tolerance < 0:
+            fail("local_candidates", "local_candidates and final_tolerance must be >= 0, local_concentration > 0")
 
     def _validate_sampler(self):
         if not 0 < self.temperature <= 10:

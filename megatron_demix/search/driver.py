@@ -5,12 +5,13 @@
     search_status(experiment)          # rounds done, evaluations, the current best predicted mixture
 
 Steps, in order (each one's output is on disk before the next starts, so `resume` continues):
-1. the prior (`search.prior` or the prepared token prior) and the pool of candidate mixtures;
-2. round 0: a random subset of the pool; round r > 0: fit the predictor on every result so far,
-   score the pool, let the acquisition pick mixtures not yet evaluated;
+1. the prior (`search.prior` or the prepared token prior), the caps, and the pool of candidate mixtures;
+2. round 0: a random subset of the pool; round r > 0: fit the surrogate on every result so far and let
+   the acquisition pick mixtures not yet evaluated (policy.py: the decisions, on arrays);
 3. evaluate the round (rounds.py: array jobs, retries, re-attachment); stop if too few results;
-4. refit on everything; the final mixture is the mean of the top-k predicted pool mixtures; its own
-   proxy is evaluated like any other; write final_mixture.json and the report.
+4. refit on everything; the answer is the predicted best mixture; its own proxy is evaluated like any
+   other and checked against the best evaluated mixture; write final_mixture.json, the next stage's
+   data blend (next_stage.py) and the report.
 """
 from __future__ import annotations
 
@@ -24,11 +25,10 @@ import numpy as np
 
 from megatron_demix.cluster.executor import Executor
 from megatron_demix.runtime.files import atomic_write_bytes, atomic_write_json
-from megatron_demix.search.acquisition import ACQUISITIONS, NEEDS_ENSEMBLE, Candidates
-from megatron_demix.search.objective import composite, target_stderrs, target_values, targets_of
-from megatron_demix.search.predictor import fit_ensemble, fit_predictor
+from megatron_demix.search.objective import composite, target_stderrs, target_values, targets_of, typical_noise
+from megatron_demix.search.policy import Evidence, Surrogate, check_answer, choose_answer, propose
 from megatron_demix.search.rounds import Runner, failures_by_mixture, evaluate_round
-from megatron_demix.search.sampler import MixtureSpace, resolve_prior
+from megatron_demix.search.sampler import MixtureSpace, resolve_prior, token_caps
 from megatron_demix.search.state import RoundPaths, SearchPaths, check_settings, settings_of
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,8 @@ class Search:
         self.experiment = experiment
         self.config = experiment.search
         self.prior = resolve_prior(experiment)
-        self.space = MixtureSpace.build(self.prior, self.config)
+        self.caps = token_caps(experiment)
+        self.space = MixtureSpace.build(self.prior, self.config, self.caps)
         self.names = self.space.names
         self.paths = SearchPaths.of(experiment)
 
@@ -74,50 +75,56 @@ class Search:
         Y = np.array([target_values(r, targets, self.config.objective, lower) for r in results], dtype=np.float64)
         return X, Y
 
-    def fit(self, results: list[dict], pool: np.ndarray, ensemble: bool):
-        """(predictor, pool predictions, pool composite scores, bootstrap ensemble members)."""
+    def evidence(self, results: list[dict]) -> Evidence:
         targets = targets_of(results, self.config.objective)
         X, Y = self.matrix(results, targets)
-        start = time.perf_counter()
-        predictor = fit_predictor(X, Y, targets, self.config)
-        predicted = predictor.predict(pool)
-        scores = self.score(predicted, predicted, targets)
-        members = fit_ensemble(X, Y, predictor, self.config) if ensemble else []
-        log.info("fitted %s on %d points in %.1fs; cross-validated Spearman: %s", "/".join(sorted(set(predictor.kinds))),
-                 len(X), time.perf_counter() - start,
-                 ", ".join(f"{t} {max(v.values()):.2f}" for t, v in predictor.cv_spearman.items()))
-        return predictor, predicted, scores, members
+        errors = [target_stderrs(r, targets, self.config.objective) for r in results]
+        stderr = np.array([e if e is not None else [np.nan] * len(targets) for e in errors], dtype=np.float64)
+        return Evidence(X, Y, targets, stderr)
 
-    def score(self, values: np.ndarray, reference: np.ndarray, targets: list[str]) -> np.ndarray:
-        return composite(values, reference, targets, self.config.objective, self.config.domain_weights)
+    def fit(self, results: list[dict], pool: np.ndarray, ensemble: bool = False) -> Surrogate:
+        evidence = self.evidence(results)
+        start = time.perf_counter()
+        surrogate = Surrogate.fit(evidence, pool, self.space.prior, self.config, ensemble=ensemble)
+        predictor = surrogate.predictor
+        log.info("fitted %s on %d points in %.1fs; cross-validated Spearman: %s", "/".join(sorted(set(predictor.kinds))),
+                 len(evidence.X), time.perf_counter() - start,
+                 ", ".join(f"{t} {max(v.values()):.2f}" for t, v in predictor.cv_spearman.items()))
+        return surrogate
+
+    def measured_scores(self, results: list[dict]) -> np.ndarray:
+        """The measured composite score of each result, ranks or spreads taken over all of them."""
+        evidence = self.evidence(results)
+        return composite(evidence.Y, evidence.Y, evidence.targets, self.config.objective, self.config.domain_weights,
+                         measured=evidence.Y, noise=typical_noise(evidence.stderr))
 
     def propose(self, r: int, size: int, pool: np.ndarray) -> list[dict]:
         rng = np.random.default_rng([self.config.seed, r])
         if r == 0:
             chosen = rng.choice(len(pool), size=min(size, len(pool)), replace=False)
-            return [self._proposal(r, i, int(p), pool) for i, p in enumerate(chosen)]
-        results = self.results()
-        needs_ensemble = self.config.acquisition in NEEDS_ENSEMBLE
-        predictor, predicted, scores, members = self.fit(results, pool, needs_ensemble)
+            return [self._proposal(r, i, pool[p], int(p)) for i, p in enumerate(chosen)]
+        surrogate = self.fit(self.results(), pool)
+        predictor = surrogate.predictor
         round_paths = self.paths.round(r)
         atomic_write_bytes(round_paths.model, pickle.dumps(predictor))
-        atomic_write_json(round_paths.cv, {"points": len(results), "kinds": dict(zip(predictor.targets, predictor.kinds)),
+        atomic_write_json(round_paths.cv, {"points": len(surrogate.evidence.X), "kinds": dict(zip(predictor.targets, predictor.kinds)),
                                            "cv_spearman": predictor.cv_spearman})
-        _save_array(round_paths.scores, scores)
-        evaluated = np.zeros(len(pool), dtype=bool)
-        for earlier in self.rounds()[:r]:
-            evaluated[[p["pool_index"] for p in earlier.read_proposals() or []]] = True
-        ensemble_scores = (np.stack([self.score(p, p, predictor.targets) for p in (m.predict(pool) for m in members)])
-                           if members else None)
-        candidates = Candidates(pool, scores, ensemble_scores, evaluated, self.matrix(results, predictor.targets)[0])
-        chosen = ACQUISITIONS[self.config.acquisition](candidates, size, rng, self.config)
-        return [self._proposal(r, i, int(p), pool, predicted[p], scores[p], predictor.targets) for i, p in enumerate(chosen)]
+        _save_array(round_paths.scores, surrogate.score(surrogate.reference))
+        rows, predicted, scores = propose(surrogate, pool, self.space, size, rng)
+        return [self._proposal(r, i, row, _pool_index(pool, row), predicted[i], scores[i], predictor.targets)
+                for i, row in enumerate(rows)]
 
-    def _proposal(self, r, i, pool_index, pool, predicted=None, score=None, targets=()) -> dict:
-        proposal = {"id": f"r{r}-{i:04d}", "pool_index": pool_index, "mixture": dict(zip(self.names, pool[pool_index].tolist()))}
+    def _proposal(self, r, i, row, pool_index, predicted=None, score=None, targets=()) -> dict:
+        proposal = {"id": f"r{r}-{i:04d}", "pool_index": pool_index, "mixture": dict(zip(self.names, row.tolist()))}
         if predicted is not None:
             proposal.update(predicted=dict(zip(targets, predicted.tolist())), predicted_score=float(score))
         return proposal
+
+
+def _pool_index(pool: np.ndarray, row: np.ndarray) -> int:
+    """The row's index in the pool, or -1 for a local candidate (drawn around the best predicted)."""
+    match = np.flatnonzero(np.abs(pool - row).sum(axis=1) < 1e-9)
+    return int(match[0]) if len(match) else -1
 
 
 def _save_array(path, array: np.ndarray) -> None:
@@ -173,60 +180,91 @@ def run_search(experiment, config_path, executor: Executor, resume: bool = False
 
 
 def finish(search: Search, pool: np.ndarray, runner: Runner) -> dict:
-    """The final mixture: mean of the top-k predicted; its own evaluation; final_mixture.json and the report."""
+    """The answer: the predicted best mixture, its own evaluation and the check against the best evaluated
+    one; final_mixture.json, the next stage's blend and the report."""
+    from megatron_demix.search.next_stage import write_next_stage
     from megatron_demix.search.report import write_report
 
     config, experiment = search.config, search.experiment
     results = search.results()
-    predictor, predicted, scores, members = search.fit(results, pool, ensemble=True)
-    top = np.argsort(-scores, kind="stable")[: config.top_k]
-    final = pool[top].mean(axis=0)
-    final /= final.sum()
-    targets = predictor.targets
+    surrogate = search.fit(results, pool, ensemble=True)
+    predictor, targets = surrogate.predictor, surrogate.evidence.targets
+    choice = choose_answer(surrogate, pool, search.space, np.random.default_rng([config.seed, len(config.sizes)]))
+    final = choice.mixture
     final_predicted = predictor.predict(final[None, :])
-    # The spread of the bootstrap members at the final mixture, per target and on the composite; the
-    # composite ranks every member against the same reference (the main fit's pool predictions).
-    member_values = np.concatenate([m.predict(final[None, :]) for m in members]) if members else np.empty((0, len(targets)))
-    member_scores = search.score(member_values, predicted, targets) if members else np.empty(0)
+    # The spread of the bootstrap members at the final mixture, per target and on the composite.
+    member_values = (np.concatenate([m.predict(final[None, :]) for m in surrogate.members]) if surrogate.members
+                     else np.empty((0, len(targets))))
+    member_scores = surrogate.score(member_values) if surrogate.members else np.empty(0)
     answer = {
         "mixture": dict(zip(search.names, final.tolist())),
+        "rule": choice.rule,
+        "reason": choice.reason,
+        "predicted_best": dict(zip(search.names, final.tolist())),
         "beta": experiment.training.beta,
-        "effective_shares": {experiment.general.name: experiment.training.beta,
-                             **{n: (1 - experiment.training.beta) * v for n, v in zip(search.names, final.tolist())}},
+        "effective_shares": effective_shares(experiment, search.names, final),
         "prior": search.prior,
+        "caps": dict(zip(search.names, search.space.upper.tolist())),
         "objective": config.objective,
+        "domain_floors": {t: float(f) for t, f in zip(targets, surrogate.floor) if np.isfinite(f)},
         "targets": targets,
-        "predicted": {"score": float(search.score(final_predicted, predicted, targets)[0]),
+        "predicted": {"score": float(surrogate.score(final_predicted)[0]),
                       "uncertainty": float(member_scores.std()) if len(member_scores) else None,
                       "ensemble_mean": float(member_scores.mean()) if len(member_scores) else None,
                       "targets": dict(zip(targets, final_predicted[0].tolist())),
-                      "target_uncertainty": dict(zip(targets, member_values.std(axis=0).tolist())) if members else None},
+                      "target_uncertainty": dict(zip(targets, member_values.std(axis=0).tolist())) if surrogate.members else None,
+                      "prior_targets": dict(zip(targets, surrogate.prior_predicted.tolist()))},
         "cv_spearman": predictor.cv_spearman,
         "predictor": dict(zip(targets, predictor.kinds)),
-        "top_k": int(len(top)),
+        "top_k": int(config.top_k) if choice.rule == "top_k_mean" else 1,
         "evaluations": len(results),
         "rounds": config.sizes,
         "measured": None,
+        "check": None,
     }
     if config.evaluate_final:
         proposals = [{"id": "final", "pool_index": -1, "mixture": answer["mixture"]}]
         atomic_write_json(search.paths.final.proposals, proposals)
         outcome = evaluate_round(search.paths.final, proposals, runner)
         if "final" in outcome["results"]:
-            everything = search.results(include_final=True)
-            X, Y = search.matrix(everything, targets)
-            measured = search.score(Y, Y, targets)
-            index = next(i for i, r in enumerate(everything) if r["round"] == "final")
-            answer["measured"] = {"score": float(measured[index]), "targets": dict(zip(targets, Y[index].tolist())),
-                                  "metrics": everything[index]["metrics"],
-                                  "rank": int(1 + np.sum(measured > measured[index])), "of": len(everything)}
-            answer["best_measured"] = best_measured(everything, measured, Y, index, targets, config.objective)
+            _measure_and_check(search, pool, answer, choice)
         else:
             log.warning("the final mixture's own evaluation failed: %s", _describe_failures(outcome["failed"]))
+    write_next_stage(search.paths, experiment, answer, runner.config_path)
     atomic_write_json(search.paths.final_mixture, answer)
-    write_report(search, pool, answer, scores)
-    log.info("final mixture: %s", ", ".join(f"{k} {v:.3f}" for k, v in answer["mixture"].items()))
+    write_report(search, pool, answer, surrogate.score(surrogate.reference))
+    log.info("final mixture (%s): %s", answer["rule"], ", ".join(f"{k} {v:.3f}" for k, v in answer["mixture"].items()))
     return answer
+
+
+def _measure_and_check(search: Search, pool: np.ndarray, answer: dict, choice) -> None:
+    """Record the answer's measured score, and keep it only if it is not worse than the best evaluated
+    mixture beyond the evaluation noise (policy.check_answer); otherwise answer with that one."""
+    everything = search.results(include_final=True)
+    targets = answer["targets"]
+    Y = search.matrix(everything, targets)[1]
+    measured = search.measured_scores(everything)
+    index = next(i for i, r in enumerate(everything) if r["round"] == "final")
+    answer["measured"] = {"score": float(measured[index]), "targets": dict(zip(targets, Y[index].tolist())),
+                          "metrics": everything[index]["metrics"],
+                          "rank": int(1 + np.sum(measured > measured[index])), "of": len(everything)}
+    answer["best_measured"] = best_measured(everything, measured, Y, index, targets, search.config.objective)
+    refit = Surrogate.fit(search.evidence(everything), pool, search.space.prior, search.config, cross_validate=False)
+    kept, check = check_answer(refit, choice, index)
+    best, chosen = everything[check["best_index"]], everything[check.get("chosen_index", index)]
+    answer["check"] = {**{k: v for k, v in check.items() if k not in ("best_index", "chosen_index")},
+                       "best_id": best["id"], "chosen_id": chosen["id"], "reason": kept.reason}
+    if not check["kept"]:
+        log.warning("the predicted best mixture measured below the best evaluated one beyond the noise: answering %s",
+                    chosen["id"])
+        answer.update(mixture=dict(zip(search.names, kept.mixture.tolist())), rule=kept.rule, reason=kept.reason,
+                      effective_shares=effective_shares(search.experiment, search.names, kept.mixture))
+
+
+def effective_shares(experiment, names: list[str], mixture: np.ndarray) -> dict[str, float]:
+    """The next stage's blend: beta general data plus (1 - beta) x the candidates' mixture."""
+    beta = experiment.training.beta
+    return {experiment.general.name: beta, **{n: (1 - beta) * float(v) for n, v in zip(names, mixture)}}
 
 
 def best_measured(everything: list[dict], measured: np.ndarray, Y: np.ndarray, final: int, targets: list[str],
@@ -265,7 +303,7 @@ def search_status(experiment) -> dict:
     best = None
     if latest_scores is not None and search.paths.pool.exists():
         pool, scores = np.load(search.paths.pool), np.load(latest_scores)
-        top = np.argsort(-scores, kind="stable")[: search.config.top_k]
+        top = np.argsort(-scores, kind="stable")[: search.config.top_k if search.config.final == "top_k_mean" else 1]
         best = dict(zip(search.names, pool[top].mean(axis=0).tolist()))
     final = search.paths.final_mixture
     return {"rounds": rounds, "planned": search.config.sizes, "best_predicted_mixture": best,

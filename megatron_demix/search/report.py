@@ -86,8 +86,7 @@ def write_report(search, pool: np.ndarray, answer: dict, pool_scores: np.ndarray
     atomic_write_json(report / "final_mixture.json", answer)
     targets = answer["targets"]
     everything = search.results(include_final=True)
-    X, Y = search.matrix(everything, targets)
-    measured = search.score(Y, Y, targets)
+    measured = search.measured_scores(everything)
     by_round: dict[str, list[float]] = {}
     for result, score in zip(everything, measured):
         by_round.setdefault(result["round"], []).append(float(score))
@@ -102,12 +101,19 @@ def write_report(search, pool: np.ndarray, answer: dict, pool_scores: np.ndarray
 def summary_markdown(search, answer: dict, by_round: dict, rounds: list[str]) -> str:
     lines = [f"# Mixture search: {search.experiment.name}", "",
              f"{answer['evaluations']} evaluations in rounds of {answer['rounds']}; objective `{answer['objective']}`; "
-             f"final mixture = mean of the top {answer['top_k']} predicted of {len(np.load(search.paths.pool))} pool mixtures.", "",
-             "| candidate | prior | final mixture | effective share (beta = %.2f) |" % answer["beta"], "|---|---|---|---|"]
-    lines += [f"| {n} | {answer['prior'][n]:.4f} | {answer['mixture'][n]:.4f} | {answer['effective_shares'][n]:.4f} |" for n in search.names]
+             f"final mixture ({answer['rule']}): {answer['reason']}.", "",
+             "| candidate | prior | cap | final mixture | effective share (beta = %.2f) |" % answer["beta"], "|---|---|---|---|---|"]
+    caps = answer.get("caps", {})
+    lines += [f"| {n} | {answer['prior'][n]:.4f} | {caps.get(n, 1.0):.4f} | {answer['mixture'][n]:.4f} | "
+              f"{answer['effective_shares'][n]:.4f} |" for n in search.names]
     general = search.experiment.general.name
-    lines += [f"| {general} (general, in every component) | | | {answer['effective_shares'][general]:.4f} |", ""]
+    lines += [f"| {general} (general, in every component) | | | | {answer['effective_shares'][general]:.4f} |", ""]
+    if answer.get("domain_floors"):
+        lines += ["Domain floors (lowest predicted score allowed, from the token prior's prediction): "
+                  + ", ".join(f"{t} {v:.4f}" for t, v in answer["domain_floors"].items()), ""]
     lines += final_lines(answer, search.config.ensemble_size)
+    lines += check_lines(answer)
+    lines += next_stage_lines(answer)
     lines += ["", "## Rounds", "", "| round | evaluated | best measured | median measured | CV Spearman of its predictor |", "|---|---|---|---|---|"]
     for r in rounds:
         cv_file = search.paths.root / r / "cv.json"
@@ -147,6 +153,29 @@ def final_lines(answer: dict, ensemble_size: int) -> list[str]:
                       for t, d in best["difference"].items()]
             lines += ["", versus_best(answer)]
     return lines
+
+
+def check_lines(answer: dict) -> list[str]:
+    """Whether the predicted best survived its own measurement (policy.check_answer)."""
+    check = answer.get("check")
+    if not check:
+        return []
+    noise = f"{check['noise']:.4f}" if check["noise"] is not None else "unknown"
+    verdict = ("kept: it is not worse than the best evaluated mixture beyond the noise" if check["kept"]
+               else f"replaced by {check['chosen_id']}: {check['reason']}")
+    return ["", "## The answer, checked", "",
+            f"Predicted best measured {check['measured']:.3f}; best evaluated ({check['best_id']}) {check['best_measured']:.3f}; "
+            f"gap {check['gap']:+.3f}, standard error of the gap {noise}, tolerance {check['tolerance']} standard errors: {verdict}."]
+
+
+def next_stage_lines(answer: dict) -> list[str]:
+    stage = answer.get("next_stage")
+    if not stage:
+        return []
+    return ["", "## Next stage", "",
+            f"Megatron-LM: `{stage['megatron_lm_flags']}` (or `--data-path $(cat {stage['data_path']})`).",
+            f"This project's trainer ({stage['train_iters']} iterations, from the base): `{stage['train_command']}`,",
+            f"or as a SLURM job: `{stage['sbatch_command']}`."]
 
 
 def versus_best(answer: dict) -> str:

@@ -43,6 +43,28 @@ def resolve_prior(experiment) -> dict[str, float]:
     return {n: raw[n] / total for n in names}
 
 
+def token_caps(experiment) -> dict[str, float] | None:
+    """Candidate -> the largest share of the mixture its tokens allow in the next stage: (1 - beta) x share x
+    target_tokens <= max_epochs x tokens (None without `search.target_tokens`). Tokens are the prepared
+    counts (token_count.json), else `search.prior` when it holds counts."""
+    search = experiment.search
+    if search.target_tokens is None:
+        return None
+    names = [d.name for d in experiment.candidates]
+    tokens = {}
+    for name in names:
+        path = experiment.paths.token_count(name)
+        if path.exists():
+            tokens[name] = float(json.loads(path.read_text())["tokens"])
+        elif search.prior and sum(search.prior.values()) > 1.5:  # counts, not shares
+            tokens[name] = float(search.prior[name])
+        else:
+            raise ConfigError(f"search.target_tokens needs each candidate's token count: {path} does not exist; run "
+                              "`demix prepare` first, or give search.prior as token counts")
+    candidate_tokens = (1 - experiment.training.beta) * search.target_tokens
+    return {n: search.max_epochs * tokens[n] / candidate_tokens for n in names}
+
+
 @dataclass(frozen=True)
 class MixtureSpace:
     """The candidates, their prior and the per-candidate [lower, upper] shares every mixture respects."""
@@ -54,21 +76,26 @@ class MixtureSpace:
     config: SearchConfig
 
     @classmethod
-    def build(cls, prior: dict[str, float], config: SearchConfig) -> "MixtureSpace":
+    def build(cls, prior: dict[str, float], config: SearchConfig, token_caps: dict[str, float] | None = None) -> "MixtureSpace":
+        """`token_caps` (candidate -> largest share its tokens allow, `token_caps()`) replaces the reference's
+        crude cap of `cap_multiple` x prior when the search knows the next stage's tokens."""
         names = list(prior)
         p = np.array([prior[n] for n in names], dtype=np.float64)
         p = p / p.sum()
         bounds = np.array([config.bounds.get(n, [0.0, 1.0]) for n in names], dtype=np.float64).reshape(len(names), 2)
         lower = bounds[:, 0]
-        upper = np.minimum(np.minimum(config.cap_multiple * p, 1.0), bounds[:, 1])
+        cap, cap_name = ((np.array([token_caps[n] for n in names]), "max_epochs x tokens / ((1 - beta) x target_tokens)")
+                         if token_caps else (config.cap_multiple * p, "cap_multiple x prior"))
+        upper = np.minimum(np.minimum(cap, 1.0), bounds[:, 1])
         if upper.sum() < 1 - 1e-9:
             detail = ", ".join(f"{n} {u:.4g}" for n, u in zip(names, upper))
-            raise ConfigError(f"search: the largest allowed shares ({detail}) sum to {upper.sum():.4g} < 1: raise "
-                              "search.cap_multiple or the max of search.bounds")
+            fix = "lower search.target_tokens or raise search.max_epochs" if token_caps else "raise search.cap_multiple"
+            raise ConfigError(f"search: the largest allowed shares ({detail}; {cap_name}) sum to {upper.sum():.4g} < 1: "
+                              f"{fix}, or raise the max of search.bounds")
         if np.any(lower > upper + 1e-12):
             bad = [n for n, lo, up in zip(names, lower, upper) if lo > up + 1e-12]
             raise ConfigError(f"search.bounds: the minimum share of {', '.join(bad)} exceeds its cap "
-                              f"min(cap_multiple x prior, max): raise search.cap_multiple or lower the minimum")
+                              f"min({cap_name}, max): lower the minimum")
         return cls(names, p, lower, upper, config)
 
     @property
@@ -98,13 +125,31 @@ class MixtureSpace:
             seen = np.insert(seen, np.searchsorted(seen, fresh), fresh)
         return rows[:n].astype(np.float64) / units
 
+    def around(self, centres: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        """`n` mixtures drawn close around the rows of `centres` (Dirichlet at `local_concentration` x each
+        centre, a little mass on its zero shares), within the same bounds and on the same grid."""
+        if not len(centres) or n < 1:
+            return np.zeros((0, len(self.names)))
+        units = round(1 / self.config.granularity)
+        alpha = centres[rng.integers(0, len(centres), size=n)] * self.config.local_concentration + 0.05
+        grid = self._to_grid(self._dirichlet(alpha, rng), units)
+        return np.unique(grid, axis=0).astype(np.float64) / units
+
     def _draw_on_grid(self, n: int, rng: np.random.Generator, units: int) -> np.ndarray:
         c = self.config
         strengths = np.geomspace(c.strengths[0], c.strengths[1], c.strength_steps)
         alpha = self.centre[None, :] * rng.choice(strengths, size=n)[:, None]
+        return self._to_grid(self._dirichlet(alpha, rng), units)
+
+    @staticmethod
+    def _dirichlet(alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         x = rng.gamma(np.maximum(alpha, 1e-12))
         x /= np.maximum(x.sum(axis=1, keepdims=True), 1e-300)
-        x = np.nan_to_num(x, nan=0.0)
+        return np.nan_to_num(x, nan=0.0)
+
+    def _to_grid(self, x: np.ndarray, units: int) -> np.ndarray:
+        """Rows of the simplex -> integer grid units within the bounds (rows that cannot be are dropped)."""
+        c = self.config
         x = project_to_box(x, self.lower, self.upper)
         x = np.where((x < c.zero_below) & (self.lower[None, :] <= 0), 0.0, x)
         x /= x.sum(axis=1, keepdims=True)

@@ -1,0 +1,199 @@
+"""The search's decisions, on arrays only: fit the surrogate, propose a round, choose and check the answer.
+
+    evidence = Evidence(X, Y, targets, stderr)                 # what was measured so far
+    surrogate = Surrogate.fit(evidence, pool, prior, config)  # predictor + objective + floors
+    rows = propose(surrogate, evidence, pool, space, size, rng)         # the next round's mixtures
+    choice = choose_answer(surrogate, pool, space, rng)                 # the predicted best mixture
+    verdict = check_answer(evidence_with_answer, answer_row, surrogate) # keep it, or the best evaluated one
+
+No files and no jobs: the driver (driver.py) wraps these with its state directory and array jobs, and
+benchmarks/search_bench.py runs them in-process on synthetic objectives, so what is measured there is
+exactly what a search does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from megatron_demix.search.acquisition import ACQUISITIONS, NEEDS_ENSEMBLE, Candidates
+from megatron_demix.search.config import SearchConfig
+from megatron_demix.search.objective import composite, linear_coefficients, spread, typical_noise, weights_for
+from megatron_demix.search.predictor import Predictor, fit_ensemble, fit_predictor
+from megatron_demix.search.sampler import MixtureSpace
+
+LOCAL_CENTRES = 32
+"""The local candidates are drawn around this many of the best predicted feasible mixtures."""
+
+
+@dataclass
+class Evidence:
+    """Every successful evaluation: mixtures [n, k], measured targets [n, T] (higher is better) and their
+    standard errors [n, T] where the evaluations gave them."""
+
+    X: np.ndarray
+    Y: np.ndarray
+    targets: list[str]
+    stderr: np.ndarray | None = None
+
+
+@dataclass
+class Surrogate:
+    """The fitted predictor with the objective that turns its predictions into one composite score."""
+
+    predictor: Predictor
+    config: SearchConfig
+    evidence: Evidence
+    reference: np.ndarray
+    """Predictions on the pool: the reference set of `macro_rank`'s percentile ranks."""
+    floor: np.ndarray
+    """Per target, the lowest predicted value a proposal or answer may have (-inf: no floor)."""
+    prior_predicted: np.ndarray
+    members: list[Predictor]
+
+    @classmethod
+    def fit(cls, evidence: Evidence, pool: np.ndarray, prior: np.ndarray, config: SearchConfig,
+            ensemble: bool = False, cross_validate: bool = True) -> "Surrogate":
+        predictor = fit_predictor(evidence.X, evidence.Y, evidence.targets, config, cross_validate=cross_validate)
+        analytic = predictor.has_std and config.objective != "macro_rank"  # the composite's spread follows from the GP's
+        needs = ensemble or config.acquisition in NEEDS_ENSEMBLE or (config.acquisition == "ei" and not analytic)
+        members = fit_ensemble(evidence.X, evidence.Y, predictor, config) if needs else []
+        prior_predicted = predictor.predict(prior[None, :])[0]
+        unknown = sorted(set(config.domain_floors) - set(evidence.targets))
+        if unknown:
+            from megatron_demix.config.base import ConfigError
+
+            raise ConfigError(f"search.domain_floors: unknown domain(s) {', '.join(unknown)}; the domains are "
+                              f"{', '.join(evidence.targets)}")
+        floor = np.array([prior_predicted[t] - config.domain_floors[name] if name in config.domain_floors else -np.inf
+                          for t, name in enumerate(evidence.targets)])
+        return cls(predictor, config, evidence, predictor.predict(pool), floor, prior_predicted, members)
+
+    @property
+    def noise(self) -> np.ndarray | None:
+        """Per target, the typical standard error of one evaluation (None where the evaluations gave none)."""
+        return typical_noise(self.evidence.stderr)
+
+    def score(self, values: np.ndarray) -> np.ndarray:
+        return composite(values, self.reference, self.evidence.targets, self.config.objective,
+                         self.config.domain_weights, measured=self.evidence.Y, noise=self.noise)
+
+    def coefficients(self) -> np.ndarray | None:
+        return linear_coefficients(self.evidence.targets, self.config.objective, self.config.domain_weights,
+                                   self.evidence.Y, self.noise)
+
+    def score_std(self, rows: np.ndarray) -> np.ndarray | None:
+        """The composite's standard deviation under the Gaussian process (objectives linear in the targets)."""
+        coefficients = self.coefficients()
+        if coefficients is None or not self.predictor.has_std:
+            return None
+        _, std = self.predictor.predict_with_std(rows)
+        return np.sqrt((std ** 2) @ (coefficients ** 2))
+
+    def feasible(self, values: np.ndarray) -> np.ndarray:
+        return np.all(values >= self.floor, axis=1)
+
+    def candidates(self, pool: np.ndarray, space: MixtureSpace, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, predictions, composite scores) of the pool plus the local candidates around its best feasible
+        mixtures; infeasible rows (below a domain floor) score -inf."""
+        scores = np.where(self.feasible(self.reference), self.score(self.reference), -np.inf)
+        rows, values = pool, self.reference
+        if self.config.local_candidates:
+            centres = pool[np.argsort(-scores, kind="stable")[:LOCAL_CENTRES]]
+            local = space.around(centres, self.config.local_candidates, rng)
+            rows, values = np.concatenate([pool, local]), np.concatenate([values, self.predictor.predict(local)])
+            scores = np.where(self.feasible(values), self.score(values), -np.inf)
+        return rows, values, scores
+
+    def composite_noise(self, stderr_rows: list[np.ndarray | None]) -> float | None:
+        """The standard error of a difference of two measured composites (rows: the two mixtures' target
+        stderrs, None where unknown: the GP's learned noise instead); None when nothing tells the noise."""
+        coefficients = self.coefficients()
+        if coefficients is None:  # ranks: judge the gap on the standardised scale
+            coefficients = weights_for(self.evidence.targets, self.config.domain_weights) / spread(self.evidence.Y, self.noise)[1]
+        learned = self.predictor.noise_std()
+        variance = 0.0
+        for row in stderr_rows:
+            if row is None:
+                if learned is None:
+                    return None
+                row = learned
+            variance += float((np.asarray(row) ** 2) @ (coefficients ** 2))
+        return float(np.sqrt(variance))
+
+
+def evaluated_mask(rows: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Rows equal (on the grid) to an evaluated mixture."""
+    mask = np.zeros(len(rows), dtype=bool)
+    for mixture in X:
+        mask |= np.abs(rows - mixture).sum(axis=1) < 1e-9
+    return mask
+
+
+def propose(surrogate: Surrogate, pool: np.ndarray, space: MixtureSpace, size: int,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The next round: (mixtures [size, k], their predicted targets, their composite scores)."""
+    config, evidence = surrogate.config, surrogate.evidence
+    rows, values, scores = surrogate.candidates(pool, space, rng)
+    fitted = surrogate.predictor.predict(evidence.X)
+    fitted_scores = np.where(surrogate.feasible(fitted), surrogate.score(fitted), -np.inf)
+    ensemble_scores = (np.stack([surrogate.score(m.predict(rows)) for m in surrogate.members])
+                       if surrogate.members else None)
+    std = surrogate.score_std(rows) if config.acquisition == "ei" else None
+    candidates = Candidates(rows, scores, ensemble_scores, evaluated_mask(rows, evidence.X) | ~np.isfinite(scores),
+                            evidence.X, score_std=std, incumbent=float(fitted_scores.max()) if np.isfinite(fitted_scores).any() else None)
+    chosen = ACQUISITIONS[config.acquisition](candidates, size, rng, config)
+    return rows[chosen], values[chosen], scores[chosen]
+
+
+@dataclass
+class Answer:
+    mixture: np.ndarray
+    rule: str
+    """How it was chosen: `argmax` or `top_k_mean` (the predicted best), `best_evaluated` (the check below)."""
+    reason: str
+
+
+def choose_answer(surrogate: Surrogate, pool: np.ndarray, space: MixtureSpace, rng: np.random.Generator) -> Answer:
+    """The predicted best mixture: the best feasible candidate (`argmax`), or the mean of the top-k pool
+    mixtures (`top_k_mean`, the reference's rule)."""
+    config = surrogate.config
+    if config.final == "top_k_mean":
+        scores = np.where(surrogate.feasible(surrogate.reference), surrogate.score(surrogate.reference), -np.inf)
+        top = np.argsort(-scores, kind="stable")[: config.top_k]
+        mixture = pool[top].mean(axis=0)
+        return Answer(mixture / mixture.sum(), "top_k_mean", f"the mean of the top {len(top)} predicted pool mixtures")
+    rows, _, scores = surrogate.candidates(pool, space, rng)
+    if not np.isfinite(scores).any():
+        best = int(np.argmax(surrogate.score(surrogate.predictor.predict(surrogate.evidence.X))))
+        return Answer(surrogate.evidence.X[best], "best_evaluated",
+                      "no candidate meets the domain floors: the evaluated mixture the predictor rates highest")
+    return Answer(rows[int(np.argmax(scores))], "argmax",
+                  f"the best predicted of {len(rows)} candidate mixtures ({len(pool)} pool, {len(rows) - len(pool)} local)")
+
+
+def check_answer(surrogate: Surrogate, answer: Answer, answer_index: int) -> tuple[Answer, dict]:
+    """Keep the evaluated answer unless it measured below the best evaluated mixture by more than
+    `final_tolerance` standard errors of the difference; then answer with the evaluated mixture that the
+    fit on everything (the answer's measurement included) rates highest: its smoothed score is less
+    flattered by noise than the single best measurement. `surrogate` is that fit; `answer_index` the
+    answer's row in its evidence."""
+    evidence, config = surrogate.evidence, surrogate.config
+    measured = surrogate.score(evidence.Y)
+    best = int(np.argmax(measured))
+    stderr = (lambda i: None if evidence.stderr is None or not np.isfinite(evidence.stderr[i]).all() else evidence.stderr[i])
+    noise = surrogate.composite_noise([stderr(answer_index), stderr(best)])
+    gap = float(measured[answer_index] - measured[best])
+    check = {"measured": float(measured[answer_index]), "best_measured": float(measured[best]), "best_index": best,
+             "gap": gap, "noise": noise, "z": gap / noise if noise else None, "tolerance": config.final_tolerance}
+    if best == answer_index or noise is None or gap >= -config.final_tolerance * noise:
+        check["kept"] = True
+        return answer, check
+    fitted = surrogate.predictor.predict(evidence.X)
+    fitted_scores = np.where(surrogate.feasible(fitted), surrogate.score(fitted), -np.inf)
+    chosen = int(np.argmax(fitted_scores))
+    check.update(kept=False, chosen_index=chosen)
+    return Answer(evidence.X[chosen], "best_evaluated",
+                  f"the predicted best measured {gap:+.3f} below the best evaluated mixture ({gap / noise:+.1f} standard "
+                  f"errors, beyond the tolerance of {config.final_tolerance}): the answer is the evaluated mixture the "
+                  "final fit rates highest"), check
