@@ -92,9 +92,12 @@ METHODS = {
     "default": {},
     "gp": dict(predictor="gp"),
     "quadratic": dict(predictor="quadratic"),
+    "ridge": dict(predictor="ridge"),
     "auto": dict(predictor="auto"),
     "ei (gp)": dict(predictor="gp", acquisition="ei"),
+    "ei (lightgbm ensemble)": dict(acquisition="ei"),
     "top_spread": dict(acquisition="top_spread"),
+    "ucb": dict(acquisition="ucb"),
     "argmax (gp, ei)": dict(predictor="gp", acquisition="ei", final="argmax"),
 }
 """Search settings compared: name -> SearchConfig fields over the defaults."""
