@@ -19,7 +19,7 @@ import numpy as np
 from megatron_demix.search.acquisition import ACQUISITIONS, NEEDS_ENSEMBLE, Candidates
 from megatron_demix.search.config import SearchConfig
 from megatron_demix.search.objective import composite, linear_coefficients, spread, typical_noise, weights_for
-from megatron_demix.search.predictor import Predictor, fit_ensemble, fit_predictor
+from megatron_demix.search.predictor import GaussianProcess, Predictor, fit_ensemble, fit_predictor
 from megatron_demix.search.sampler import MixtureSpace
 
 LOCAL_CENTRES = 32
@@ -105,18 +105,26 @@ class Surrogate:
             scores = np.where(self.feasible(values), self.score(values), -np.inf)
         return rows, values, scores
 
-    def composite_noise(self, stderr_rows: list[np.ndarray | None]) -> float | None:
+    def learned_noise(self) -> np.ndarray:
+        """Per target, the evaluation noise a Gaussian process learns from the evidence (the predictor's own
+        when it is one): what the check uses where the evaluations report no standard errors."""
+        learned = self.predictor.noise_std()
+        if learned is None:
+            e = self.evidence
+            learned = np.array([GaussianProcess(self.config.seed + t).fit(e.X, e.Y[:, t]).noise_std for t in range(e.Y.shape[1])])
+        return learned
+
+    def composite_noise(self, stderr_rows: list[np.ndarray | None]) -> float:
         """The standard error of a difference of two measured composites (rows: the two mixtures' target
-        stderrs, None where unknown: the GP's learned noise instead); None when nothing tells the noise."""
+        stderrs, None where unknown: the learned noise instead)."""
         coefficients = self.coefficients()
         if coefficients is None:  # ranks: judge the gap on the standardised scale
             coefficients = weights_for(self.evidence.targets, self.config.domain_weights) / spread(self.evidence.Y, self.noise)[1]
-        learned = self.predictor.noise_std()
+        learned = None
         variance = 0.0
         for row in stderr_rows:
             if row is None:
-                if learned is None:
-                    return None
+                learned = self.learned_noise() if learned is None else learned
                 row = learned
             variance += float((np.asarray(row) ** 2) @ (coefficients ** 2))
         return float(np.sqrt(variance))
@@ -186,7 +194,7 @@ def check_answer(surrogate: Surrogate, answer: Answer, answer_index: int) -> tup
     gap = float(measured[answer_index] - measured[best])
     check = {"measured": float(measured[answer_index]), "best_measured": float(measured[best]), "best_index": best,
              "gap": gap, "noise": noise, "z": gap / noise if noise else None, "tolerance": config.final_tolerance}
-    if best == answer_index or noise is None or gap >= -config.final_tolerance * noise:
+    if best == answer_index or gap >= -config.final_tolerance * noise:
         check["kept"] = True
         return answer, check
     fitted = surrogate.predictor.predict(evidence.X)

@@ -160,7 +160,7 @@ def check_lines(answer: dict) -> list[str]:
     check = answer.get("check")
     if not check:
         return []
-    noise = f"{check['noise']:.4f}" if check["noise"] is not None else "unknown"
+    noise = f"{check['noise']:.4f}"
     verdict = ("kept: it is not worse than the best evaluated mixture beyond the noise" if check["kept"]
                else f"replaced by {check['chosen_id']}: {check['reason']}")
     return ["", "## The answer, checked", "",

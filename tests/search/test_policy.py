@@ -74,30 +74,27 @@ def test_an_answer_measured_worse_than_the_best_evaluated_beyond_the_noise_is_no
     assert check_answer(refit, Answer(near, "argmax", "predicted best"), len(close) - 1)[1]["kept"]
 
 
+def _experiment(tmp_path, search: dict):
+    from megatron_demix.experiment import experiment_from_dict
+
+    data = {"name": "caps", "work_dir": str(tmp_path / "work"),
+            "datasets": [{"name": "general", "role": "general", "builtin": "prose"}]
+                        + [{"name": n, "builtin": "prose"} for n in ("web", "math", "code")],
+            "search": search}
+    return experiment_from_dict(data, "caps")
+
+
 def test_token_caps_bound_each_share_by_max_epochs_times_its_tokens(tmp_path):
-    import sys
-
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    import yaml
-
-    from conftest import synthetic_experiment
-    from megatron_demix.experiment import load_experiment
     from megatron_demix.search.sampler import token_caps
 
     tokens = {"web": 5e9, "math": 2e9, "code": 1e9}
-    path = synthetic_experiment(tmp_path, search={"prior": tokens, "target_tokens": 20e9, "max_epochs": 4})
-    experiment = load_experiment(path)
+    experiment = _experiment(tmp_path, {"prior": tokens, "target_tokens": 20e9, "max_epochs": 4})
     caps = token_caps(experiment)  # (1 - beta) x share x 20e9 <= 4 x tokens
     assert caps == pytest.approx({"web": 2.0, "math": 0.8, "code": 0.4})
     space = MixtureSpace.build({n: v / 8e9 for n, v in tokens.items()}, experiment.search, caps)
     assert np.all(space.sample(2000, np.random.default_rng(0)).max(axis=0) <= [1.0, 0.8, 0.4])
-    data = yaml.safe_load(path.read_text())
-    data["search"]["target_tokens"] = 200e9
-    path.write_text(yaml.safe_dump(data))
-    experiment = load_experiment(path)
+    experiment = _experiment(tmp_path, {"prior": tokens, "target_tokens": 200e9, "max_epochs": 4})
     with pytest.raises(ConfigError, match="lower search.target_tokens or raise search.max_epochs"):
         MixtureSpace.build(tokens, experiment.search, token_caps(experiment))
-    data["search"].pop("max_epochs")
-    path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="search.target_tokens"):
-        load_experiment(path)
+        _experiment(tmp_path, {"prior": tokens, "target_tokens": 200e9})
