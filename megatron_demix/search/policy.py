@@ -164,20 +164,31 @@ class Answer:
 
 def choose_answer(surrogate: Surrogate, pool: np.ndarray, space: MixtureSpace, rng: np.random.Generator) -> Answer:
     """The predicted best mixture: the best feasible candidate (`argmax`), or the mean of the top-k pool
-    mixtures (`top_k_mean`, the reference's rule)."""
+    mixtures (`top_k_mean`, the reference's rule). When the top-k sit on one spot (mean L1 distance to their
+    mean below 0.75 x top_k x granularity; k grid neighbours on a line, as a flat prediction at a corner of
+    the simplex gives, are at k x granularity / 2), their mean is an artifact of those two settings, not an
+    answer: the best predicted is taken."""
     config = surrogate.config
     if config.final == "top_k_mean":
         scores = np.where(surrogate.feasible(surrogate.reference), surrogate.score(surrogate.reference), -np.inf)
         top = np.argsort(-scores, kind="stable")[: config.top_k]
-        mixture = pool[top].mean(axis=0)
-        return Answer(mixture / mixture.sum(), "top_k_mean", f"the mean of the top {len(top)} predicted pool mixtures")
+        top = top[np.isfinite(scores[top])]
+        if len(top):
+            mixture = pool[top].mean(axis=0)
+            if np.abs(pool[top] - mixture).sum(axis=1).mean() >= 0.75 * len(top) * config.granularity:
+                return Answer(mixture / mixture.sum(), "top_k_mean", f"the mean of the top {len(top)} predicted feasible pool mixtures")
     rows, _, scores = surrogate.candidates(pool, space, rng)
+    why = ("; the top-k sit on one spot (their mean would only reflect top_k x granularity)"
+           if config.final == "top_k_mean" else "")
     if not np.isfinite(scores).any():
         best = int(np.argmax(surrogate.score(surrogate.predictor.predict(surrogate.evidence.X))))
         return Answer(surrogate.evidence.X[best], "best_evaluated",
                       "no candidate meets the domain floors: the evaluated mixture the predictor rates highest")
-    return Answer(rows[int(np.argmax(scores))], "argmax",
-                  f"the best predicted of {len(rows)} candidate mixtures ({len(pool)} pool, {len(rows) - len(pool)} local)")
+    tied = np.flatnonzero(scores >= scores.max() - 1e-12)  # a tree's flat top: its centre, not one end of it
+    where = f"{len(rows)} candidate mixtures ({len(pool)} pool, {len(rows) - len(pool)} local)"
+    if len(tied) > 1:
+        return Answer(rows[tied].mean(axis=0), "argmax", f"the centre of the {len(tied)} of {where} tied for the best prediction{why}")
+    return Answer(rows[tied[0]], "argmax", f"the best predicted of {where}{why}")
 
 
 def check_answer(surrogate: Surrogate, answer: Answer, answer_index: int) -> tuple[Answer, dict]:

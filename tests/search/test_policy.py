@@ -98,3 +98,17 @@ def test_token_caps_bound_each_share_by_max_epochs_times_its_tokens(tmp_path):
         MixtureSpace.build(tokens, experiment.search, token_caps(experiment))
     with pytest.raises(ConfigError, match="search.target_tokens"):
         _experiment(tmp_path, {"prior": tokens, "target_tokens": 200e9})
+
+
+def test_a_top_k_piled_on_a_corner_gives_the_best_predicted_not_their_grid_mean():
+    """Two candidates, a score rising toward the corner: the top 32 grid points there average to 0.9969
+    (fixed by top_k x granularity); the answer is the region the predictor points at (LightGBM is flat
+    beyond its last split: the centre of that flat top)."""
+    config = SearchConfig(predictor="lightgbm", top_k=32, pool_size=5001, local_candidates=0)
+    space = MixtureSpace.build({"code": 0.5, "math": 0.5}, SearchConfig(cap_multiple=2.0, top_k=32))
+    pool = np.stack([np.arange(5001) * 2e-4, 1 - np.arange(5001) * 2e-4], axis=1)
+    X = pool[np.linspace(0, 5000, 20).astype(int)]
+    evidence = Evidence(X, np.stack([X[:, 0], X[:, 0]], axis=1), ["a", "b"])
+    answer = choose_answer(Surrogate.fit(evidence, pool, space.prior, config), pool, space, np.random.default_rng(0))
+    assert answer.rule == "argmax" and "sit on one spot" in answer.reason
+    assert 0.9 < answer.mixture[0] < 0.99 and abs(answer.mixture.sum() - 1) < 1e-9
