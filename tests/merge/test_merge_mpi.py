@@ -132,7 +132,7 @@ def test_job_script_runs_outside_slurm_with_mpiexec(runs, checkpoints, tmp_path)
 @pytest.mark.slurm
 @pytest.mark.parametrize("mpi_plugin", ["pmi2", "none"])
 def test_srun_in_sbatch(slurm_cluster, runs, checkpoints, tmp_path, mpi_plugin):
-    """srun --mpi=pmi2 -n 2 gives the same data files as mpiexec -n 2; plain srun is refused on every task."""
+    """srun --mpi=pmi2 -n 2 gives the same data files as mpiexec -n 2; plain srun is refused, nothing merged."""
     output, log = tmp_path / "out", tmp_path / "job.out"
     submit, states = sbatch_and_wait(
         ["-n", "2", "-t", "10", f"--output={log}", REPO / "slurm" / "merge.sh",
@@ -147,5 +147,7 @@ def test_srun_in_sbatch(slurm_cluster, runs, checkpoints, tmp_path, mpi_plugin):
             assert (output / "iter_0000010" / name).read_bytes() == (reference / name).read_bytes()
     else:
         assert list(states.values())[0].startswith("FAILED"), (states, text)
-        assert text.count("srun --mpi=pmi2") == 2, text  # both tasks refuse
+        # Each task that reaches the check refuses; when one exits first SLURM may end the other before it
+        # prints (seen at load average 12), so at least one refusal and no task that went on to merge.
+        assert 1 <= text.count("srun --mpi=pmi2") <= 2 and "rank(s)" not in text, text
         assert not output.exists()
