@@ -14,8 +14,8 @@ above the process's memory before the run (megatron-core and torch imported), fr
 
 With --megatron-lm DIR (a Megatron-LM checkout; its tools/ is not in the megatron-core wheel): in the same run,
 interleaved, the `demix prepare` command and DIR/tools/preprocess_data.py on the plain JSONL, as whole processes
-with the same tokenizer, workers and end of document: wall time, peak memory of each command's process tree,
-and whether their `.bin/.idx` are byte-identical. The tool runs on the installed megatron-core and
+with the same tokenizer, workers and end of document: wall and CPU time, the same on one document (startup),
+peak memory of each command's process tree, and whether their `.bin/.idx` are byte-identical. The tool runs on the installed megatron-core and
 megatron.training (the wheel ships both), so both commands write with the same IndexedDatasetBuilder.
 """
 from __future__ import annotations
