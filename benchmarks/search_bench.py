@@ -98,7 +98,7 @@ METHODS = {
     "ei (lightgbm ensemble)": dict(acquisition="ei"),
     "top_spread": dict(acquisition="top_spread"),
     "ucb": dict(acquisition="ucb"),
-    "argmax (gp, ei)": dict(predictor="gp", acquisition="ei", final="argmax"),
+    "argmax (gp+ei)": dict(predictor="gp", acquisition="ei", final="argmax"),
 }
 """Search settings compared: name -> SearchConfig fields over the defaults."""
 
@@ -158,6 +158,9 @@ def gain_table(seeds: int, methods: list[str], objectives: list[str], processes:
     from synthetic_objectives import NOISE_SPREAD
 
     logging.getLogger("megatron_demix").setLevel(logging.WARNING)
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"--methods: unknown {', '.join(unknown)}; choose among {', '.join(METHODS)}")
     tasks = [(name, seed, method) for name in objectives for method in ["random", *methods] for seed in range(seeds)]
     gains: dict[tuple[str, str], list[float]] = {}
     start = time.perf_counter()
