@@ -90,15 +90,18 @@ REFERENCE = dict(predictor="lightgbm", acquisition="top_random", objective="macr
 METHODS = {
     "reference": REFERENCE,
     "default": {},
+    "default/local candidates": dict(local_candidates=4096),
+    "default/no check": dict(evaluate_final=False),
+    "default/macro_rank": dict(objective="macro_rank"),
     "gp": dict(predictor="gp"),
     "quadratic": dict(predictor="quadratic"),
     "ridge": dict(predictor="ridge"),
     "auto": dict(predictor="auto"),
-    "ei (gp)": dict(predictor="gp", acquisition="ei"),
+    "ei (gp)": dict(predictor="gp", acquisition="ei", local_candidates=4096),
     "ei (lightgbm ensemble)": dict(acquisition="ei"),
     "top_spread": dict(acquisition="top_spread"),
     "ucb": dict(acquisition="ucb"),
-    "argmax (gp+ei)": dict(predictor="gp", acquisition="ei", final="argmax"),
+    "argmax (gp+ei)": dict(predictor="gp", acquisition="ei", final="argmax", local_candidates=4096),
 }
 """Search settings compared: name -> SearchConfig fields over the defaults."""
 

@@ -78,10 +78,12 @@ class SearchConfig:
     """UCB = mean + kappa * std of the ensemble's composite score."""
     min_distance: float = 0.05
     """`ei`, `ucb`, `top_spread`: picks are at least this L1 distance from each other and from evaluated mixtures."""
-    local_candidates: int = 4096
+    local_candidates: int = 0
     """Besides the pool, this many mixtures drawn close around the best predicted ones (Dirichlet at
-    `local_concentration` x their shares, same bounds and grid): later rounds and the final answer can
-    land between the pool's points. 0: the pool only (the reference)."""
+    `local_concentration` x their shares, same bounds and grid), so that `argmax`, `ei` and `top_spread`
+    can land between the pool's points (e.g. 4096). 0: the pool only (the reference), the default: with
+    `top_random` they crowd its draws around the current best (benchmarks/RESULTS-search.md: 0.62 vs 0.79
+    at six candidates)."""
     local_concentration: float = 200.0
     """How tightly the local candidates sit around their centre (about 1/sqrt of it per share, relative)."""
     objective: str = "standardized"
