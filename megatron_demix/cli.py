@@ -184,6 +184,22 @@ def _print_plan(plan: dict) -> None:
           + ", ".join(f"{k} {v:,.0f} GPU-hours" if v is not None else f"{k} (no time limit set)" for k, v in ceiling.items()))
 
 
+def _contamination_arguments(parser: argparse.ArgumentParser) -> None:
+    from megatron_demix.data.contamination import WINDOW_WORDS
+
+    _config_argument(parser)
+    parser.add_argument("--words", type=int, default=WINDOW_WORDS, help="words per window")
+
+
+def _run_contamination(args) -> None:
+    from megatron_demix.eval.contamination import check_experiment
+
+    report = check_experiment(_load(args), args.words)
+    print(json.dumps(report, indent=2))
+    if report["cross_corpus"]["overlaps"] or report["held_out_in_training"]["overlaps"]:
+        exit_process(1)
+
+
 def _run_status(args) -> None:
     from megatron_demix.pipeline import pipeline_status
 
@@ -211,6 +227,9 @@ COMMANDS: dict[str, Command] = {
     "train": Command("train the base, then every component (array job)", _jobs_arguments, _run_train),
     "run": Command("the whole pipeline: prepare, base, components, search; ends with the mixture and a report",
                    _run_arguments, _run_run),
+    "contamination": Command("check a prepared experiment by content: no document in two datasets, no held-out"
+                             " evaluation text in any training split (exit 1 on any overlap)",
+                             _contamination_arguments, _run_contamination),
     "status": Command("where a pipeline stands: stage, jobs, search rounds, the best mixture so far", _config_argument, _run_status),
     "validate": Command("proxy fidelity: train reference models and short proxies on sampled mixtures, compare with"
                         " the merged proxies (Spearman rho, top-25% rho, capability recovery)", _jobs_arguments, _run_validate),

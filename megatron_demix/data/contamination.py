@@ -1,23 +1,20 @@
 """Contamination by content: which documents share a normalised text window with another corpus.
 
-    python -m megatron_demix.data.contamination --config configs/demo.yaml    # after `demix prepare`
+    demix contamination --config configs/demo.yaml    # after `demix prepare` (eval/contamination.py)
 
 A text is normalised (lowercased, whitespace collapsed), cut into every window of WINDOW_WORDS
 consecutive words, and each window hashed to 64 bits; two texts overlap when they share a window
 (a text shorter than a window is one window). This is the n-gram test of language-model
 contamination studies; it finds copies whatever the file or path they came from.
 
-On a prepared experiment (`check_experiment`) it checks, from the tokenized datasets themselves:
+On a prepared experiment (eval/contamination.py: `check_experiment`) it checks, from the tokenized datasets themselves:
 (a) no document of one dataset shares a window with another dataset;
 (b) no held-out evaluation text (the built-in tasks' items and documents) shares a window with
     any dataset's training split (the documents the trainer draws from, its own dataset's included).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
-import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -116,50 +113,3 @@ def held_out_overlaps(held_out: dict[str, Iterable[str]], training: dict[str, It
             result.checked += 1
             result.found.extend((domain, number, name) for name, index in indexes.items() if index.shares(text))
     return result
-
-
-def evaluation_texts(experiment) -> dict[str, list[str]]:
-    """domain -> the texts of its built-in tasks: each choice item's passage (question + true answer)
-    and each bits-per-byte document, as `demix prepare` wrote them."""
-    from megatron_demix.eval.builtin_tasks import task_files
-
-    texts: dict[str, list[str]] = {}
-    for domain, files in task_files(experiment).items():
-        rows = texts.setdefault(domain, [])
-        if files["choice"].is_file():
-            for line in files["choice"].read_text().splitlines():
-                item = json.loads(line)
-                rows.append(f"{item['context']} {item['choices'][item['label']]}")
-        if files["bpb"].is_file():
-            rows.extend(json.loads(line)["text"] for line in files["bpb"].read_text().splitlines())
-    return texts
-
-
-def check_experiment(experiment, words: int = WINDOW_WORDS) -> dict:
-    """Checks (a) and (b) on a prepared experiment (see the module docstring); returns both summaries."""
-    from megatron_demix.data.tokenizer import load_tokenizer
-    from megatron_demix.eval.builtin_tasks import split_documents
-
-    tokenizer = load_tokenizer(experiment.paths.tokenizer)
-    every = {d.name: split_documents(experiment, d.name, tokenizer) for d in experiment.datasets}
-    training = {d.name: split_documents(experiment, d.name, tokenizer, "train") for d in experiment.datasets}
-    cross = cross_corpus_overlaps(every, words)
-    held_out = held_out_overlaps(evaluation_texts(experiment), training, words)
-    return {"window_words": words, "documents": {name: len(docs) for name, docs in every.items()},
-            "cross_corpus": cross.summary(), "held_out_in_training": held_out.summary()}
-
-
-def main(argv: list[str] | None = None) -> int:
-    from megatron_demix.experiment import load_experiment
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="the experiment YAML (prepared with `demix prepare`)")
-    parser.add_argument("--words", type=int, default=WINDOW_WORDS, help="words per window")
-    args = parser.parse_args(argv)
-    report = check_experiment(load_experiment(args.config), args.words)
-    print(json.dumps(report, indent=2))
-    return 1 if report["cross_corpus"]["overlaps"] or report["held_out_in_training"]["overlaps"] else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,7 +17,7 @@ split, which no trainer trains on. Megatron splits an indexed dataset by documen
 (`data/datasets.py`: DATA_SPLIT "98,2,0"), so the held-out documents are exactly the range
 megatron-core gives the validation split; they are read back from the prepared `.bin/.idx` and
 detokenized, so the task text is the text the model would have seen (works for datasets given as
-`.bin/.idx` too). That no other dataset holds them is checked by content (data/contamination.py).
+`.bin/.idx` too). That no other dataset holds them is checked by content (eval/contamination.py).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Used to adjust megatron-core before anything uses it without importing it early: importing
 megatron-core costs seconds, and many commands of this project never do (runtime/fusers.py,
-runtime/megatron_compat.py). Installed by `megatron_demix`'s `__init__`, which every entry point
+checkpoint/releases.py). Installed by `megatron_demix`'s `__init__`, which every entry point
 imports before megatron-core.
 """
 from __future__ import annotations

@@ -1,12 +1,11 @@
-"""Contamination by content (data/contamination.py) on the really prepared demo experiment: no document
+"""Contamination by content (data/contamination.py, eval/contamination.py) on the really prepared demo experiment: no document
 in two corpora, no held-out evaluation text in any dataset's training split; and the check finds copies."""
 from __future__ import annotations
 
 import json
 
-from megatron_demix.data.contamination import (
-    WINDOW_WORDS, check_experiment, cross_corpus_overlaps, held_out_overlaps, window_hashes,
-)
+from megatron_demix.data.contamination import WINDOW_WORDS, cross_corpus_overlaps, held_out_overlaps, window_hashes
+from megatron_demix.eval.contamination import check_experiment
 
 
 def test_windows_ignore_case_and_whitespace_and_find_a_copied_passage():

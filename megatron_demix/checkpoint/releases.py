@@ -1,4 +1,4 @@
-"""Differences between the supported megatron-core releases (0.16.1 to 0.19.x) that need code, in one place.
+"""Checkpoints across the supported megatron-core releases (0.16.1 to 0.19.x): the one difference that needs code.
 
 Checkpoints move both ways between the releases (tests/runtime/test_versions.py). One thing stops
 them: up to 0.18, `dist_checkpointing.save` writes the non-sharded ("common") state to `common.pt`;
@@ -24,7 +24,7 @@ def _read_newer_common_state(strategies_module) -> None:
     load_common = loader.load_common
 
     def load_common_or_object(self, checkpoint_dir):
-        from megatron_demix.checkpoint.torch_dist import read_common_state  # common.pt, else 0.19's object
+        from megatron_demix.checkpoint.torch_dist import read_common_state  # common.pt, else 0.19's object (lazy: torch)
 
         state = read_common_state(checkpoint_dir)
         return load_common(self, checkpoint_dir) if state is None else state  # None: megatron's own error
