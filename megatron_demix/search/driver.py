@@ -92,9 +92,8 @@ class Search:
                  ", ".join(f"{t} {max(v.values()):.2f}" for t, v in predictor.cv_spearman.items()))
         return surrogate
 
-    def measured_scores(self, results: list[dict]) -> np.ndarray:
-        """The measured composite score of each result, ranks or spreads taken over all of them."""
-        evidence = self.evidence(results)
+    def measured_scores(self, evidence: Evidence) -> np.ndarray:
+        """The measured composite score of each evaluation, ranks or spreads taken over all of them."""
         return composite(evidence.Y, evidence.Y, evidence.targets, self.config.objective, self.config.domain_weights,
                          measured=evidence.Y, noise=typical_noise(evidence.stderr))
 
@@ -242,14 +241,14 @@ def _measure_and_check(search: Search, pool: np.ndarray, answer: dict, choice) -
     mixture beyond the evaluation noise (policy.check_answer); otherwise answer with that one."""
     everything = search.results(include_final=True)
     targets = answer["targets"]
-    Y = search.matrix(everything, targets)[1]
-    measured = search.measured_scores(everything)
+    evidence = search.evidence(everything)
+    Y, measured = evidence.Y, search.measured_scores(evidence)
     index = next(i for i, r in enumerate(everything) if r["round"] == "final")
     answer["measured"] = {"score": float(measured[index]), "targets": dict(zip(targets, Y[index].tolist())),
                           "metrics": everything[index]["metrics"],
                           "rank": int(1 + np.sum(measured > measured[index])), "of": len(everything)}
     answer["best_measured"] = best_measured(everything, measured, Y, index, targets, search.config.objective)
-    refit = Surrogate.fit(search.evidence(everything), pool, search.space.prior, search.config, cross_validate=False)
+    refit = Surrogate.fit(evidence, pool, search.space.prior, search.config, cross_validate=False)
     kept, check = check_answer(refit, choice, index)
     best, chosen = everything[check["best_index"]], everything[check.get("chosen_index", index)]
     answer["check"] = {**{k: v for k, v in check.items() if k not in ("best_index", "chosen_index")},

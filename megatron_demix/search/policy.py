@@ -1,10 +1,10 @@
 """The search's decisions, on arrays only: fit the surrogate, propose a round, choose and check the answer.
 
-    evidence = Evidence(X, Y, targets, stderr)                 # what was measured so far
-    surrogate = Surrogate.fit(evidence, pool, prior, config)  # predictor + objective + floors
-    rows = propose(surrogate, evidence, pool, space, size, rng)         # the next round's mixtures
-    choice = choose_answer(surrogate, pool, space, rng)                 # the predicted best mixture
-    verdict = check_answer(evidence_with_answer, answer_row, surrogate) # keep it, or the best evaluated one
+    evidence = Evidence(X, Y, targets, stderr)                  # what was measured so far
+    surrogate = Surrogate.fit(evidence, pool, prior, config)   # predictor + objective + floors
+    rows, predicted, scores = propose(surrogate, pool, space, size, rng)   # the next round's mixtures
+    answer = choose_answer(surrogate, pool, space, rng)                    # the predicted best mixture
+    answer, check = check_answer(refit, answer, index)  # refit on the evidence with the answer's own measurement
 
 No files and no jobs: the driver (driver.py) wraps these with its state directory and array jobs, and
 benchmarks/search_bench.py runs them in-process on synthetic objectives, so what is measured there is
@@ -13,9 +13,11 @@ exactly what a search does.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
+from megatron_demix.config.base import ConfigError
 from megatron_demix.search.acquisition import ACQUISITIONS, NEEDS_ENSEMBLE, Candidates
 from megatron_demix.search.config import SearchConfig
 from megatron_demix.search.objective import composite, linear_coefficients, spread, typical_noise, weights_for
@@ -61,8 +63,6 @@ class Surrogate:
         prior_predicted = predictor.predict(prior[None, :])[0]
         unknown = sorted(set(config.domain_floors) - set(evidence.targets))
         if unknown:
-            from megatron_demix.config.base import ConfigError
-
             raise ConfigError(f"search.domain_floors: unknown domain(s) {', '.join(unknown)}; the domains are "
                               f"{', '.join(evidence.targets)}")
         floor = np.array([prior_predicted[t] - config.domain_floors[name] if name in config.domain_floors else -np.inf
@@ -105,6 +105,7 @@ class Surrogate:
             scores = np.where(self.feasible(values), self.score(values), -np.inf)
         return rows, values, scores
 
+    @cached_property
     def learned_noise(self) -> np.ndarray:
         """Per target, the evaluation noise a Gaussian process learns from the evidence (the predictor's own
         when it is one): what the check uses where the evaluations report no standard errors."""
@@ -120,14 +121,8 @@ class Surrogate:
         coefficients = self.coefficients()
         if coefficients is None:  # ranks: judge the gap on the standardised scale
             coefficients = weights_for(self.evidence.targets, self.config.domain_weights) / spread(self.evidence.Y, self.noise)[1]
-        learned = None
-        variance = 0.0
-        for row in stderr_rows:
-            if row is None:
-                learned = self.learned_noise() if learned is None else learned
-                row = learned
-            variance += float((np.asarray(row) ** 2) @ (coefficients ** 2))
-        return float(np.sqrt(variance))
+        rows = [self.learned_noise if row is None else np.asarray(row) for row in stderr_rows]
+        return float(np.sqrt(sum((row ** 2) @ (coefficients ** 2) for row in rows)))
 
 
 def evaluated_mask(rows: np.ndarray, X: np.ndarray) -> np.ndarray:

@@ -89,6 +89,7 @@ class GaussianProcess:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # convergence chatter at the bounds of the length scales
             self.model.fit(X, y)
+        self.y_scale = float(np.std(y)) or 1.0  # normalize_y fits the kernel to y over its standard deviation
         return self
 
     def predict(self, X: np.ndarray, return_std: bool = False):
@@ -97,7 +98,7 @@ class GaussianProcess:
     @property
     def noise_std(self) -> float:
         """The learned noise level, in the units of y."""
-        return float(np.sqrt(self.model.kernel_.k2.noise_level) * self.model._y_train_std)
+        return float(np.sqrt(self.model.kernel_.k2.noise_level) * self.y_scale)
 
 
 def _gp(n: int, config: SearchConfig, seed: int):

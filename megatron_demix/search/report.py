@@ -86,7 +86,7 @@ def write_report(search, pool: np.ndarray, answer: dict, pool_scores: np.ndarray
     atomic_write_json(report / "final_mixture.json", answer)
     targets = answer["targets"]
     everything = search.results(include_final=True)
-    measured = search.measured_scores(everything)
+    measured = search.measured_scores(search.evidence(everything))
     by_round: dict[str, list[float]] = {}
     for result, score in zip(everything, measured):
         by_round.setdefault(result["round"], []).append(float(score))
