@@ -76,10 +76,14 @@ def _jobs_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ranks", type=int, default=None,
                         help="processes per training job (default: cluster.stages.train nodes x ntasks_per_node,"
                              " else tensor x pipeline parallel size)")
+    parser.add_argument("--rerun-from", metavar="STAGE", default=None,
+                        help="remove the outputs of STAGE (base, components, search, validate) and of what is made from"
+                             " them, and make them again: needed after a setting they were made with has changed")
 
 
 def _experiment_for_jobs(args, write: bool = True):
-    """The experiment, with its resolved copy written to the work dir (unless not `write`): every job reads that one file."""
+    """The experiment, with its resolved copy written to the work dir (unless not `write`): every job reads that one file.
+    Before writing, the work dir is claimed for the stages the command makes (pipeline.py `claim_work_dir`)."""
     from megatron_demix.cluster.executor import make_executor
     from megatron_demix.config.base import fail, replace
     from megatron_demix.experiment import dump_experiment
@@ -99,6 +103,9 @@ def _experiment_for_jobs(args, write: bool = True):
         experiment = replace(experiment, cluster=replace(experiment.cluster, executor=args.executor))
     resolved = experiment.paths.root / "experiment.yaml"
     if write:
+        from megatron_demix.pipeline import COMMAND_STAGES, claim_work_dir
+
+        claim_work_dir(experiment, COMMAND_STAGES[f"demix {args.command}"], args.rerun_from)
         dump_experiment(experiment, resolved)
     return experiment, resolved, make_executor(experiment.cluster, experiment.paths.logs)
 
@@ -152,11 +159,19 @@ def _run_run(args) -> None:
     print(f"report: {result['report']} (summary.md, final_mixture.json, *.png)")
 
 
+def _validate_arguments(parser: argparse.ArgumentParser) -> None:
+    _jobs_arguments(parser)
+    parser.add_argument("--dry-run", action="store_true", help="print what it would train and evaluate; run nothing")
+
+
 def _run_validate(args) -> None:
     from megatron_demix.pipeline import prepare_data, train_models
-    from megatron_demix.validate.run import run_validate
+    from megatron_demix.validate.run import describe_plan, plan_validate, run_validate
 
-    experiment, resolved, executor = _experiment_for_jobs(args)
+    experiment, resolved, executor = _experiment_for_jobs(args, write=not args.dry_run)
+    print(describe_plan(plan_validate(experiment)), flush=True)
+    if args.dry_run:
+        return
     prepare_data(resolved, executor)
     train_models(experiment, resolved, executor, args.ranks)
     result = run_validate(experiment, resolved, executor, args.ranks)
@@ -232,7 +247,7 @@ COMMANDS: dict[str, Command] = {
                              _contamination_arguments, _run_contamination),
     "status": Command("where a pipeline stands: stage, jobs, search rounds, the best mixture so far", _config_argument, _run_status),
     "validate": Command("proxy fidelity: train reference models and short proxies on sampled mixtures, compare with"
-                        " the merged proxies (Spearman rho, top-25% rho, capability recovery)", _jobs_arguments, _run_validate),
+                        " the merged proxies (Spearman rho, top-25% rho, capability recovery)", _validate_arguments, _run_validate),
     "export": Command("write a checkpoint, or a mixture's proxy merged while streaming, as a Hugging Face model directory",
                       hf_commands.export_arguments, hf_commands.run_export),
     "import-hf": Command("write a local Hugging Face Llama/Qwen2/Qwen3 model as a Megatron torch_dist checkpoint",

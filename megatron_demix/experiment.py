@@ -181,6 +181,11 @@ class WorkPaths:
         """Job ids of `demix run --submit`, read by `demix status`."""
         return self.root / "jobs.json"
 
+    @property
+    def stages(self) -> Path:
+        """The settings each stage's outputs were made from (pipeline.py `claim_work_dir` checks them)."""
+        return self.root / "stages.json"
+
 
 def load_experiment(path: str | os.PathLike, overrides: dict | None = None) -> ExperimentConfig:
     """Read and validate the experiment file at `path`; `overrides` replace top-level keys."""

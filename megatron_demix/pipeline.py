@@ -14,19 +14,29 @@ Three ways to run it:
   the search driver runs as a job (slurm/search.sh); `pipeline_status` follows it;
 - `plan_pipeline`: the jobs either of them would submit, their resources and dependencies, and an
   estimate of the compute (`demix run --dry-run`).
+
+Before anything is written, `claim_work_dir` makes a run the only one in its work dir (a lock, and
+no submitted chain still queued there), and refuses to reuse stale work: each stage's settings are
+recorded in <work_dir>/stages.json, and a stage whose outputs were made with other settings is
+redone only when asked (`--rerun-from STAGE`).
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from megatron_demix.checkpoint.layout import read_tracker
-from megatron_demix.cluster.executor import Executor, JobFailed, JobSpec, SlurmExecutor, slurm_job_states
+from megatron_demix.cluster.executor import RUNNING_STATES, Executor, JobFailed, JobSpec, SlurmExecutor, slurm_job_states
+from megatron_demix.config.base import ConfigError, to_dict
 from megatron_demix.runtime.files import atomic_write_json
+from megatron_demix.runtime.lock import WorkDirBusy, hold_work_dir
+from megatron_demix.search.state import RESUMABLE_KEYS
 from megatron_demix.training.run_options import train_iters_for
 
 log = logging.getLogger(__name__)
@@ -124,8 +134,6 @@ def chain_specs(experiment, config_path: Path, ranks: int) -> list[JobSpec]:
 def submit_pipeline(experiment, config_path: Path, executor: Executor, ranks: int) -> list[dict]:
     """Submit every stage at once, chained with afterok; records the job ids in <work_dir>/jobs.json."""
     if not isinstance(executor, SlurmExecutor):
-        from megatron_demix.config.base import ConfigError
-
         raise ConfigError("--submit needs SLURM (cluster.executor: slurm, or --executor slurm, with sbatch on PATH):"
                           " without it run `demix run` in the foreground")
     submitted, previous = [], None
@@ -222,3 +230,126 @@ def pipeline_status(experiment) -> dict:
     else:
         stage = "done" if search["final"] else "search"
     return {"stage": stage, "prepared": paths.token_prior.exists(), "models": models, "jobs": jobs, "search": search}
+
+
+# --- One run per work dir, and no stale work reused -------------------------------------------------------------
+
+STAGES = ("base", "components", "search", "validate")
+"""The stages whose outputs record their settings (prepare redoes by itself whatever its settings change)."""
+MADE_FROM = {"base": (), "components": ("base",), "search": ("base", "components"), "validate": ("base", "components")}
+"""The stages each one reads: a command that runs a stage checks those too."""
+COMMAND_STAGES = {"demix train": "components", "demix run": "search", "demix validate": "validate"}
+"""The last stage each command makes (the `through` of `claim_work_dir`); tools/search/run.py makes the search too."""
+CHANGE_NOTHING = {
+    "prepare": {"workers", "chunk_documents"},
+    "model": {"transformer_impl"},
+    "validate": {"bootstrap_samples", "merged_proxy_tokens"},
+}
+"""Settings that change how a stage runs, not what it makes (Megatron's layers or TE's give the same model; the
+reports are rebuilt on every run)."""
+BASE_TRAINING = ("global_batch_size", "lr", "min_lr", "lr_warmup_iters", "weight_decay", "adam_beta1", "adam_beta2",
+                 "clip_grad", "base_train_iters", "seed")
+"""The `training:` settings that change the base (parallel layout, intervals, precision and the throughput flags do
+not: a checkpoint reshards to any TP/PP)."""
+COMPONENT_TRAINING = BASE_TRAINING + ("train_iters", "train_tokens", "beta")
+"""... and those that change the components (trained from the base)."""
+SCORING_KEYS = ("tasks", "metrics", "lower_is_better", "include_path", "command", "max_length", "limit", "dtype",
+                "builtin_questions", "builtin_documents")
+"""The `eval:` settings that change a score (the others, batch size or caching, do not)."""
+
+
+def stage_settings(experiment) -> dict[str, dict]:
+    """What each stage's outputs are made from, section by section; a stage holds the settings of the stages it is
+    made from too, so a change reaches everything made after it."""
+    def section(name: str, drop=(), keep=None) -> dict:
+        return {k: v for k, v in to_dict(getattr(experiment, name)).items() if k not in drop and (keep is None or k in keep)}
+
+    base = {"datasets": [to_dict(d) for d in experiment.datasets], "tokenizer": section("tokenizer"),
+            "prepare": section("prepare", CHANGE_NOTHING["prepare"]), "model": section("model", CHANGE_NOTHING["model"]),
+            "training": section("training", keep=BASE_TRAINING)}
+    components = {**base, "training": section("training", keep=COMPONENT_TRAINING)}
+    scoring = section("eval", keep=SCORING_KEYS)
+    settings = {"base": base, "components": components,
+                "search": {**components, "eval": scoring, "search": section("search", RESUMABLE_KEYS)},
+                "validate": {**components, "eval": scoring, "validate": section("validate", CHANGE_NOTHING["validate"])}}
+    return json.loads(json.dumps(settings))  # as stages.json holds them (tuples become lists)
+
+
+def stage_outputs(experiment, stage: str) -> list:
+    """The files and folders a stage has made so far (what --rerun-from removes)."""
+    paths = experiment.paths
+    if stage == "base":
+        found = [paths.checkpoint("base")]
+    elif stage == "components":
+        found = [p for p in paths.checkpoints.glob("*") if p.name != "base"] + [paths.proxies]
+    else:
+        found = [paths.search if stage == "search" else paths.validate]
+    return [p for p in found if p.exists()]
+
+
+def changes(old, new, where: str = "") -> list[str]:
+    """`key: old -> new` for every setting that differs; keys only one side has (a field added or removed by a newer
+    release) are not changes."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [c for k in old if k in new for c in changes(old[k], new[k], f"{where}.{k}" if where else k)]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new) and any(isinstance(v, dict) for v in old):
+        return [c for i, (a, b) in enumerate(zip(old, new)) for c in changes(a, b, f"{where}[{i}]")]
+    return [] if old == new else [f"{where}: {json.dumps(old)} -> {json.dumps(new)}"]
+
+
+def active_chain(experiment) -> list[str]:
+    """`name id` of each job of the chain `demix run --submit` recorded in jobs.json that SLURM still has queued or
+    running, except this process's own job (the chain's search driver)."""
+    if not experiment.paths.jobs.exists():
+        return []
+    own = os.environ.get("SLURM_JOB_ID")
+    active = []
+    for job in json.loads(experiment.paths.jobs.read_text())["jobs"]:
+        try:
+            states = {} if job["id"] == own else slurm_job_states(job["id"])
+        except OSError:  # no scontrol here: the chain, if any, is on another cluster
+            log.warning("%s: cannot ask SLURM about job %s (no scontrol here)", experiment.paths.jobs, job["id"])
+            continue
+        if any(s.split()[0] in RUNNING_STATES for s in states.values()):
+            active.append(f"{job['name']} {job['id']}")
+    return active
+
+
+def claim_work_dir(experiment, through: str, rerun_from: str | None = None) -> None:
+    """Make this process the only run in the work dir, before it writes anything there:
+    1. lock it (runtime/lock.py), or fail naming the process that holds it;
+    2. fail while a chain submitted by `demix run --submit` has jobs queued or running there;
+    3. fail when a stage this command runs or reads (`through` and what it is made from) has outputs made with other
+       settings, naming each change, unless `rerun_from` redoes that stage: then remove the outputs of `rerun_from`
+       and of everything made from it;
+    4. record the settings of those stages in <work_dir>/stages.json."""
+    paths = experiment.paths
+    stages = [*MADE_FROM[through], through]
+    if rerun_from is not None and rerun_from not in stages:
+        raise ConfigError(f"--rerun-from {rerun_from}: this command makes {', '.join(stages)}; choose one of them")
+    hold_work_dir(paths.root)
+    running = active_chain(experiment)
+    if running:
+        raise WorkDirBusy(f"{paths.root}: the chain `demix run --submit` started there is still queued or running"
+                          f" ({', '.join(running)}): wait for it (demix status), or scancel those jobs, or use another"
+                          " work_dir (--work-dir)")
+    redone = [s for s in STAGES if rerun_from is not None and (s == rerun_from or rerun_from in MADE_FROM[s])]
+    recorded = json.loads(paths.stages.read_text()) if paths.stages.exists() else {}
+    current = stage_settings(experiment)
+    for stage in stages:
+        changed = changes(recorded.get(stage, {}), current[stage])
+        outputs = stage_outputs(experiment, stage)
+        if changed and outputs and stage not in redone:
+            after = [s for s in STAGES if stage in MADE_FROM[s]]
+            commands = [c for c, last in COMMAND_STAGES.items() if stage in (last, *MADE_FROM[last])]
+            raise ConfigError(
+                f"{paths.root}: the {stage} stage's outputs ({', '.join(str(p) for p in outputs)}) were made with other"
+                f" settings: {'; '.join(changed)}. Restore those settings, or use another work_dir (--work-dir), or pass"
+                f" --rerun-from {stage} to {' or '.join(f'`{c}`' for c in commands)}: it removes them"
+                + (f" and what is made from them ({', '.join(after)})" if after else "") + " and makes them again")
+    for stage in redone:
+        for output in stage_outputs(experiment, stage):
+            log.warning("--rerun-from %s: removing %s", rerun_from, output)
+            shutil.rmtree(output)
+    if any(recorded.get(s) != current[s] for s in stages):
+        atomic_write_json(paths.stages, {**recorded, **{s: current[s] for s in stages}})

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from megatron_demix.checkpoint.layout import read_tracker
 from megatron_demix.cluster.executor import Executor, JobFailed, JobSpec
-from megatron_demix.config.base import ConfigError
+from megatron_demix.config.base import ConfigError, to_dict
 from megatron_demix.runtime.files import atomic_write_json
 from megatron_demix.training.mixture_runs import MixtureRun, write_mixture_runs
 
@@ -113,18 +113,23 @@ def reference_mixtures(experiment) -> list[dict]:
     return mixtures
 
 
-def quality_mixtures(experiment) -> list[dict]:
+def quality_ids(experiment) -> list[str]:
     """The mixtures ranked among the references: the token prior, and the search's final mixture once it exists."""
-    from megatron_demix.search.sampler import resolve_prior
     from megatron_demix.search.state import SearchPaths
 
     if not experiment.validate.mixture_quality:
         return []
-    found = [{"id": "prior", "mixture": resolve_prior(experiment)}]
-    final = SearchPaths.of(experiment).final_mixture
-    if final.exists():
-        found.append({"id": "search-final", "mixture": json.loads(final.read_text())["mixture"]})
-    return found
+    return ["prior"] + (["search-final"] if SearchPaths.of(experiment).final_mixture.exists() else [])
+
+
+def quality_mixtures(experiment) -> list[dict]:
+    """The mixtures of `quality_ids`, with their shares."""
+    from megatron_demix.search.sampler import resolve_prior
+    from megatron_demix.search.state import SearchPaths
+
+    shares = {"prior": lambda: resolve_prior(experiment),
+              "search-final": lambda: json.loads(SearchPaths.of(experiment).final_mixture.read_text())["mixture"]}
+    return [{"id": i, "mixture": shares[i]()} for i in quality_ids(experiment)]
 
 
 def trained_models(experiment, mixtures: list[dict]) -> list[tuple[str, dict, Method]]:
@@ -200,6 +205,49 @@ def training_tokens(experiment, mixtures: list[dict]) -> dict[str, int]:
         else:
             spent[method.name] = len(mixtures) * method_iters(experiment, method) * tokens_per_iter
     return spent
+
+
+def plan_validate(experiment) -> dict:
+    """What `demix validate` trains and evaluates, from the settings alone (nothing drawn or written), and which
+    `validate:` settings are defaults: printed before it starts, and by `demix validate --dry-run`."""
+    from megatron_demix.pipeline import model_complete
+
+    settings, references = experiment.validate, experiment.validate.references
+    models = [{"method": m.name, "models": references, "iterations": method_iters(experiment, m)}
+              for m in methods_of(experiment) if m.budget is not None]
+    quality = quality_ids(experiment)
+    if quality:
+        models.append({"method": f"{QUALITY} ({', '.join(quality)})", "models": len(quality),
+                       "iterations": method_iters(experiment, Method(REFERENCE, settings.reference_budget))})
+    iterations = sum(m["models"] * m["iterations"] for m in models)
+    pipeline = ["base", *(d.name for d in experiment.candidates)]
+    return {"settings": to_dict(settings),
+            "defaults": [f.name for f in fields(settings) if getattr(settings, f.name) == _default(f)],
+            "pipeline_models": len(pipeline), "pipeline_to_train": sum(not model_complete(experiment, n) for n in pipeline),
+            "models": models, "trainings": sum(m["models"] for m in models), "iterations": iterations,
+            "tokens": iterations * experiment.training.global_batch_size * experiment.model.seq_length,
+            "evaluations": references + sum(m["models"] for m in models)}
+
+
+def _default(f):
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+def describe_plan(plan: dict) -> str:
+    """`plan_validate`'s plan as the lines `demix validate` prints."""
+    settings, defaults = plan["settings"], plan["defaults"]
+    shown = ", ".join(f"{k} {v}{' (default)' if k in defaults else ''}" for k, v in settings.items())
+    lines = [f"demix validate plan: {shown}",
+             f"  first the pipeline's base and components: {plan['pipeline_to_train']} of {plan['pipeline_models']} models"
+             " still to train",
+             f"  then {plan['trainings']} trainings from the base ({plan['iterations']:,} iterations,"
+             f" {plan['tokens']:,} tokens):"]
+    lines += [f"    {m['models']:>4} x {m['method']} ({m['iterations']} iterations each)" for m in plan["models"]]
+    lines.append(f"  and {plan['evaluations']} evaluations ({settings['references']} merged proxies, then every trained model)")
+    if len(defaults) == len(settings):
+        lines.append("  (every validate: setting is its default: set references, proxy_budgets or mixture_quality there to"
+                     " train fewer models)")
+    return "\n".join(lines)
 
 
 def run_validate(experiment, config_path: Path, executor: Executor, ranks: int) -> dict:

@@ -34,12 +34,14 @@ def search(args) -> None:
     from megatron_demix.cluster.executor import make_executor
     from megatron_demix.config.base import replace
     from megatron_demix.experiment import dump_experiment, load_experiment
+    from megatron_demix.pipeline import claim_work_dir
     from megatron_demix.search.driver import check_resumable, run_search
     from megatron_demix.search.state import SearchPaths
 
     experiment = load_experiment(args.config)
     if args.executor:
         experiment = replace(experiment, cluster=replace(experiment.cluster, executor=args.executor))
+    claim_work_dir(experiment, "search")  # the only run there, on components made with these settings
     check_resumable(experiment, args.resume)  # before touching the work dir: running tasks read its experiment.yaml
     resolved = experiment.paths.root / "experiment.yaml"  # every evaluation task reads this copy (as `demix` jobs do)
     dump_experiment(experiment, resolved)
