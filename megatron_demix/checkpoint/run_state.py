@@ -7,7 +7,9 @@
   state: `iteration`, `consumed_train_samples` (the data position), `config` (the experiment as a
   dict) and `model_name`.
 - `load_checkpoint`: resume everything from the latest checkpoint of a save root. The RNG state
-  is restored only when the TP/PP layout is unchanged (it is per model-parallel rank).
+  is restored only when the TP/PP layout is unchanged (it is per model-parallel rank); its device
+  generators only on the host kind that saved them (`restore_rng_state`), so a checkpoint resumes on
+  GPU and CPU hosts alike.
 - `load_weights`: weights only, from a checkpoint of any TP/PP (a component starting from the
   base). Global shapes are checked against the checkpoint metadata first, so a base with other
   shapes fails before anything is loaded, naming the tensor and the config key to fix.
@@ -58,10 +60,14 @@ def _rng_sharded_object(state):
     )
 
 
-def _rng_state() -> dict:
+def rng_state() -> dict:
+    """Every generator, labelled with the host kind that made the device ones: `random`, `numpy` and
+    `torch` (the CPU generator) have one format on every host; `cuda` and megatron's `tracker` states
+    are CUDA Philox states on GPU hosts and CPU generator states under runtime/device.py's shim."""
     from megatron.core import tensor_parallel
 
     return {
+        "host": device.host_kind(),
         "random": random.getstate(),
         "numpy": numpy.random.get_state(),
         "torch": torch.get_rng_state(),
@@ -70,15 +76,24 @@ def _rng_state() -> dict:
     }
 
 
-def _set_rng_state(state: dict) -> None:
-    from megatron.core import tensor_parallel
-
+def restore_rng_state(state: dict, *, gpu: bool | None = None) -> bool:
+    """Restore what this host kind can read: the host-independent generators always, the device ones
+    only from a checkpoint of the same host kind (handing a CPU state to CUDA's generator, or the reverse,
+    fails). Across host kinds the device generators keep the seeding `initialize_model_parallel` gave them
+    (they drive dropout, 0 in this project's models). Returns whether the device generators were restored.
+    Checkpoints from before the label are told apart by their `cuda` entry (None: a CPU host)."""
     random.setstate(state["random"])
     numpy.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and device.is_gpu_host():
+    saved_on = state.get("host", "cpu" if state["cuda"] is None else "gpu")
+    if saved_on != device.host_kind(gpu):
+        return False
+    from megatron.core import tensor_parallel
+
+    if state["cuda"] is not None:
         torch.cuda.set_rng_state(state["cuda"])
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+    return True
 
 
 def _state_dict(model, optimizer, scheduler, *, is_loading: bool, with_rng: bool) -> dict:
@@ -89,7 +104,7 @@ def _state_dict(model, optimizer, scheduler, *, is_loading: bool, with_rng: bool
         "opt_param_scheduler": scheduler.state_dict(),
     }
     if with_rng:
-        state["rng_state"] = _rng_sharded_object(_rng_state())
+        state["rng_state"] = _rng_sharded_object(rng_state())
     return state
 
 
@@ -117,8 +132,24 @@ def write_results_in_process() -> None:
         filesystem_async._results_queue = queue.Queue()
 
 
-def save_checkpoint(save: Path, iteration: int, model, optimizer, scheduler, *, common: dict) -> Path:
-    """Write `<save>/iter_%07d` on every rank, then point the tracker at it."""
+def _save_strategy(fully_parallel: bool):
+    """torch_dist, with the writing of replicated tensors spread over the data-parallel ranks when
+    `fully_parallel` (Megatron-LM's --ckpt-fully-parallel-save, its default); None: megatron's default
+    (data-parallel rank 0 writes every replicated tensor)."""
+    if not fully_parallel:
+        return None
+    from megatron.core import parallel_state
+    from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
+    from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelSaveStrategyWrapper
+
+    return FullyParallelSaveStrategyWrapper(
+        get_default_save_sharded_strategy("torch_dist"), parallel_state.get_data_parallel_group(with_context_parallel=True)
+    )
+
+
+def save_checkpoint(save: Path, iteration: int, model, optimizer, scheduler, *, common: dict, fully_parallel: bool = True) -> Path:
+    """Write `<save>/iter_%07d` on every rank (replicated tensors spread over data-parallel ranks when
+    `fully_parallel`), then point the tracker at it."""
     from megatron.core import dist_checkpointing
     from torch.distributed.checkpoint.api import CheckpointException
 
@@ -133,7 +164,7 @@ def save_checkpoint(save: Path, iteration: int, model, optimizer, scheduler, *, 
     state = _state_dict(model, optimizer, scheduler, is_loading=False, with_rng=True)
     state.update(common, iteration=iteration, parallel=_layout(), checkpoint_version=3.0)
     try:
-        dist_checkpointing.save(state, str(path))
+        dist_checkpointing.save(state, str(path), sharded_strategy=_save_strategy(fully_parallel))
     except (OSError, RuntimeError, CheckpointException) as error:
         # Every rank gets the CheckpointException; the coordinator's holds each rank's (error, traceback).
         failures = list(error.failures.values()) if isinstance(error, CheckpointException) else []
@@ -200,7 +231,7 @@ def load_checkpoint(load: Path, model, optimizer, scheduler) -> dict | None:
     load_optimizer_state(optimizer, loaded["optimizer"])
     scheduler.load_state_dict(loaded["opt_param_scheduler"])
     if same_layout:
-        _set_rng_state(loaded["rng_state"])
+        restore_rng_state(loaded["rng_state"])
     return common
 
 

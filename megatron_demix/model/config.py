@@ -71,6 +71,10 @@ class ModelConfig:
     """The vocabulary is padded to a multiple of this x TP, as Megatron-LM does."""
     init_method_std: float = 0.02
     """Standard deviation of the weight initialisation (--init-method-std)."""
+    transformer_impl: Literal["transformer_engine", "local"] = "transformer_engine"
+    """Layer implementation on GPU hosts (--transformer-impl): Transformer Engine's fused layers, or
+    megatron-core's local spec (plain torch; attention materialises seq x seq scores). Without TE
+    installed a GPU host warns and runs `local`; `local` here chooses it quietly. CPU hosts always run `local`."""
 
     def __post_init__(self):
         require_at_least(self, 1, "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",

@@ -1,9 +1,11 @@
 """Build a megatron-core GPTModel from the `model:` config.
 
 The same builder serves training, checkpoint loading (any TP/PP) and evaluation. Which layers
-run where is decided here and nowhere else:
-- GPU host with Transformer Engine importable: the TE layer spec (fused kernels, fp8-ready);
-- otherwise (CPU hosts, GPU hosts without TE): megatron-core's local spec (plain torch modules).
+run where (runtime/device.py decides, this module applies):
+- GPU host with Transformer Engine importable: the TE layer spec (fused kernels, fp8-ready) and
+  Megatron-LM's fusions;
+- GPU host without TE: the local spec, after a loud warning (unless `model.transformer_impl: local`);
+- CPU host: megatron-core's local spec (plain torch modules), no fusions.
 Both specs produce the same parameter names in `sharded_state_dict()`, so checkpoints move
 between them.
 """
@@ -21,20 +23,11 @@ def padded_vocab_size(vocab_size: int, model: ModelConfig, tensor_parallel: int)
     return -(-vocab_size // multiple) * multiple
 
 
-def _use_transformer_engine() -> bool:
-    if not device.is_gpu_host():
-        return False
-    try:
-        import transformer_engine  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def layer_spec(model: ModelConfig):
+def layer_spec(model: ModelConfig, *, gpu: bool | None = None):
+    """TE's spec where runtime/device.py `use_transformer_engine` says so (GPU hosts), else the local one."""
     from megatron.core.models.gpt import gpt_layer_specs
 
-    if _use_transformer_engine():
+    if device.use_transformer_engine(model.transformer_impl, gpu=gpu):
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=model.qk_layernorm)
     return gpt_layer_specs.get_gpt_layer_local_spec(qk_layernorm=model.qk_layernorm, normalization=model.normalization)
 
@@ -47,12 +40,15 @@ def _no_cuda_graph_modules(config_class) -> dict:
     return {"cuda_graph_modules" if "cuda_graph_modules" in fields else "cuda_graph_scope": []}
 
 
-def transformer_config(model: ModelConfig, tensor_parallel: int, pipeline_parallel: int, params_dtype: torch.dtype):
+def transformer_config(model: ModelConfig, tensor_parallel: int, pipeline_parallel: int, params_dtype: torch.dtype,
+                       throughput: device.Throughput | None = None, *, gpu: bool | None = None):
     """The megatron-core TransformerConfig; TP/PP must equal what parallel_state was given
-    (otherwise every pipeline stage numbers its layers from 0)."""
+    (otherwise every pipeline stage numbers its layers from 0). `throughput` (default: this host's,
+    runtime/device.py) switches megatron-core's fusions: Megatron-LM's set on GPU hosts, none on CPU."""
     from megatron.core.transformer import TransformerConfig
 
     check_parallel_fits(model, tensor_parallel, pipeline_parallel)
+    fused = throughput or device.throughput_settings(gpu=gpu)
     return TransformerConfig(
         **_no_cuda_graph_modules(TransformerConfig),
         num_layers=model.num_layers,
@@ -76,18 +72,23 @@ def transformer_config(model: ModelConfig, tensor_parallel: int, pipeline_parall
         params_dtype=params_dtype,
         bf16=params_dtype == torch.bfloat16,
         pipeline_dtype=params_dtype,
-        use_cpu_initialization=not device.is_gpu_host(),
-        bias_activation_fusion=False,
-        bias_dropout_fusion=False,
-        masked_softmax_fusion=False,
-        persist_layer_norm=False,
-        gradient_accumulation_fusion=False,
-        apply_rope_fusion=False,
+        use_cpu_initialization=not device.is_gpu_host() if gpu is None else not gpu,
+        # Only SwiGLU has a fused bias-activation kernel without biases; the GELU one needs add_bias_linear.
+        bias_activation_fusion=fused.bias_swiglu_fusion and model.swiglu,
+        bias_dropout_fusion=fused.bias_dropout_fusion,
+        masked_softmax_fusion=fused.masked_softmax_fusion,
+        persist_layer_norm=fused.persist_layer_norm,
+        gradient_accumulation_fusion=fused.gradient_accumulation_fusion,
+        apply_rope_fusion=fused.rope_fusion and model.position_embedding_type == "rope",
+        # Free each pipeline stage's output once sent (only its .grad_fn is needed for backward), as Megatron-LM
+        # always does (no flag there either); a no-op without pipeline parallelism.
+        deallocate_pipeline_outputs=fused.deallocate_pipeline_outputs,
     )
 
 
-def build_gpt_model(model: ModelConfig, vocab_size: int, *, params_dtype: torch.dtype = torch.float32):
-    """The GPTModel stage of this rank (parallel_state must be initialised).
+def build_gpt_model(model: ModelConfig, vocab_size: int, *, params_dtype: torch.dtype = torch.float32,
+                    throughput: device.Throughput | None = None):
+    """The GPTModel stage of this rank (parallel_state must be initialised); `throughput` as in `transformer_config`.
 
     megatron-core 0.19 deprecates GPTModel for HybridModel (its migration guide,
     docs/user-guide/hybrid-model-migration.md). Not followed yet: HybridModel splits each block into
@@ -101,7 +102,7 @@ def build_gpt_model(model: ModelConfig, vocab_size: int, *, params_dtype: torch.
 
     tp = parallel_state.get_tensor_model_parallel_world_size()
     pp = parallel_state.get_pipeline_model_parallel_world_size()
-    config = transformer_config(model, tp, pp, params_dtype)
+    config = transformer_config(model, tp, pp, params_dtype, throughput)
     gpt = GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(model),

@@ -68,12 +68,42 @@ class TrainingConfig:
     """`torch`: batches read in the training process; `dali`: training batches through an NVIDIA DALI
     pipeline (`pip install -e .[dali]`; see training/dali.py)."""
 
+
+    # --- throughput (Megatron-LM's flags and defaults; runtime/device.py `throughput_settings` applies them
+    # on GPU hosts only: CPU hosts run unfused, unoverlapped, and say why there)
+    bias_swiglu_fusion: bool = True
+    """Fuse the bias add with SwiGLU (megatron-core's jit-compiled kernel); GPU hosts, SwiGLU models."""
+    bias_dropout_fusion: bool = True
+    """Fuse bias + dropout + residual add; GPU hosts."""
+    masked_softmax_fusion: bool = True
+    """Fused scale + mask + softmax in the local spec's attention (no effect under TE attention); GPU hosts."""
+    persist_layer_norm: bool = True
+    """Apex's persistent layer-norm kernel where it applies; GPU hosts."""
+    gradient_accumulation_fusion: bool = True
+    """Accumulate weight gradients straight into the fp32 main_grad buffers in the GEMM (TE, or Apex's
+    fused_weight_gradient_mlp_cuda under the local spec; off where neither is installed); GPU hosts."""
+    rope_fusion: bool = True
+    """Fused RoPE (needs Transformer Engine; off without it); GPU hosts."""
+    overlap_grad_reduce: bool = True
+    """Overlap the data-parallel gradient reduce-scatter with the backward pass; GPU hosts (with the
+    distributed optimizer). On by default, unlike Megatron-LM's flag: its GPT recipes all pass it, and a
+    component run gains from it at every data-parallel size above 1."""
+    overlap_param_gather: bool = True
+    """Overlap the distributed optimizer's parameter all-gather with the next forward pass; GPU hosts.
+    On by default, unlike Megatron-LM's flag, for the same reason as overlap_grad_reduce."""
+    num_workers: int | None = None
+    """DataLoader worker processes reading training batches ahead of the step (unset: Megatron-LM's 2 on
+    GPU hosts, 0 on CPU hosts, where workers would take cores from the training threads)."""
+    ckpt_fully_parallel_save: bool = True
+    """Spread the writing of replicated checkpoint tensors over the data-parallel ranks (Megatron-LM's
+    default; every host)."""
+
     def __post_init__(self):
         require_at_least(self, 1, "tensor_model_parallel_size", "pipeline_model_parallel_size", "micro_batch_size",
                          "global_batch_size", "train_iters", "base_train_iters", "train_tokens", "eval_iters",
                          "log_interval")
         require_at_least(self, 0, "lr_warmup_iters", "seed", "save_interval", "eval_interval", "keep_checkpoints",
-                         "weight_decay", "clip_grad", "min_lr")
+                         "weight_decay", "clip_grad", "min_lr", "num_workers")
         if self.lr <= 0:
             fail("lr", f"{self.lr} must be > 0")
         if self.global_batch_size % self.micro_batch_size:

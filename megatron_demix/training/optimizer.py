@@ -1,13 +1,15 @@
 """Data-parallel wrapper, optimizer and LR schedule: the one place where GPU and CPU training differ.
 
     model = wrap_data_parallel(gpt, training)          # megatron-core DDP on every host
+    wire_overlap(model, gpt.config)                     # its hooks for megatron-core's schedules
     optimizer = build_optimizer(model, training)        # Megatron's on GPU, torch AdamW on CPU
     scheduler = build_scheduler(optimizer, training, train_iters)
 
 Which path runs where:
 - GPU host: megatron-core `DistributedDataParallel` with the distributed optimizer (Adam state
   sharded over data-parallel ranks), `get_megatron_optimizer` (bf16 params, fp32 main params,
-  grad clipping inside). This is what Megatron-LM runs.
+  grad clipping inside), gradient reduce and parameter gather overlapped. This is what Megatron-LM
+  runs with its GPT recipes' flags.
 - CPU host: the same DDP wrapper (grads land in its fp32 `main_grad` buffers and are reduced
   over data-parallel ranks the same way), but Megatron's optimizer classes assert CUDA tensor
   types, so `CpuAdamW` steps a plain `torch.optim.AdamW` on those buffers and clips with
@@ -33,20 +35,48 @@ writes its own buffers, in parallel; a resume may change DP but not TP/PP (the m
 themselves reshard freely). megatron-core 0.16 no longer saves its older default layout."""
 
 
-def _uses_megatron_optimizer() -> bool:
-    return device.is_gpu_host()
+def _uses_megatron_optimizer(gpu: bool | None = None) -> bool:
+    return device.host_kind(gpu) == "gpu"
+
+
+def ddp_config(training, *, gpu: bool | None = None):
+    """megatron-core's DistributedDataParallelConfig for this host (runtime/device.py `throughput_settings`):
+    on GPU hosts the distributed optimizer with the gradient reduce-scatter overlapped with backward and
+    the parameter all-gather with the next forward (aligned across pipeline stages, as Megatron-LM's
+    defaults --align-grad-reduce / --align-param-gather do); on CPU hosts neither."""
+    from megatron.core.distributed import DistributedDataParallelConfig
+
+    settings = device.throughput_settings(training, gpu=gpu)
+    distributed_optimizer = _uses_megatron_optimizer(gpu)
+    return DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=settings.overlap_grad_reduce,
+        overlap_param_gather=settings.overlap_param_gather and distributed_optimizer,
+        align_param_gather=settings.overlap_param_gather and distributed_optimizer,
+        use_distributed_optimizer=distributed_optimizer,
+    )
 
 
 def wrap_data_parallel(model, training):
-    """Megatron DDP: grads reduced over data-parallel ranks (fp32 buffers) after the last microbatch."""
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    """Megatron DDP: grads reduced over data-parallel ranks (fp32 buffers), after the last microbatch or
+    overlapped with its backward (`ddp_config`)."""
+    from megatron.core.distributed import DistributedDataParallel
 
-    ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True,
-        overlap_grad_reduce=False,
-        use_distributed_optimizer=_uses_megatron_optimizer(),
-    )
-    return DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)
+    return DistributedDataParallel(config=model.config, ddp_config=ddp_config(training), module=model)
+
+
+def wire_overlap(model, config) -> None:
+    """Hand megatron-core's schedules the hooks of the DDP wrapper, as Megatron-LM's `setup_model_and_optimizer`
+    does: no grad sync until the last microbatch; with overlap, the grad reduce and (aligned) parameter
+    gather started by the schedule; then the DP reduction and the tied-embedding one across stages."""
+    from megatron.core.distributed import finalize_model_grads
+
+    config.no_sync_func = model.no_sync
+    config.finalize_model_grads_func = finalize_model_grads
+    if model.ddp_config.overlap_grad_reduce:
+        config.grad_sync_func = model.start_grad_sync
+    if model.ddp_config.overlap_param_gather:
+        config.param_sync_func = model.start_param_sync
 
 
 def _no_weight_decay(name: str, param: torch.nn.Parameter) -> bool:
@@ -80,19 +110,21 @@ class CpuAdamW:
 
     def step(self):
         from megatron.core import parallel_state, tensor_parallel
-        from megatron.core.optimizer.clip_grads import get_grad_norm_fp32
         from megatron.core.transformer.module import param_is_not_shared
 
         for p in self.params:
             p.grad = p.main_grad
         # Count each weight once: skip tied copies and tensor-parallel replicas, then sum over
-        # the model-parallel group (what Megatron's optimizer does).
+        # the model-parallel group (megatron-core's get_grad_norm_fp32, which without Transformer Engine
+        # hands back a float: a host sync at every step; here the norm stays a tensor).
         unique = [p.grad for p in self.params if param_is_not_shared(p) and tensor_parallel.param_is_not_tensor_parallel_duplicate(p)]
-        grad_norm = get_grad_norm_fp32(unique, grad_stats_parallel_group=parallel_state.get_model_parallel_group())
-        # Megatron's clip_grad_by_total_norm_fp32 asserts CUDA tensors; this is its formula.
-        coefficient = self.clip_grad / (grad_norm + 1e-6)
-        if self.clip_grad > 0 and coefficient < 1.0:
-            torch._foreach_mul_([p.grad for p in self.params], coefficient)
+        squares = torch.stack(torch._foreach_norm(unique)).square().sum() if unique else torch.zeros(())
+        torch.distributed.all_reduce(squares, group=parallel_state.get_model_parallel_group())
+        grad_norm = squares.sqrt()
+        if self.clip_grad > 0:
+            # Megatron's clip_grad_by_total_norm_fp32 formula (it asserts CUDA tensors), without asking the host
+            # whether to clip: a coefficient of 1 leaves the grads as they are.
+            torch._foreach_mul_([p.grad for p in self.params], (self.clip_grad / (grad_norm + 1e-6)).clamp(max=1.0))
         self.optimizer.step()
         return True, grad_norm, None
 
@@ -152,6 +184,8 @@ def build_optimizer(model, training):
         bf16=dtype == torch.bfloat16,
         params_dtype=dtype,
         use_distributed_optimizer=True,
+        # Must equal the DDP wrapper's: the optimizer then leaves the all-gather to its forward pre-hooks.
+        overlap_param_gather=model.ddp_config.overlap_param_gather,
     )
     return get_megatron_optimizer(config, [model])
 

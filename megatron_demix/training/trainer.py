@@ -14,15 +14,19 @@ files, checkpoint shapes.
      `run.pretrained` (a component starts from the base), else random initialisation;
   5. optimizer and LR schedule (training/optimizer.py; after the weights, because the Megatron
      optimizer copies them into its fp32 main parameters when it is built);
-then each iteration runs `get_forward_backward_func()` over its microbatches, steps the
-optimizer and the schedule, checks that the loss and gradient norm are finite, logs, validates
-per domain and saves at the configured intervals (keeping the newest `keep_checkpoints`).
-A non-finite loss or gradient norm raises `TrainingDiverged` before anything is saved, so the
-latest checkpoint stays the last good state (Megatron-LM's --check-for-nan-in-loss-and-grad).
+then each iteration runs `get_forward_backward_func()` over its microbatches (read ahead by
+training/loader.py), steps the optimizer and the schedule, logs, validates per domain and saves at
+the configured intervals (keeping the newest `keep_checkpoints`).
+
+No host synchronisation per step (Megatron-LM's loop does the same): the loss, the non-finite
+check and the SIGTERM flag stay on the device until the next log or save, where one all-reduce
+brings them to every rank's host. A non-finite loss or gradient norm then raises `TrainingDiverged`
+naming its first iteration, before anything is saved, so the latest checkpoint stays the last good
+state (Megatron-LM's --check-for-nan-in-loss-and-grad); it is caught within one log interval.
 """
 from __future__ import annotations
 
-import math
+import contextlib
 import os
 import signal
 from functools import partial
@@ -39,7 +43,8 @@ from megatron_demix.runtime.parallel import ParallelDims, initialize_model_paral
 from megatron_demix.checkpoint import run_state
 from megatron_demix.data.datasets import TrainingData, blend_for, check_prepared
 from megatron_demix.training.metrics import MetricsLog
-from megatron_demix.training.optimizer import build_optimizer, build_scheduler, wrap_data_parallel
+from megatron_demix.training.loader import TrainLoader
+from megatron_demix.training.optimizer import build_optimizer, build_scheduler, wire_overlap, wrap_data_parallel
 from megatron_demix.training.run_options import RunOptions
 
 
@@ -88,8 +93,10 @@ class TrainingDiverged(RuntimeError):
 
 
 class _StopOnSigterm:
-    """Megatron-LM's --exit-signal-handler: SIGTERM only sets a flag, and the ranks agree on it
-    after each iteration (one tiny all-reduce), so they all save the same iteration and leave."""
+    """Megatron-LM's --exit-signal-handler: SIGTERM only sets a flag. The ranks agree on it at the
+    next log or save (`Trainer._sync`, with the loss: no collective of its own), so they all save
+    the same iteration and leave, at most log_interval iterations after the signal (SLURM's
+    `--signal=B:USR1@120` in slurm/train_component.sh leaves two minutes for that)."""
 
     def __init__(self):
         self.received = False
@@ -98,10 +105,25 @@ class _StopOnSigterm:
     def _handle(self, *_):
         self.received = True
 
-    def any_rank(self) -> bool:
-        flag = torch.tensor([int(self.received)], device=device.device())
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
+
+class _Window:
+    """What the iterations since the last sync left on the device: per iteration the loss sum and token
+    count (last pipeline stage; zero elsewhere), whether the loss and the grad norm were finite, the grad
+    norm; the learning rates stay on the host."""
+
+    def __init__(self):
+        self.steps, self.norms, self.lrs, self.iterations, self.has_norm = [], [], [], [], []
+
+    def add(self, iteration: int, records: list, grad_norm, lr: float) -> None:
+        dev = device.device()
+        loss = torch.stack([r["lm loss"] for r in records]).double().sum(0) if records else torch.zeros(2, dtype=torch.float64, device=dev)
+        norm = torch.as_tensor(grad_norm if grad_norm is not None else float("nan"), dtype=torch.float64, device=dev).reshape(())
+        finite = torch.stack([loss.isfinite().all(), norm.isfinite() | (grad_norm is None)]).double()
+        self.steps.append(torch.cat([loss, 1 - finite]))
+        self.norms.append(norm)
+        self.lrs.append(lr)
+        self.iterations.append(iteration)
+        self.has_norm.append(grad_norm is not None)
 
 
 class Trainer:
@@ -109,7 +131,6 @@ class Trainer:
 
     def __init__(self, experiment, run: RunOptions):
         from megatron.core import parallel_state
-        from megatron.core.distributed import finalize_model_grads
         from megatron_demix.data.tokenizer import load_tokenizer
 
         # configs
@@ -128,7 +149,9 @@ class Trainer:
 
         # model, starting point, optimizer. Checkpoints hold the bare GPTModel's keys
         # (`embedding.word_embeddings.weight`, ...), as Megatron-LM writes them, not the DDP wrapper's.
-        self.gpt = gpt = build_gpt_model(experiment.model, tokenizer.vocab_size, params_dtype=device.default_params_dtype(self.training.precision))
+        self.throughput = device.throughput_settings(self.training)
+        self.gpt = gpt = build_gpt_model(experiment.model, tokenizer.vocab_size, throughput=self.throughput,
+                                         params_dtype=device.default_params_dtype(self.training.precision))
         self.model = wrap_data_parallel(gpt, self.training)
         resuming = _resuming(run)
         if not resuming and run.pretrained is not None:
@@ -142,15 +165,17 @@ class Trainer:
                 raise CheckpointError(f"--load {run.load}: holds model {common.get('model_name')!r}, not {run.model_name!r}")
             self.iteration = common["iteration"]
 
-        # megatron-core's schedules call these hooks: no grad sync until the last microbatch,
-        # then the DP all-reduce and the tied-embedding reduction across pipeline stages.
-        config = gpt.config
-        config.no_sync_func = self.model.no_sync
-        config.finalize_model_grads_func = finalize_model_grads
+        wire_overlap(self.model, gpt.config)
         self.is_last_stage = parallel_state.is_pipeline_last_stage()
+        self.loader = None if self.training.dataloader == "dali" else TrainLoader(
+            self.data, num_microbatches=self.num_microbatches, first_iteration=self.iteration,
+            end_iteration=run.train_iters, throughput=self.throughput,
+        )
 
         # runtime utilities
         self.stop_signal = _StopOnSigterm() if run.exit_signal_handler else None
+        self.window = _Window()
+        self.loss_since_log = [0.0, 0.0]  # reduced over all ranks at each sync, consumed at each log
         self.log = MetricsLog(
             run.log_dir, total_iters=run.train_iters, name=run.model_name, enabled=torch.distributed.get_rank() == 0,
             tokens_per_iter=self.training.global_batch_size * experiment.model.seq_length,
@@ -204,14 +229,33 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
-        records = self._run_microbatches(self.data.train_microbatches(self.iteration, self.num_microbatches), False)
+        batches = (self.loader.microbatches(self.iteration) if self.loader is not None
+                   else self.data.train_microbatches(self.iteration, self.num_microbatches))
+        records = self._run_microbatches(batches, False)
         _, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(increment=1)
         self.iteration += 1
         return records, lr, grad_norm
 
+    @contextlib.contextmanager
+    def _params_gathered(self):
+        """With overlapped parameter gathering the updated weights reach the model only in the next forward's
+        pre-hooks: gather them now and keep the hooks off while evaluating or saving (as Megatron-LM does)."""
+        overlapped = self.model.ddp_config.overlap_param_gather
+        if overlapped:
+            self.model.disable_forward_pre_hook()
+        try:
+            yield
+        finally:
+            if overlapped:
+                self.model.enable_forward_pre_hook()
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
+        with self._params_gathered():
+            return self._evaluate()
+
+    def _evaluate(self) -> dict[str, float]:
         self.model.eval()
         losses = {}
         for domain in self.data.valid:
@@ -230,25 +274,39 @@ class Trainer:
             "train_iters": self.run.train_iters,
             "config": to_dict(self.experiment),
         }
-        path = run_state.save_checkpoint(self.run.save, self.iteration, self.gpt, self.optimizer, self.scheduler, common=common)
+        with self._params_gathered():
+            path = run_state.save_checkpoint(self.run.save, self.iteration, self.gpt, self.optimizer, self.scheduler,
+                                             common=common, fully_parallel=self.throughput.ckpt_fully_parallel_save)
         self.log.message(f"saved {path}")
         if torch.distributed.get_rank() == 0:
             removed = run_state.prune_checkpoints(self.run.save, self.training.keep_checkpoints)
             if removed:
                 self.log.message(f"removed {', '.join(p.name for p in removed)} (training.keep_checkpoints={self.training.keep_checkpoints})")
 
-    def _check_finite(self, loss: float, grad_norm, lr: float) -> None:
-        """Raise `TrainingDiverged` on every rank alike: the loss is reduced over all ranks and the
-        grad norm over the model-parallel group (data-parallel grads are already equal)."""
-        grad_norm = None if grad_norm is None else float(grad_norm)
-        bad = [name for name, value in (("loss", loss), ("grad norm", grad_norm)) if value is not None and not math.isfinite(value)]
-        if not bad:
-            return
+    def _sync(self) -> bool:
+        """Bring the window since the last sync to every rank's host with one all-reduce: add its loss to the
+        next log's, raise `TrainingDiverged` on all ranks alike at its first non-finite iteration (when
+        checked), and return whether any rank received SIGTERM."""
+        window, self.window = self.window, _Window()
+        signalled = self.stop_signal is not None and self.stop_signal.received
+        flag = torch.tensor([float(signalled)], dtype=torch.float64, device=device.device())
+        totals = torch.cat([flag, *window.steps]) if window.steps else flag
+        torch.distributed.all_reduce(totals)  # over every rank: TP replicas scale loss and count alike
+        values = torch.cat([totals, torch.stack(window.norms)]).tolist() if window.norms else totals.tolist()
+        steps, norms = [values[1 + 4 * i: 5 + 4 * i] for i in range(len(window.steps))], values[1 + 4 * len(window.steps):]
+        for (total, count, loss_bad, norm_bad), iteration, norm, lr in zip(steps, window.iterations, norms, window.lrs):
+            if self.training.check_for_nan_in_loss_and_grad and (loss_bad or norm_bad):
+                self._diverged(iteration, total / max(count, 1), norm, lr, loss_bad, norm_bad)
+            self.loss_since_log = [self.loss_since_log[0] + total, self.loss_since_log[1] + count]
+        self.last_grad_norm = norms[-1] if norms and window.has_norm[-1] else None
+        return values[0] > 0
+
+    def _diverged(self, iteration: int, loss: float, grad_norm: float, lr: float, loss_bad: float, norm_bad: float):
+        bad = [name for name, flag in (("loss", loss_bad), ("grad norm", norm_bad)) if flag]
         latest = read_tracker(self.run.save) if Path(self.run.save).is_dir() else None
-        shown_norm = "none" if grad_norm is None else f"{grad_norm:.4g}"
         raise TrainingDiverged(
-            f"{self.run.model_name}: iteration {self.iteration}: {' and '.join(bad)} not finite (loss {loss:.4g},"
-            f" grad norm {shown_norm}, lr {lr:g}); stopped without saving, the latest checkpoint in {self.run.save}"
+            f"{self.run.model_name}: iteration {iteration}: {' and '.join(bad)} not finite (loss {loss:.4g},"
+            f" grad norm {grad_norm:.4g}, lr {lr:g}); stopped without saving, the latest checkpoint in {self.run.save}"
             f" is {'none' if latest is None else f'iteration {latest}'}. Lower --lr or raise --lr-warmup-iters and"
             " resume; training.check_for_nan_in_loss_and_grad: false trains on regardless"
         )
@@ -268,18 +326,21 @@ class Trainer:
         while self.iteration < run.train_iters:
             records, lr, grad_norm = self.train_step()
             it = self.iteration
+            self.window.add(it, records if self.is_last_stage else [], grad_norm, lr)
             logging_now = it % training.log_interval == 0 or it == run.train_iters
-            loss = self._mean_loss(records) if logging_now or training.check_for_nan_in_loss_and_grad else None
-            if training.check_for_nan_in_loss_and_grad:
-                self._check_finite(loss, grad_norm, lr)
+            saving_now = bool(training.save_interval) and it % training.save_interval == 0 and it < run.train_iters
+            # The only host synchronisation between logs: at a log, a save and the end (nothing non-finite is saved).
+            signalled = self._sync() if logging_now or saving_now else False
             if logging_now:
-                self.log.train(it, loss=loss, lr=lr, grad_norm=grad_norm)
+                total, count = self.loss_since_log
+                self.loss_since_log = [0.0, 0.0]
+                self.log.train(it, loss=total / max(count, 1), lr=lr, grad_norm=self.last_grad_norm)
             if training.eval_interval and it % training.eval_interval == 0 and it < run.train_iters:
                 self.evaluate()
-            if training.save_interval and it % training.save_interval == 0 and it < run.train_iters:
+            if saving_now:
                 self.save()
                 saved_at = it
-            if self.stop_signal is not None and self.stop_signal.any_rank():
+            if signalled:
                 if saved_at != it:
                     self.save()
                 self.log.message(f"SIGTERM: saved iteration {it}; exiting (resume with the same --load)")
