@@ -28,9 +28,11 @@ import importlib.util
 import io
 import os
 import pickle
+import re
 import sys
 import time
 import types
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -118,10 +120,33 @@ class StorageInfo:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
+METADATA_CLASSES = {
+    f"{DCP_PACKAGE}.metadata": {"Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+                                "BytesStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING"},
+    f"{DCP_PACKAGE}.planner": {"SavePlan", "WriteItem", "WriteItemType", "TensorWriteData", "BytesIOWriteData"},
+    "torch": {"Size"},
+    "torch.serialization": {"_get_layout"},
+    "collections": {"OrderedDict"},
+    "builtins": {"set", "frozenset"},
+    "pathlib": {"PosixPath"},
+}
+"""What a `.metadata` may name (read from those torch 2.13's DCP writes under megatron-core 0.16.1 and 0.19.2:
+the metadata and planner dataclasses, `torch.Size`, dtypes, the layout helper), plus torch's dtypes and
+`_StorageInfo`. Anything else (`os.system` in a crafted file) is refused before it is looked up."""
+
+
+class _Refused(pickle.UnpicklingError):
+    """A `.metadata` naming a global outside METADATA_CLASSES."""
+
+
 class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) == STORAGE_INFO_CLASS:
             return StorageInfo
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if name not in METADATA_CLASSES.get(module, ()):
+            raise _Refused(f"it would load {module}.{name}, which a checkpoint's metadata never holds")
         if module.startswith(f"{DCP_PACKAGE}."):  # megatron-core's saves also name planner classes
             dcp_module(module[len(DCP_PACKAGE) + 1:])
         return super().find_class(module, name)
@@ -153,7 +178,9 @@ def read_metadata(path: Path) -> Metadata:
             metadata = _MetadataUnpickler(f).load()
     except FileNotFoundError:
         raise CheckpointDataError(f"{file}: missing; {path} is not a complete torch_dist checkpoint") from None
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as error:
+    except _Refused as error:
+        raise CheckpointDataError(f"{file}: refused: {error}; the file is crafted or damaged: re-copy the checkpoint") from None
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, ValueError, TypeError) as error:
         raise CheckpointDataError(f"{file}: unreadable ({error}); the checkpoint is incomplete or from another torch") from None
     if not isinstance(metadata, Metadata) or metadata.storage_data is None:
         raise CheckpointDataError(f"{file}: not a torch.distributed.checkpoint Metadata with storage_data")
@@ -165,13 +192,76 @@ def read_common_state(path: Path):
     megatron-core 0.18; from 0.19 the object `COMMON_OBJECT` in the data (a one-element list)."""
     path = Path(path)
     if (path / COMMON_FILE).exists():
-        return torch.load(path / COMMON_FILE, map_location="cpu", weights_only=False)
+        return load_torch_file(path / COMMON_FILE, str(path / COMMON_FILE), map_location="cpu")
     storage = read_metadata(path).storage_data
     index = next((i for i in storage if i.fqn == COMMON_OBJECT), None)
     if index is None:
         return None
     with ChunkReader(path, storage) as reader:
-        return torch.load(io.BytesIO(reader.raw(index)), map_location="cpu", weights_only=False)[0]
+        data = reader.raw(index)
+    where = f"{path}: object {COMMON_OBJECT} in {storage[index].relative_path}"
+    return load_torch_file(io.BytesIO(data), where, map_location="cpu")[0]
+
+
+TORCH_FILE_GLOBALS = frozenset({
+    "argparse.Namespace", "types.SimpleNamespace", "pathlib.PosixPath", "_io.BytesIO", "io.BytesIO", "signal.Signals",
+    "numpy.ndarray", "numpy.dtype", "numpy.dtypes.UInt32DType", "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray._reconstruct", "torch._C.Generator",
+    "megatron.core.enums.ModelType", "megatron.core.transformer.enums.AttnBackend",
+    "megatron.core.transformer.enums.CudaGraphScope", "megatron.core.transformer.enums.CudaGraphModule",
+    "megatron.core.transformer.enums.InferenceCudaGraphScope", "megatron.core.optimizer.optimizer_config.OptimizerConfig",
+    "megatron.core.rerun_state_machine.RerunDiagnostic", "megatron.core.rerun_state_machine.RerunMode",
+    "megatron.core.rerun_state_machine.RerunState",
+})
+"""Objects beyond tensors that a Megatron checkpoint's `torch.save` files hold (`common.pt`, 0.19's common
+state, legacy rank files): Megatron-LM's `args` Namespace and its enums, numpy RNG state, `_extra_state`
+buffers. megatron-core registers the same list when imported (megatron/core/safe_globals.py); this module
+imports no megatron, so it names them itself, and imports one only when a file names it."""
+
+
+def _refused(where: str, name: str) -> CheckpointDataError:
+    return CheckpointDataError(
+        f"{where}: refused: it would load {name}, which no checkpoint holds (only tensors and Megatron's args,"
+        " enums and RNG state are loaded); the file is crafted or not a Megatron checkpoint"
+    )
+
+
+def _global(qualified: str, where: str):
+    module, _, name = qualified.rpartition(".")
+    try:
+        with warnings.catch_warnings():  # numpy 2 warns on importing numpy.core (the name numpy 1's files record)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise CheckpointDataError(f"{where}: holds a {qualified}; read it where that module is installed") from None
+
+
+def load_torch_file(file, where: str, **load_args):
+    """`torch.load(file, weights_only=True)` that also accepts TORCH_FILE_GLOBALS; a file naming any other
+    global is refused with a CheckpointDataError naming `where` and the global, and nothing in it runs.
+    The megatron ones are imported only when the file names them (torch's scan of the pickle, which runs
+    nothing; numpy's dtype classes are built without being named, so the others are always allowed)."""
+    try:
+        named = set(torch.serialization.get_unsafe_globals_in_checkpoint(file))
+    except Exception:  # not a zip file (torch's legacy format): torch.load's own check below names the global
+        named = set()
+    finally:
+        if hasattr(file, "seek"):
+            file.seek(0)
+    refused = sorted(named - TORCH_FILE_GLOBALS)
+    if refused:
+        raise _refused(where, refused[0])
+    allowed = [(_global(name, where), name) for name in TORCH_FILE_GLOBALS if name in named or not name.startswith("megatron.")]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(file, weights_only=True, **load_args)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
+        text = str(error)
+        found = re.search(r"GLOBAL (\S+)|but got <class '([^']+)'>", text) if isinstance(error, pickle.UnpicklingError) else None
+        if found:
+            raise _refused(where, found.group(1) or found.group(2)) from None
+        reason = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+        raise CheckpointDataError(f"{where}: unreadable ({reason}); the file is damaged: re-save or re-copy it") from None
 
 
 class _FileWindow(io.RawIOBase):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from megatron_demix.checkpoint.torch_dist import load_torch_file
 from megatron_demix.merge.io import MergeError, MergeInputError, output_failure, require_finite
 from megatron_demix.merge.methods import Method
 from megatron_demix.merge.plan import DTYPES, balance
@@ -70,11 +71,7 @@ def build_legacy_plan(dirs: list[Path], names: list[str], ranks: int, copy_from:
 
 
 def _load(path: Path, name: str) -> dict:
-    try:
-        # Rank files hold argparse Namespaces and other objects, hence weights_only=False: inputs are trusted checkpoints.
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception as error:  # a truncated zip raises RuntimeError, a damaged pickle others
-        raise MergeInputError(f"{name}: {path} is unreadable ({error}); the checkpoint is incomplete or damaged") from None
+    state = load_torch_file(path, f"{name}: {path}", map_location="cpu", mmap=True)  # args, RNG state: allow-listed
     if not isinstance(state, dict) or not any(k.startswith("model") for k in state):
         raise MergeInputError(f"{name}: {path} has no 'model' state dict; not a Megatron-LM rank file")
     return state
@@ -132,7 +129,7 @@ def merge_rank_file(plan: LegacyPlan, relative: str, out_dir: Path, weights, met
 
 
 def verify_rank_file(path: Path, expected: dict) -> None:
-    written = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    written = load_torch_file(path, str(path), map_location="cpu", mmap=True)
     keys = [k for k in expected if k.startswith("model")]
     for key in keys:
         for name, tensor in random.Random(0).sample(sorted(expected[key].items()), min(8, len(expected[key]))):
