@@ -7,7 +7,9 @@
 Manifest: one JSON object per line, {"id": "m0", "mixture": {"<candidate>": weight, ...}}, the
 weights over every candidate dataset of the experiment, summing to 1. One result per mixture,
 `<output-dir>/<id>.json` (megatron_demix/eval/proxies.py has its fields), written atomically;
-present results are skipped, so re-running a killed job evaluates only the missing mixtures.
+a present result is reused when it is for the same mixture and models, so re-running a killed job
+evaluates only the missing mixtures; an id the manifest now gives another mixture (or whose
+components were retrained) is evaluated again, the log naming the stored mixture and the new one.
 `--tasks` replaces eval.tasks (each named task is then its own domain). Offline: the built-in
 tasks read local files; HF_DATASETS_OFFLINE=1 is set unless the environment says otherwise.
 Exit status 2 for bad input (config, manifest, task names, checkpoints), 1 for a failure while running.

@@ -13,16 +13,26 @@ can read and `sbatch` by hand):
 - `LocalExecutor` runs the same script with bash, once per array task and one task at a time,
   setting `DEMIX_TASK_ID` / `DEMIX_NTASKS`; without `SLURM_JOB_ID` the scripts start their ranks
   with torchrun / mpiexec instead of srun.
+
+Child processes (`start_child`, `run_child`) run in their own process group, which Linux sends
+SIGTERM when the process that started them dies, even by SIGKILL (PR_SET_PDEATHSIG); inside
+`terminate_on_sigterm()` a SIGTERM raises `Terminated`, so `finally` blocks stop their children's
+groups before the process ends: a killed driver or task leaves no evaluation running untracked.
 """
 from __future__ import annotations
 
+import ctypes
 import glob
 import logging
 import os
 import shutil
+import signal
 import subprocess
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from megatron_demix.cluster.config import ClusterConfig
@@ -213,16 +223,95 @@ class LocalExecutor(Executor):
             env.pop("SLURM_JOB_ID", None)
             progress = Progress(job)
             with open(job.log(task), "w") as output:
-                process = subprocess.Popen(["bash", str(REPO / spec.script), *spec.args], cwd=REPO, env=env,
-                                           stdout=output, stderr=subprocess.STDOUT)
-                while (code := process.poll()) is None:
-                    progress(f"task {task + 1} of {spec.array or 1} running")
-                    time.sleep(0.2)
+                process = start_child(["bash", str(REPO / spec.script), *spec.args], cwd=REPO, env=env,
+                                      stdout=output, stderr=subprocess.STDOUT)
+                try:
+                    while (code := process.poll()) is None:
+                        progress(f"task {task + 1} of {spec.array or 1} running")
+                        time.sleep(0.2)
+                finally:  # interrupted (SIGTERM, Ctrl-C): the task and its children end with this process
+                    stop_child(process)
             job.states[f"{job_id}_{task}"] = f"{'COMPLETED' if code == 0 else 'FAILED'} {code}:0"
         return job
 
     def _wait(self, job: Job, timeout: float | None) -> dict[str, str]:
         return job.states
+
+
+# ------------------------------------------------------------------- children that end with their parent
+
+STOP_GRACE_SECONDS = 5.0
+"""How long a stopped child's process group has, after SIGTERM, to end before it gets SIGKILL."""
+_PR_SET_PDEATHSIG = 1
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived inside `terminate_on_sigterm()`. A BaseException, as KeyboardInterrupt is: no
+    `except Exception` may swallow it and carry on working."""
+
+
+@contextmanager
+def terminate_on_sigterm():
+    """Within the block, SIGTERM raises Terminated in the main thread (so `finally` blocks stop children);
+    the previous handler is restored after. Elsewhere than in the main thread, a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated("stopped by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _end_with_parent(parent: int) -> None:
+    """In the child, before exec: SIGTERM when `parent` dies (Linux; elsewhere nothing), and no start at all
+    when it died while this child was being forked."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os._exit(143)
+
+
+def start_child(command, **popen_kwargs) -> subprocess.Popen:
+    """Popen in a new process group (its leader is the child) that gets SIGTERM if this process dies."""
+    return subprocess.Popen(command, start_new_session=True, preexec_fn=partial(_end_with_parent, os.getpid()),
+                            **popen_kwargs)
+
+
+def stop_child(process: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> None:
+    """End `process`'s whole group if it still runs: SIGTERM, then SIGKILL after `grace` seconds."""
+    if process.poll() is not None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    process.wait()
+
+
+def run_child(command, timeout: float | None = None, **popen_kwargs) -> int | None:
+    """Run `command` (`start_child`) to its end: its exit status, or None when it ran past `timeout` seconds
+    and was stopped (its whole group)."""
+    process = start_child(command, **popen_kwargs)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        stop_child(process)
 
 
 def slurm_available() -> bool:

@@ -31,8 +31,10 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from megatron_demix.cluster.executor import RUNNING_STATES, Executor, Job, JobSpec, SlurmExecutor
-from megatron_demix.runtime.files import atomic_write_json, atomic_write_text
+from megatron_demix.cluster.executor import RUNNING_STATES, Executor, Job, JobSpec, SlurmExecutor, Terminated, terminate_on_sigterm
+from megatron_demix.runtime.files import atomic_write_json, atomic_write_text, read_json, read_json_lines
+
+TASKS_FIX = "delete that attempt's folder and resume: its tasks are submitted again"
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ class TaskArray:
     def __init__(self, folder: Path):
         self.paths = TaskPaths(Path(folder))
         self.folder = self.paths.folder
-        self.calls = [Call(**json.loads(line)) for line in self.paths.manifest.read_text().splitlines() if line.strip()]
+        self.calls = [Call(**call) for call in read_json_lines(self.paths.manifest, "the calls of a task array", TASKS_FIX)]
 
     @classmethod
     def create(cls, folder: Path, name: str, calls: list[Call]) -> "TaskArray":
@@ -88,7 +90,7 @@ class TaskArray:
 
     @property
     def submission(self) -> dict:
-        return json.loads(self.paths.submission.read_text())
+        return read_json(self.paths.submission, "the task array's submission (job id)", TASKS_FIX)
 
     @property
     def job_id(self) -> str | None:
@@ -97,7 +99,7 @@ class TaskArray:
     def record(self, task: int) -> dict | None:
         """The task's result record (its `log` filled from the job's log pattern when the task could not tell)."""
         try:
-            record = json.loads(self.paths.result(task).read_text())
+            record = read_json(self.paths.result(task), f"task {task}'s result record", "delete it and resume to run that task again")
         except FileNotFoundError:
             return None
         if not record.get("log"):
@@ -278,7 +280,12 @@ def main(argv: list[str] | None = None) -> int:
         print("tasks: neither SLURM_ARRAY_TASK_ID nor DEMIX_TASK_ID is set: run this from an array job", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    record = run_task(Path(argv[0]), int(task))
+    try:
+        with terminate_on_sigterm():  # scancel, or the local driver's end: the task's own children end first
+            record = run_task(Path(argv[0]), int(task))
+    except Terminated:
+        print(f"tasks: task {task} stopped by SIGTERM (its child processes were ended); no result written", file=sys.stderr)
+        return 143
     return 0 if record["state"] == "success" else 1
 
 

@@ -36,6 +36,10 @@ class EvalConfig:
     keep_proxies: bool = False
     """Keep the proxies `command`'s {checkpoint} and {hf_checkpoint} build (in the search's
     `work/<mixture id>/` directories) instead of deleting each after its evaluation: a model's size each."""
+    timeout: float | None = None
+    """Seconds one mixture's evaluation may take (with `command`: its {checkpoint} merge and the command; the
+    built-in lm-eval job: this times its batch's mixtures); past it the evaluation's processes are ended
+    and it counts as a failed evaluation, retried as any other (search.max_retries). Unset: no limit."""
     batch_size: int = 8
     """Sequences per forward pass of the `megatron-demix` lm-eval model."""
     max_length: int | None = None
@@ -61,6 +65,8 @@ class EvalConfig:
                 fail(f"tasks.{domain}", "lists no task: name at least one lm-eval task (or metric) per domain")
         if self.builtin_questions < 1 or self.builtin_documents < 1:
             fail("builtin_questions", "builtin_questions and builtin_documents must be >= 1")
+        if self.timeout is not None and not self.timeout > 0:
+            fail("timeout", f"{self.timeout} must be > 0 seconds (or unset for no limit)")
         if self.limit is not None and self.limit < 1:
             fail("limit", f"{self.limit} must be >= 1 (or unset for every example)")
 

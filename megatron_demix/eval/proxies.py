@@ -14,7 +14,10 @@ mixture is merged-on-load from disk instead, chunk by chunk; the log says which,
 Each result is written atomically to `<output_dir>/<id>.json`:
     {"id", "mixture", "domains": {domain: score, higher is better}, "metrics": {task: value},
      "metric_names": {task: metric}, "lm_eval": {"version", "task_versions", "results"}, "seconds"}
-and a mixture whose file exists is skipped, so a killed job re-run evaluates only the rest.
+with "models", what the proxy was made from (`model_identity`). A stored result is reused, so a killed
+job re-run evaluates only the rest, but only when it is for the same mixture and the same models: a
+manifest that gives an id another mixture, or components retrained since, evaluate it again (the log
+names the stored mixture and the new one).
 Everything is checked before the first evaluation: ids, mixtures (over the experiment's
 candidates, summing to 1) and task names.
 """
@@ -168,6 +171,57 @@ def result_record(ident: str, mixture: dict, results: dict, plan: TaskPlan, seco
     }
 
 
+def model_identity(experiment, entry: dict) -> dict[str, str]:
+    """What an entry's result is computed from besides its mixture: the trained checkpoint it names, else the
+    base and every component checkpoint, each as `<directory>@<mtime ns>` of the iteration its save root's
+    tracker points at (a model retrained in place is another model; a missing one is its path alone)."""
+    if entry.get("checkpoint"):
+        return {"checkpoint": _stamp(Path(entry["checkpoint"]))}
+    paths = experiment.paths
+    return {name: _stamp(paths.checkpoint(name)) for name in ["base", *(d.name for d in experiment.candidates)]}
+
+
+def _stamp(path: Path) -> str:
+    from megatron_demix.checkpoint.layout import iteration_dir, read_tracker
+
+    iteration = read_tracker(path) if path.is_dir() else None
+    target = iteration_dir(path, iteration) if iteration is not None else path
+    try:
+        return f"{target}@{target.stat().st_mtime_ns}"
+    except OSError:
+        return str(target)
+
+
+def reusable_result(path: Path, entry: dict, models: dict, log: Callable[[str], None]) -> dict | None:
+    """The result stored at `path` when it is for `entry`'s mixture and `models`; None when there is none or it
+    is for something else (then the log names both: the entry is evaluated again and its result replaces it).
+    A result written before results recorded their models is matched on its mixture alone."""
+    if not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        log(f"[eval] {path}: unreadable ({error}); evaluating {entry['id']} again")
+        return None
+    mixture = stored.get("mixture") if isinstance(stored, dict) else None
+    if not _same_mixture(mixture, entry["mixture"]):
+        log(f"[eval] {path}: stored for mixture {json.dumps(mixture)}, but {entry['id']} is now"
+            f" {json.dumps(entry['mixture'])}: evaluating it again")
+        return None
+    before = stored.get("models", models)
+    if before != models:
+        changed = sorted(k for k in set(models) | set(before) if models.get(k) != before.get(k))
+        log(f"[eval] {path}: made from other models ({'; '.join(f'{k}: {before.get(k)} -> {models.get(k)}' for k in changed)});"
+            f" evaluating {entry['id']} again")
+        return None
+    return stored
+
+
+def _same_mixture(a, b) -> bool:
+    return (isinstance(a, dict) and isinstance(b, dict) and set(a) == set(b)
+            and all(isinstance(a[k], (int, float)) and math.isclose(a[k], b[k], rel_tol=0, abs_tol=1e-12) for k in a))
+
+
 class TaskSuite:
     """The plan's tasks loaded once (datasets read, documents built), evaluated per proxy as
     lm-eval's `simple_evaluate` does: num_fewshot defaulted to 0, the few-shot sampler and the
@@ -272,8 +326,9 @@ def evaluate_mixtures(experiment, mixtures: list[dict], output_dir, tasks=None, 
     check_mixtures(experiment, mixtures)
     plan = task_plan(experiment, tasks)
     suite = TaskSuite(plan, task_manager(plan))
-    done = {m["id"]: json.loads(result_path(output_dir, m["id"]).read_text())
-            for m in mixtures if result_path(output_dir, m["id"]).is_file()}
+    models = {m["id"]: model_identity(experiment, m) for m in mixtures}
+    done = {m["id"]: stored for m in mixtures
+            if (stored := reusable_result(result_path(output_dir, m["id"]), m, models[m["id"]], log)) is not None}
     pending = [m for m in mixtures if m["id"] not in done]
     log(f"[eval] {len(mixtures)} mixture(s): {len(done)} already evaluated, {len(pending)} to evaluate;"
         f" tasks: {', '.join(plan.tasks)}")
@@ -306,7 +361,8 @@ def evaluate_mixtures(experiment, mixtures: list[dict], output_dir, tasks=None, 
                 weights = check_weights(given, names, method, normalize=experiment.merge.normalize)
                 fill_model(model, components, weights, regions)
             results = suite.run(lm, settings.limit)
-            record = result_record(entry["id"], entry["mixture"], results, plan, time.perf_counter() - began)
+            record = {**result_record(entry["id"], entry["mixture"], results, plan, time.perf_counter() - began),
+                      "models": models[entry["id"]]}
             target = result_path(output_dir, entry["id"])
             remove_stale_temporaries(target)
             atomic_write_json(target, record)

@@ -106,6 +106,19 @@ def check_launch(world_size: int, env=None) -> None:
         )
 
 
+def mpiexec_command(mpiexec: str, ranks: int, env=None) -> list[str]:
+    """`mpiexec -n ranks`, from a process that may run inside a SLURM allocation (an evaluation task).
+
+    There hydra would start its ranks with `srun`, asking for a new job step, and in an allocation
+    whose CPUs the running step already holds SLURM answers "Requested nodes are busy" for ever. With
+    the fork launcher the ranks are children of mpiexec: they run on this node, inside the task's own
+    step and its CPUs (an I/O-bound merge; give the stage cpus_per_task >= merge.ranks for a core each).
+    """
+    env = os.environ if env is None else env
+    inside_slurm = "SLURM_JOB_ID" in env
+    return [mpiexec, *(["-launcher", "fork"] if inside_slurm else []), "-n", str(ranks)]
+
+
 def world(env=None):
     """The ranks this process was launched with (`launcher`): GlooComm under torchrun, MPI.COMM_WORLD under an
     MPI launcher (when mpi4py is installed), else the 1-rank `SerialComm`; checks the launch."""

@@ -8,14 +8,14 @@ Steps, in order (each one's output is on disk before the next starts, so `resume
 1. the prior (`search.prior` or the prepared token prior), the caps, and the pool of candidate mixtures;
 2. round 0: a random subset of the pool; round r > 0: fit the surrogate on every result so far and let
    the acquisition pick mixtures not yet evaluated (policy.py: the decisions, on arrays);
-3. evaluate the round (rounds.py: array jobs, retries, re-attachment); stop if too few results;
+3. evaluate the round (rounds.py: array jobs, retries, re-attachment); go on with the mixtures that
+   succeeded when they are enough (`enough_results`), else stop with one line naming the failures;
 4. refit on everything; the answer is the predicted best mixture; its own proxy is evaluated like any
    other and checked against the best evaluated mixture; write final_mixture.json, the next stage's
    data blend (next_stage.py) and the report.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import pickle
@@ -23,8 +23,8 @@ import time
 
 import numpy as np
 
-from megatron_demix.cluster.executor import Executor
-from megatron_demix.runtime.files import atomic_write_bytes, atomic_write_json
+from megatron_demix.cluster.executor import Executor, Terminated, terminate_on_sigterm
+from megatron_demix.runtime.files import atomic_write_bytes, atomic_write_json, read_json
 from megatron_demix.search.objective import composite, target_stderrs, target_values, targets_of, typical_noise
 from megatron_demix.search.policy import Evidence, Surrogate, check_answer, choose_answer, propose
 from megatron_demix.search.rounds import Runner, failures_by_mixture, evaluate_round
@@ -32,10 +32,13 @@ from megatron_demix.search.sampler import MixtureSpace, resolve_prior, token_cap
 from megatron_demix.search.state import RoundPaths, SearchPaths, check_settings, settings_of
 
 log = logging.getLogger(__name__)
+MIN_FIT_POINTS = 3
+"""Fewest evaluated mixtures a fit takes: its cross-validation leaves one out, LightGBM needs two rows to
+train on, and a Spearman rank correlation three pairs."""
 
 
 class SearchStopped(RuntimeError):
-    """Too few evaluations succeeded for the search to go on."""
+    """Too few evaluations succeeded for the search to go on, or the driver was stopped (SIGTERM)."""
 
 
 class Search:
@@ -135,20 +138,32 @@ def _save_array(path, array: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def _check_enough(round_paths: RoundPaths, outcome: dict, size: int, min_results: int | None) -> None:
+def enough_results(round_paths: RoundPaths, outcome: dict, size: int, min_results: int | None, total: int) -> None:
+    """Enough is: the round's own `search.min_results` (unset: half the round) and, over every round so far,
+    the MIN_FIT_POINTS evaluated mixtures the next fit takes. Short of either, SearchStopped."""
     needed = min(min_results, size) if min_results else math.ceil(size / 2)
-    if len(outcome["results"]) >= needed:
+    succeeded = len(outcome["results"])
+    if succeeded >= needed and total >= MIN_FIT_POINTS:
         if outcome["failed"]:
-            log.warning("%s: %d mixture(s) failed for good, going on with %d results: %s", round_paths.name,
-                        len(outcome["failed"]), len(outcome["results"]), _describe_failures(outcome["failed"]))
+            log.warning("%s: %d mixture(s) failed (retried on --resume), going on with %d results: %s", round_paths.name,
+                        len(outcome["failed"]), succeeded, _describe_failures(outcome["failed"]))
         return
-    raise SearchStopped(f"{round_paths.name}: only {len(outcome['results'])} of {size} evaluations succeeded (search.min_results"
-                        f" needs {needed}); failures: {_describe_failures(outcome['failed'])}. Fix the evaluation, then"
-                        " re-run with --resume (finished evaluations are kept), or lower search.min_results")
+    short = (f"search.min_results needs {needed}" if succeeded < needed else
+             f"the predictor needs {MIN_FIT_POINTS} evaluated mixtures to fit, the search has {total}")
+    raise SearchStopped(f"{round_paths.name}: only {succeeded} of {size} evaluations succeeded ({short}); failures: "
+                        f"{_describe_failures(outcome['failed'])}. Fix the evaluation, then re-run with --resume (finished"
+                        " evaluations are kept, failed ones evaluated again)"
+                        + (", or lower search.min_results" if succeeded < needed else ""))
 
 
 def _describe_failures(failed: dict[str, list[dict]]) -> str:
-    return "; ".join(f"{i}: {f[-1].get('error', '?').splitlines()[0][:300]} (log: {f[-1].get('log')})" for i, f in failed.items())
+    """One clause per mixture: its own line of its task's last error (a batch's error has a line per mixture)."""
+    return "; ".join(f"{i}: {_own_line(f[-1].get('error') or '?', i)[:300]} (log: {f[-1].get('log')})" for i, f in failed.items())
+
+
+def _own_line(error: str, mixture_id: str) -> str:
+    lines = [line.strip() for line in error.splitlines()]
+    return next((line[len(mixture_id) + 2:] for line in lines if line.startswith(f"{mixture_id}: ")), lines[0] if lines else "?")
 
 
 def check_resumable(experiment, resume: bool) -> Search:
@@ -159,7 +174,17 @@ def check_resumable(experiment, resume: bool) -> Search:
 
 
 def run_search(experiment, config_path, executor: Executor, resume: bool = False) -> dict:
-    """Run (or with `resume`, continue) the search; returns the final_mixture.json content."""
+    """Run (or with `resume`, continue) the search; returns the final_mixture.json content. A SIGTERM ends the
+    evaluations running on this machine first (SLURM jobs run on and are re-attached by --resume)."""
+    try:
+        with terminate_on_sigterm():
+            return _run_search(experiment, config_path, executor, resume)
+    except Terminated:
+        raise SearchStopped("stopped by SIGTERM; its local evaluation processes were ended (SLURM jobs keep running"
+                            " and are re-attached); continue with --resume") from None
+
+
+def _run_search(experiment, config_path, executor: Executor, resume: bool) -> dict:
     search = check_resumable(experiment, resume)
     paths = search.paths
     paths.root.mkdir(parents=True, exist_ok=True)
@@ -174,7 +199,8 @@ def run_search(experiment, config_path, executor: Executor, resume: bool = False
             proposals = search.propose(r, size, pool)
             atomic_write_json(round_paths.proposals, proposals)
         log.info("round %d/%d: %d mixtures (%s)", r + 1, len(sizes), len(proposals), "random from the pool" if r == 0 else search.config.acquisition)
-        _check_enough(round_paths, evaluate_round(round_paths, proposals, runner), size, search.config.min_results)
+        outcome = evaluate_round(round_paths, proposals, runner)
+        enough_results(round_paths, outcome, size, search.config.min_results, len(search.results()))
     return finish(search, pool, runner)
 
 
@@ -306,4 +332,4 @@ def search_status(experiment) -> dict:
         best = dict(zip(search.names, pool[top].mean(axis=0).tolist()))
     final = search.paths.final_mixture
     return {"rounds": rounds, "planned": search.config.sizes, "best_predicted_mixture": best,
-            "final": json.loads(final.read_text()) if final.exists() else None}
+            "final": read_json(final, "the search's final mixture", "delete it and resume (--resume) to choose it again") if final.exists() else None}

@@ -3,10 +3,10 @@
     evaluate_batch(config="work/experiment.yaml", mixtures=[{"id": "r0-0003", "mixture": {...}}],
                    results_dir="work/search/round-0/results")
 
-Writes `results_dir/<id>.json` = {"id", "mixture", "domains", "metrics", "seconds"} per mixture
-(with lm-eval also the standard errors, "stderrs" per metric and "domain_stderrs"),
-atomically, and skips mixtures that already have one (a retried or re-run task never evaluates a
-mixture twice). How a mixture is scored (`EVALUATORS`, chosen from the `eval:` section):
+Writes `results_dir/<id>.json` = {"id", "mixture", "models", "domains", "metrics", "seconds"} per
+mixture (with lm-eval also the standard errors, "stderrs" per metric and "domain_stderrs"),
+atomically, and skips mixtures that already have one for the same mixture and models (a retried or
+re-run task never evaluates a mixture twice). How a mixture is scored (`EVALUATORS`, chosen from the `eval:` section):
 - `command`: `eval.command` is a shell template run once per mixture with {mixture} (JSON
   {candidate: ratio}), {output} (where it writes a flat JSON {metric: number}), {workdir}, and
   {checkpoint}: when the template names it, the proxy is merged to disk first
@@ -19,8 +19,11 @@ mixture twice). How a mixture is scored (`EVALUATORS`, chosen from the `eval:` s
   domain when that is empty).
 - `lm_eval`: the built-in evaluation, launch/eval_proxy.py on the whole batch (it builds each proxy
   in memory and writes per-mixture {"domains", "metrics"}).
-A failure of one mixture (non-zero exit, no or unreadable JSON, a NaN) does not stop the others;
-the batch then raises, naming each failed mixture, so the task's record is an error with its log.
+A failure of one mixture (non-zero exit, no or unreadable JSON, a NaN, past `eval.timeout`) does not
+stop the others; the batch then raises, naming each failed mixture, so the task's record is an error
+with its log. Every child runs in its own process group, ended with it on a timeout or when this
+task is stopped (cluster/executor.py: run_child). A stored result is reused only when it is for the
+same mixture and the same models (eval/proxies.py: reusable_result); otherwise it is evaluated again.
 """
 from __future__ import annotations
 
@@ -29,12 +32,14 @@ import logging
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from megatron_demix.cluster.executor import run_child
 from megatron_demix.eval.config import domain_scores
+from megatron_demix.eval.proxies import model_identity, reusable_result
+from megatron_demix.merge.mpi import mpiexec_command
 from megatron_demix.runtime.files import atomic_write_json
 from megatron_demix.search.objective import check_finite
 
@@ -46,19 +51,33 @@ class EvaluationFailed(RuntimeError):
     pass
 
 
-def _run(command: list[str] | str, where: str, **kwargs) -> None:
-    """Run with output to this task's log; a non-zero exit is an error naming the command."""
+class Deadline:
+    """eval.timeout for one evaluation (or a batch of them), shared by the processes it runs one after another."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds
+        self.end = None if seconds is None else time.monotonic() + seconds
+
+    def left(self) -> float | None:
+        return None if self.end is None else max(0.0, self.end - time.monotonic())
+
+
+def _run(command: list[str], where: str, deadline: Deadline) -> None:
+    """Run with output to this task's log; a non-zero exit, or running past the deadline, is an error naming it."""
     sys.stdout.flush()
-    code = subprocess.run(command, cwd=REPO, **kwargs).returncode
+    code = run_child(command, timeout=deadline.left(), cwd=REPO)
+    if code is None:
+        raise EvaluationFailed(f"{where} ran past eval.timeout ({deadline.seconds:g} s) and was ended")
     if code:
         raise EvaluationFailed(f"{where} exited with status {code}")
 
 
-def _merge_proxy(config: str, experiment, mixture_file: Path, output: Path) -> None:
+def _merge_proxy(config: str, experiment, mixture_file: Path, output: Path, deadline: Deadline) -> None:
     mpiexec = Path(sys.executable).parent / "mpiexec"
     merge = [sys.executable, str(REPO / "tools/merge/run.py"), "--config", config, "--mixture", str(mixture_file),
              "--output", str(output), "--overwrite"]
-    _run([str(mpiexec), "-n", str(experiment.merge.ranks), *merge] if mpiexec.exists() else merge, "the merge (tools/merge/run.py)")
+    launch = mpiexec_command(str(mpiexec), experiment.merge.ranks) if mpiexec.exists() else []
+    _run([*launch, *merge], "the merge (tools/merge/run.py)", deadline)
 
 
 def _export_proxy(experiment, item: dict, mixture_file: Path, output: Path) -> None:
@@ -89,14 +108,15 @@ def evaluate_with_command(config: str, experiment, mixtures: list[dict], work_ro
         checkpoint, hf_checkpoint = workdir / "checkpoint", workdir / "hf_checkpoint"
         mixture_file.write_text(json.dumps(item["mixture"], indent=1))
         trained = item.get("checkpoint")
+        deadline = Deadline(experiment.eval.timeout)
         try:
             if "{checkpoint}" in template and not trained:
-                _merge_proxy(config, experiment, mixture_file, checkpoint)
+                _merge_proxy(config, experiment, mixture_file, checkpoint, deadline)
             if "{hf_checkpoint}" in template:
                 _export_proxy(experiment, item, mixture_file, hf_checkpoint)
             command = fill_placeholders(template, mixture=mixture_file, output=output, checkpoint=trained or checkpoint,
                                         hf_checkpoint=hf_checkpoint, workdir=workdir)
-            _run(["bash", "-c", command], f"eval.command for mixture {item['id']}")
+            _run(["bash", "-c", command], f"eval.command for mixture {item['id']}", deadline)
             if not output.exists():
                 raise EvaluationFailed(f"eval.command for mixture {item['id']} exited 0 but wrote no {{output}} file ({output})")
             try:
@@ -124,9 +144,11 @@ def evaluate_with_lm_eval(config: str, experiment, mixtures: list[dict], work_ro
     manifest = work_root / f"batch-{mixtures[0]['id']}.jsonl"
     manifest.write_text("".join(json.dumps({k: m[k] for k in ("id", "mixture", "checkpoint") if k in m}) + "\n" for m in mixtures))
     output_dir = work_root / "lm_eval"
+    timeout = experiment.eval.timeout
     try:
         _run([sys.executable, str(REPO / "launch/eval_proxy.py"), "--config", config, "--manifest", str(manifest),
-              "--output-dir", str(output_dir)], "launch/eval_proxy.py")
+              "--output-dir", str(output_dir)], f"launch/eval_proxy.py on {len(mixtures)} mixture(s)",
+             Deadline(timeout * len(mixtures) if timeout else None))
     except EvaluationFailed as error:
         failure = error
     else:
@@ -134,11 +156,13 @@ def evaluate_with_lm_eval(config: str, experiment, mixtures: list[dict], work_ro
     for item in mixtures:
         path = output_dir / f"{item['id']}.json"
         try:
-            data = json.loads(path.read_text())
+            data = reusable_result(path, item, model_identity(experiment, item), log.warning)
+            if data is None:  # not written, or left from another mixture's evaluation
+                raise FileNotFoundError("no result for this mixture")
             outcome = {"domains": check_finite(data["domains"], f"{path}: domains"),
                        "metrics": check_finite(data.get("metrics") or data["domains"], f"{path}: metrics"),
                        **{key: data[key] for key in ("stderrs", "domain_stderrs") if data.get(key)}}
-        except (OSError, json.JSONDecodeError, KeyError, ValueError) as error:
+        except (OSError, KeyError, ValueError) as error:
             outcome = failure or EvaluationFailed(f"{path}: no usable result ({error})")
         record(item["id"], outcome)
 
@@ -156,7 +180,8 @@ def evaluate_batch(config: str, mixtures: list[dict], results_dir: str) -> dict:
 
     experiment = load_experiment(config)
     results_dir = Path(results_dir)
-    todo = [m for m in mixtures if not (results_dir / f"{m['id']}.json").exists()]
+    models = {m["id"]: model_identity(experiment, m) for m in mixtures}
+    todo = [m for m in mixtures if reusable_result(results_dir / f"{m['id']}.json", m, models[m["id"]], log.warning) is None]
     skipped = [m["id"] for m in mixtures if m not in todo]
     failed, by_id, last = {}, {m["id"]: m for m in todo}, [time.perf_counter()]
 
@@ -169,11 +194,11 @@ def evaluate_batch(config: str, mixtures: list[dict], results_dir: str) -> dict:
             log.error("mixture %s failed: %s", ident, outcome)
             return
         atomic_write_json(results_dir / f"{ident}.json", {"id": ident, "mixture": by_id[ident]["mixture"],
-                                                          "seconds": round(seconds, 3), **outcome})
+                                                          "models": models[ident], "seconds": round(seconds, 3), **outcome})
 
     if todo:
         EVALUATORS[evaluator_name(experiment.eval)](config, experiment, todo, results_dir.parent / "work", record)
     if failed:
-        raise EvaluationFailed(f"{len(failed)} of {len(todo)} mixture(s) failed: "
-                               + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+        raise EvaluationFailed(f"{len(failed)} of {len(todo)} mixture(s) failed:"  # a line each: the driver quotes its own
+                               + "".join(f"\n  {k}: {v.splitlines()[0] if v else v}" for k, v in failed.items()))
     return {"evaluated": [m["id"] for m in todo], "skipped": skipped}

@@ -4,7 +4,9 @@
 
 Each attempt is one array job (`cluster/tasks.py`) of batches of `mixtures_per_task` mixtures.
 After it ends, mixtures without a result are retried in a new attempt, up to `max_retries` times;
-a mixture that failed every time is reported with its errors and log paths. Everything is read
+a mixture that failed every time is reported with its errors and log paths. A failure is not final:
+each call (each run of the driver, `--resume` included) counts only its own attempts' failures, so
+a resumed search evaluates the failed mixtures again (after the evaluation was fixed). Everything is read
 back from disk, so a driver killed at any point resumes here: attempts whose job still runs are
 re-attached (never resubmitted), finished results are never evaluated again.
 """
@@ -40,10 +42,10 @@ class Runner:
         return cls(executor, str(config_path), experiment.search, tag)
 
 
-def failures_by_mixture(round_paths: RoundPaths, results: dict) -> dict[str, list[dict]]:
-    """Per mixture without a result, the error records of the finished tasks that held it."""
+def failures_by_mixture(round_paths: RoundPaths, results: dict, since: int = 0) -> dict[str, list[dict]]:
+    """Per mixture without a result, the error records of the finished tasks that held it (in attempts >= `since`)."""
     failures: dict[str, list[dict]] = {}
-    for folder in round_paths.attempts():
+    for folder in round_paths.attempts()[since:]:
         array = TaskArray(folder)
         for task, record in array.records().items():
             if record is None or record["state"] == "success":
@@ -81,9 +83,12 @@ def evaluate_round(round_paths: RoundPaths, proposals: list[dict], runner: Runne
     ids = [p["id"] for p in proposals]
     progress = Progress(round_paths.name, len(ids), len(round_paths.read_results()))
     watcher = Watcher(runner.executor, max_delay=config.poll_seconds)
+    # This call's retry budget starts at the first attempt still running (re-attached) or made from now on.
+    attempts = round_paths.attempts()
+    since = next((i for i, f in enumerate(attempts) if None in TaskArray(f).records().values()), len(attempts))
     while True:
         results = {k: v for k, v in round_paths.read_results().items() if k in ids}
-        failures = failures_by_mixture(round_paths, results)
+        failures = failures_by_mixture(round_paths, results, since)
         retryable = [p for p in proposals if p["id"] not in results and len(failures.get(p["id"], [])) <= config.max_retries]
         given_up = {i: f for i, f in failures.items() if i not in results and len(f) > config.max_retries}
         progress(len(results), len(given_up))

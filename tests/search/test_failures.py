@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from megatron_demix.cluster.executor import LocalExecutor
-from megatron_demix.config.base import ConfigError, replace
+from megatron_demix.config.base import ConfigError
 from megatron_demix.experiment import load_experiment
-from megatron_demix.search.driver import SearchStopped, check_resumable, run_search
+from megatron_demix.search.driver import check_resumable, run_search
 from megatron_demix.search.evaluate import EvaluationFailed, evaluate_batch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -56,7 +56,7 @@ def test_failures_are_retried_then_reported_and_the_search_goes_on(tmp_path, run
     record = json.loads((Path(work) / "search/round-0/attempt-1/results/0.json").read_text())
     assert record["state"] == "error" and "r0-0002" in record["error"] and "Traceback" in record["traceback"]
     assert "synthetic failure (exit) for r0-0002" in Path(record["log"]).read_text()
-    assert "failed for good" in out.stderr and record["log"] in out.stderr
+    assert "failed (retried on --resume)" in out.stderr and record["log"] in out.stderr
     assert json.loads((Path(work) / "search/final_mixture.json").read_text())["evaluations"] == 11
 
 
@@ -71,11 +71,7 @@ def test_too_few_results_stop_the_search_with_a_clear_message(tmp_path, run_tool
     before = len(evaluations(tmp_path))
     experiment = load_experiment(config)
     executor = LocalExecutor(experiment.cluster, tmp_path / "logs")
-    with pytest.raises(SearchStopped, match="only 2 of 8"):  # max_retries 0: the failures on record are final
-        run_search(experiment, config, executor, resume=True)
-    assert len(evaluations(tmp_path)) == before
-    experiment = replace(experiment, search=replace(experiment.search, max_retries=1))  # a resumable change
-    answer = run_search(experiment, config, executor, resume=True)
+    answer = run_search(experiment, config, executor, resume=True)  # failures are not final, even with max_retries 0
     assert answer["evaluations"] == 12 and len(evaluations(tmp_path)) == before + 6 + 4
 
 
