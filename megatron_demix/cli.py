@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 from megatron_demix.hf import commands as hf_commands
 from megatron_demix.runtime.errors import exit_process, run_command
+from megatron_demix.runtime.files import read_json
 
 
 class Command(NamedTuple):
@@ -64,7 +65,7 @@ def _run_prepare(args) -> None:
     print(f"{'dataset':<16}{'documents':>12}{'tokens':>14}{'tokens/s':>12}")
     for name, record in counts.items():
         print(f"{name:<16}{record['documents']:>12,}{record['tokens']:>14,}{record['tokens_per_second']:>12,}")
-    prior = json.loads(experiment.paths.token_prior.read_text())
+    prior = read_json(experiment.paths.token_prior, "the token prior", "delete it and run demix prepare again")
     print("token prior: " + ", ".join(f"{k} {v:.3f}" for k, v in prior.items()))
     print(f"prepared data in {experiment.paths.data}")
 

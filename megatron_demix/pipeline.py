@@ -34,10 +34,14 @@ from pathlib import Path
 from megatron_demix.checkpoint.layout import read_tracker
 from megatron_demix.cluster.executor import RUNNING_STATES, Executor, JobFailed, JobSpec, SlurmExecutor, slurm_job_states
 from megatron_demix.config.base import ConfigError, to_dict
-from megatron_demix.runtime.files import atomic_write_json
+from megatron_demix.runtime.files import atomic_write_json, read_json
 from megatron_demix.runtime.lock import WorkDirBusy, hold_work_dir
 from megatron_demix.search.state import RESUMABLE_KEYS
 from megatron_demix.training.run_options import train_iters_for
+
+JOBS_FIX = ("check its jobs with squeue and cancel any still queued (scancel), then delete the file; demix status"
+            " and demix run --submit then see no chain")
+FINAL_FIX = "delete it and run demix run again: the search resumes and chooses the mixture again"
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +125,8 @@ def run_pipeline(experiment, config_path: Path, executor: Executor, ranks: int) 
         train_models(experiment, config_path, executor, ranks)
     with clock.stage("search"):
         final = experiment.paths.search / "final_mixture.json"
-        answer = json.loads(final.read_text()) if final.exists() else run_search(experiment, config_path, executor, resume=True)
+        answer = (read_json(final, "the search's final mixture", FINAL_FIX) if final.exists()
+                  else run_search(experiment, config_path, executor, resume=True))
     return {"answer": answer, "seconds": clock.seconds, "report": str(final.parent / "report")}
 
 
@@ -216,7 +221,8 @@ def pipeline_status(experiment) -> dict:
     for name in ["base", *(d.name for d in experiment.candidates)]:
         iteration = read_tracker(paths.checkpoint(name))
         models[name] = {"iteration": iteration, "of": train_iters_for(experiment, name)}
-    jobs = json.loads(experiment.paths.jobs.read_text())["jobs"] if experiment.paths.jobs.exists() else []
+    jobs = read_json(experiment.paths.jobs, "the jobs of the submitted chain", JOBS_FIX)["jobs"] if experiment.paths.jobs.exists() \
+        else []
     for job in jobs:
         try:
             job["states"] = slurm_job_states(job["id"])
@@ -304,7 +310,7 @@ def active_chain(experiment) -> list[str]:
         return []
     own = os.environ.get("SLURM_JOB_ID")
     active = []
-    for job in json.loads(experiment.paths.jobs.read_text())["jobs"]:
+    for job in read_json(experiment.paths.jobs, "the jobs of the submitted chain", JOBS_FIX)["jobs"]:
         try:
             states = {} if job["id"] == own else slurm_job_states(job["id"])
         except OSError:  # no scontrol here: the chain, if any, is on another cluster
@@ -334,7 +340,8 @@ def claim_work_dir(experiment, through: str, rerun_from: str | None = None) -> N
                           f" ({', '.join(running)}): wait for it (demix status), or scancel those jobs, or use another"
                           " work_dir (--work-dir)")
     redone = [s for s in STAGES if rerun_from is not None and (s == rerun_from or rerun_from in MADE_FROM[s])]
-    recorded = json.loads(paths.stages.read_text()) if paths.stages.exists() else {}
+    recorded = read_json(paths.stages, "the settings each stage was made from",
+                         "delete it to record the current settings (the stages already made are then kept as they are)") if paths.stages.exists() else {}
     current = stage_settings(experiment)
     for stage in stages:
         changed = changes(recorded.get(stage, {}), current[stage])

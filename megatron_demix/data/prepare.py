@@ -44,8 +44,9 @@ from megatron_demix.data.config import DatasetConfig
 from megatron_demix.data.readers import DataError
 from megatron_demix.data.tokenizer import DemixTokenizer, load_tokenizer, train_bpe
 from megatron_demix.eval.builtin_tasks import write_builtin_tasks
-from megatron_demix.runtime.files import TMP_SUFFIX, atomic_write_json, remove_stale_temporaries, temporary_name
+from megatron_demix.runtime.files import TMP_SUFFIX, atomic_write_json, read_json, remove_stale_temporaries, temporary_name
 
+PREPARE_AGAIN = "delete it and run demix prepare again"
 log = logging.getLogger(__name__)
 
 
@@ -93,7 +94,8 @@ def ensure_tokenizer(experiment: ExperimentConfig) -> DemixTokenizer:
     provenance = {"path": settings.path, "vocab_size": None if settings.path else settings.vocab_size,
                   "train_megabytes": None if settings.path else settings.train_megabytes}
     provenance_file = target.with_name("provenance.json")
-    if target.is_file() and provenance_file.is_file() and json.loads(provenance_file.read_text()) == provenance:
+    made_from = read_json(provenance_file, "what the tokenizer was made from", PREPARE_AGAIN) if provenance_file.is_file() else None
+    if target.is_file() and made_from == provenance:
         return load_tokenizer(target)
     if settings.path:
         source = load_tokenizer(settings.path)  # validates before copying
@@ -246,7 +248,7 @@ def prepare_dataset(experiment: ExperimentConfig, dataset: DatasetConfig, tokeni
     paths = experiment.paths
     prefix, count_file = paths.dataset_prefix(dataset.name), paths.token_count(dataset.name)
     source = dataset_source(experiment, dataset)
-    previous = json.loads(count_file.read_text()) if count_file.is_file() else {}
+    previous = read_json(count_file, "the dataset's token count and inputs", PREPARE_AGAIN) if count_file.is_file() else {}
     inputs = _inputs(experiment, dataset, source, tokenizer, previous.get("inputs", {}).get("files"))
     if previous and readers.is_indexed(prefix):
         if _same_inputs(previous.get("inputs", {}), inputs):

@@ -26,6 +26,7 @@ _ERRORS: dict[int, tuple[tuple[str, str], ...]] = {
         ("megatron_demix.data.tokenizer", "TokenizerError"),
         ("megatron_demix.merge.io", "MergeInputError"),
         ("megatron_demix.hf.config_map", "ConversionError"),
+        ("megatron_demix.runtime.files", "StateFileError"),
     ),
     FAILED: (
         ("megatron_demix.cluster.executor", "JobFailed"),

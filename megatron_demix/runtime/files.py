@@ -15,6 +15,34 @@ from pathlib import Path
 TMP_SUFFIX = ".tmp-demix"
 
 
+class StateFileError(ValueError):
+    """A JSON file the project wrote (jobs.json, settings.json, a result) that no longer parses: the message
+    names it, what it holds and what to do (exit status 2)."""
+
+
+def read_json(path: Path, what: str, fix: str):
+    """The JSON value in `path`; a truncated or damaged file raises StateFileError:
+    `path: damaged (reason at line L column C): it holds <what>; <fix>`."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        where = f", line {error.lineno} column {error.colno}" if isinstance(error, json.JSONDecodeError) else ""
+        reason = error.msg if isinstance(error, json.JSONDecodeError) else "not UTF-8 text"
+        raise StateFileError(f"{path}: damaged ({reason}{where}): it holds {what}; {fix}") from None
+
+
+def read_json_lines(path: Path, what: str, fix: str) -> list:
+    """The JSON value of every non-blank line of `path` (JSON lines); errors as read_json's, with the line."""
+    values = []
+    for number, line in enumerate(Path(path).read_text(errors="replace").splitlines(), 1):
+        if line.strip():
+            try:
+                values.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise StateFileError(f"{path}: line {number} damaged ({error.msg}): it holds {what}; {fix}") from None
+    return values
+
+
 def temporary_name(target: Path) -> Path:
     return target.with_name(f".{target.name}.{os.getpid()}{TMP_SUFFIX}")
 

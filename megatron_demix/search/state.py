@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_demix.config.base import ConfigError, to_dict
+from megatron_demix.runtime.files import read_json
 
 RESUMABLE_KEYS = {"max_parallel", "max_retries", "min_results", "mixtures_per_task", "poll_seconds"}
 """Search settings a resumed search may change: they steer jobs, not which mixtures are proposed."""
@@ -61,12 +62,13 @@ class RoundPaths:
         return self.folder / "scores.npy"
 
     def read_proposals(self) -> list[dict] | None:
-        return json.loads(self.proposals.read_text()) if self.proposals.exists() else None
+        return read_json(self.proposals, "the round's proposed mixtures", "delete it and resume (--resume) to propose them again") if self.proposals.exists() else None
 
     def read_results(self) -> dict[str, dict]:
         if not self.results.is_dir():
             return {}
-        return {p.stem: json.loads(p.read_text()) for p in sorted(self.results.glob("*.json"))}
+        return {p.stem: read_json(p, "an evaluated mixture's scores", "delete it and resume (--resume) to evaluate that mixture again")
+                for p in sorted(self.results.glob("*.json"))}
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,8 @@ def check_settings(paths: SearchPaths, settings: dict, resume: bool) -> None:
     if not resume:
         raise ConfigError(f"{paths.root} already holds a search: pass --resume to continue it, or delete the "
                           "directory (or choose another work_dir) to start over")
-    before = json.loads(paths.settings.read_text())
+    before = read_json(paths.settings, "the settings the search was started with",
+                       "restore it from a copy, or start the search over (delete the search directory or use another work_dir)")
     changed = sorted(_differences(before, json.loads(json.dumps(settings))))
     if changed:
         raise ConfigError(f"{paths.settings}: the search was started with other settings ({', '.join(changed)} differ); "

@@ -30,7 +30,7 @@ import numpy as np
 from megatron_demix.checkpoint.layout import read_tracker
 from megatron_demix.cluster.executor import Executor, JobFailed, JobSpec
 from megatron_demix.config.base import ConfigError, to_dict
-from megatron_demix.runtime.files import atomic_write_json
+from megatron_demix.runtime.files import atomic_write_json, read_json
 from megatron_demix.training.mixture_runs import MixtureRun, write_mixture_runs
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def reference_mixtures(experiment) -> list[dict]:
     paths, settings = ValidatePaths(experiment.paths.validate), experiment.validate
     names = [d.name for d in experiment.candidates]
     if paths.mixtures.exists():
-        saved = json.loads(paths.mixtures.read_text())
+        saved = read_json(paths.mixtures, "the drawn reference mixtures", "delete it and run demix validate again (it draws them again)")
         if saved["seed"] != settings.seed or len(saved["mixtures"]) != settings.references or saved["candidates"] != names:
             raise ConfigError(f"{paths.mixtures}: drawn with seed {saved['seed']}, {len(saved['mixtures'])} references,"
                               f" candidates {saved['candidates']}; the experiment now asks for validate.seed {settings.seed},"
@@ -128,7 +128,8 @@ def quality_mixtures(experiment) -> list[dict]:
     from megatron_demix.search.state import SearchPaths
 
     shares = {"prior": lambda: resolve_prior(experiment),
-              "search-final": lambda: json.loads(SearchPaths.of(experiment).final_mixture.read_text())["mixture"]}
+              "search-final": lambda: read_json(SearchPaths.of(experiment).final_mixture, "the search's final mixture",
+                                                  "delete it and resume the search to choose it again")["mixture"]}
     return [{"id": i, "mixture": shares[i]()} for i in quality_ids(experiment)]
 
 
