@@ -23,12 +23,12 @@ def checkpoint_common(path: str | Path) -> dict:
     """The non-tensor common state of a torch_dist checkpoint (save root, iter dir or bare dir)."""
     from megatron.core import dist_checkpointing
 
-    from megatron_demix.checkpoint.torch_dist import read_metadata
+    from megatron_demix.checkpoint.torch_dist import check_checkpoint_files
 
     found = resolve_checkpoint(path)
     if found.format != "torch_dist":
         raise CheckpointError(f"{found.path}: a {found.format} checkpoint; convert it to torch_dist to evaluate it")
-    read_metadata(found.path)  # refuses a crafted .metadata before DCP's reader unpickles it (plain pickle)
+    check_checkpoint_files(found.path)  # a crafted .metadata or a truncated data file, before megatron-core reads them
     common = dist_checkpointing.load_common_state_dict(str(found.path))
     if not isinstance(common, dict):
         raise CheckpointError(f"{found.path}: its common state is a {type(common).__name__}, not a dict")

@@ -32,7 +32,7 @@ import torch
 from megatron_demix.checkpoint.layout import (
     CheckpointError, iteration_dir, iteration_dirs, read_tracker, resolve_checkpoint, write_tracker,
 )
-from megatron_demix.checkpoint.torch_dist import read_metadata
+from megatron_demix.checkpoint.torch_dist import check_checkpoint_files
 from megatron_demix.runtime import device
 from megatron_demix.runtime.files import write_failure
 from megatron_demix.training.optimizer import load_optimizer_state, optimizer_sharded_state_dict
@@ -223,7 +223,7 @@ def load_checkpoint(load: Path, model, optimizer, scheduler) -> dict | None:
     if iteration is None:
         return None
     path = resolve_checkpoint(load).path
-    read_metadata(path)  # refuses a crafted .metadata before DCP's reader unpickles it (plain pickle)
+    check_checkpoint_files(path)  # a crafted .metadata or a truncated data file, before megatron-core reads them
     common = dist_checkpointing.load_common_state_dict(str(path))
     same_layout = common.get("parallel") == _layout()
     _check_shapes(path, model)
@@ -279,7 +279,7 @@ def load_weights(pretrained: Path, model) -> Path:
     path = resolve_checkpoint(pretrained)
     if path.format != "torch_dist":
         raise CheckpointError(f"{path.path}: {path.format} checkpoints cannot initialise training; convert it to torch_dist")
-    read_metadata(path.path)  # refuses a crafted .metadata before DCP's reader unpickles it (plain pickle)
+    check_checkpoint_files(path.path)  # a crafted .metadata or a truncated data file, before megatron-core reads them
     _check_shapes(path.path, model)
     loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(path.path))
     model.load_state_dict(loaded["model"])

@@ -187,6 +187,25 @@ def read_metadata(path: Path) -> Metadata:
     return metadata
 
 
+def check_checkpoint_files(path: Path) -> Metadata:
+    """The `.metadata` (read against the allow-list), once every data file it names holds the bytes it lists:
+    run before megatron-core's loader, whose DCP reader unpickles `.metadata` as is and meets a truncated
+    data file as a bare EOFError."""
+    metadata = read_metadata(path)
+    ends: dict[str, tuple[int, str]] = {}
+    for index, info in metadata.storage_data.items():
+        if info.offset + info.length > ends.get(info.relative_path, (0, ""))[0]:
+            ends[info.relative_path] = (info.offset + info.length, index.fqn)
+    for relative, (end, key) in sorted(ends.items()):
+        file = Path(path) / relative
+        size = file.stat().st_size if file.is_file() else None
+        if size is None or size < end:
+            found = "is missing" if size is None else f"ends at byte {size}"
+            raise CheckpointDataError(f"{file}: {found}, but key {key} is stored up to byte offset {end}; the checkpoint"
+                                      " is truncated (an interrupted copy or save): re-copy or re-save it")
+    return metadata
+
+
 def read_common_state(path: Path):
     """The checkpoint's non-sharded ("common") state, None when it has none: `common.pt` up to
     megatron-core 0.18; from 0.19 the object `COMMON_OBJECT` in the data (a one-element list)."""

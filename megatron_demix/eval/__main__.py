@@ -15,14 +15,16 @@ import sys
 
 
 def main(argv=None) -> None:
+    """Exit status as every demix command's (runtime/errors.py): a bad model_arg or checkpoint is one line, exit 2."""
     from lm_eval.__main__ import cli_evaluate
 
     from megatron_demix.eval.harness import register
+    from megatron_demix.runtime.errors import exit_process, run_command
 
     register()
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    cli_evaluate()
+    exit_process(run_command("demix-lm-eval", cli_evaluate))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ embedding excluded), at the continuation positions only (see eval/forward.py), i
 """
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 
@@ -41,8 +42,35 @@ def _split(value) -> list[str]:
     return [v for v in str(value).split(";") if v.strip()]
 
 
-def _as_bool(value) -> bool:
-    return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+MODEL_ARGS = ("pretrained", "components", "weights", "experiment", "mixture", "tokenizer", "batch_size", "max_batch_size",
+              "max_length", "max_gen_toks", "dtype", "device", "kv_cache")
+"""Every model_arg `megatron-demix` takes (`max_batch_size`: lm-eval's flag, for batch_size=auto only: ignored)."""
+
+
+def _check_names(names) -> None:
+    """An unknown model_arg (`dtpye=`) is refused with the closest valid name, not silently ignored."""
+    for name in names:
+        close = difflib.get_close_matches(name, MODEL_ARGS, n=1)
+        hint = f"did you mean {close[0]}=?" if close else f"valid: {', '.join(MODEL_ARGS)}"
+        raise EvalInputError(f"model_args {name}=: unknown argument of megatron-demix; {hint}")
+
+
+def _as_bool(name: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("1", "true", "yes", "0", "false", "no"):
+        return str(value).lower() in ("1", "true", "yes")
+    raise EvalInputError(f"model_args {name}={value!r}: give true or false")
+
+
+def _positive_int(name: str, value, hint: str = "") -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1 or str(number) != str(value).strip():
+        raise EvalInputError(f"model_args {name}={value!r}: give a positive integer{hint}")
+    return number
 
 
 def _dtype(value) -> torch.dtype | None:
@@ -57,7 +85,13 @@ def _mixture(value) -> dict:
     if isinstance(value, dict):
         return value
     text = str(value)
-    return json.loads(text) if text.lstrip().startswith("{") else text  # a file path: read_mixture reads it
+    if not text.lstrip().startswith("{"):
+        return text  # a file path: read_mixture reads it
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise EvalInputError(f"model_args mixture={text!r}: not a JSON object ({error.msg}); give"
+                             ' {"candidate": share, ...} or a JSON file') from None
 
 
 def build_from_args(pretrained=None, components=None, weights=None, experiment=None, mixture=None,
@@ -77,7 +111,7 @@ def build_from_args(pretrained=None, components=None, weights=None, experiment=N
             f"model_args: give exactly one of pretrained=DIR, components=D1;D2,weights=w1;w2 or"
             f" experiment=X.yaml,mixture=M.json (got {', '.join(sources) or 'none'})"
         )
-    params_dtype = _dtype(dtype)
+    params_dtype, mixture = _dtype(dtype), _mixture(mixture) if mixture else mixture
     config = load_experiment(experiment) if experiment else None
     if mixture and config is None:
         raise EvalInputError("model_args mixture= needs experiment=X.yaml (it names the component checkpoints)")
@@ -102,7 +136,7 @@ def build_from_args(pretrained=None, components=None, weights=None, experiment=N
         normalized = check_weights(given, names, get_method(method), normalize=True)
         config = config or checkpoint_experiment(paths[0])
     else:
-        paths, given, base = mixture_inputs(config, _mixture(mixture))
+        paths, given, base = mixture_inputs(config, mixture)
         names = [f"component {d.name} ({p})" for d, p in zip(config.candidates, paths)]
         method, scale = config.merge.method, config.merge.scale
         normalized = check_weights(given, names, get_method(method), normalize=config.merge.normalize)
@@ -139,21 +173,17 @@ class MegatronDemixLM(TemplateLM):
 
     def __init__(self, pretrained=None, components=None, weights=None, experiment=None, mixture=None,
                  tokenizer=None, batch_size=8, max_length=None, max_gen_toks=256, dtype=None, device=None,
-                 kv_cache=True, model=None, **_ignored):
+                 kv_cache=True, max_batch_size=None, model=None, **unknown):
         super().__init__()
+        _check_names(unknown)
         _select_device(device)
         if model is None:
             model, tokenizer, experiment = build_from_args(pretrained, components, weights, experiment, mixture, tokenizer, dtype)
         self.model, self.tokenizer, self.experiment = model, tokenizer, experiment
-        try:
-            self.batch_size = int(batch_size)
-        except (TypeError, ValueError):
-            raise EvalInputError(f"batch_size={batch_size!r}: give a positive integer ('auto' is not supported)") from None
-        if self.batch_size < 1:
-            raise EvalInputError(f"batch_size={batch_size!r}: give a positive integer")
-        self._max_length = int(max_length) if max_length else experiment.model.seq_length
-        self.max_gen_toks = int(max_gen_toks)
-        self.kv_cache = _as_bool(kv_cache)
+        self.batch_size = _positive_int("batch_size", batch_size, " ('auto' is not supported)")
+        self._max_length = _positive_int("max_length", max_length) if max_length else experiment.model.seq_length
+        self.max_gen_toks = _positive_int("max_gen_toks", max_gen_toks)
+        self.kv_cache = _as_bool("kv_cache", kv_cache)
 
     @classmethod
     def from_model(cls, model, tokenizer, experiment, **kwargs) -> "MegatronDemixLM":
