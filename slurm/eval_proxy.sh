@@ -10,6 +10,10 @@
 # it yourself. Each batch is evaluated by eval.command (a shell template per mixture), by merging
 # the proxy to disk first when the template names {checkpoint}, or by the built-in lm-eval job
 # (launch/eval_proxy.py); a mixture already scored is never evaluated again.
+# The {checkpoint} merge runs inside this task's own job step: its merge.ranks MPI ranks are started
+# by mpiexec's fork launcher (a new srun step would wait for ever for the CPUs this step holds); give
+# the eval stage CPUs for them (cluster.stages.eval.cpus_per_task). eval.timeout bounds each mixture's
+# merge and command; scancel (SIGTERM) ends the task's child processes before the task itself.
 # Submit from the repository root (or set DEMIX_REPO).
 #
 # Site values: override the #SBATCH defaults with sbatch flags (-p, -A, -t, --gpus-per-node,
