@@ -36,8 +36,12 @@ def hold_work_dir(root: str | os.PathLike) -> None:
     root = Path(root).resolve()
     if root in _held:
         return
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by the jobs this process starts
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by the jobs this process starts
+    except OSError as error:
+        raise ConfigError(f"{root / LOCK_FILE}: cannot create the work dir's lock ({error.strerror}): choose a"
+                          " writable work_dir (--work-dir)") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
