@@ -14,6 +14,13 @@
    machine is shared; the best run is the least disturbed); the ratio is the median over the
    repeats of trainer / bare within each interleaved pair (neighbours see similar load).
 3. Prints a markdown table: tokens/s of each and the ratio trainer / bare.
+
+With --against REV (e.g. `--against HEAD~1`) the same workers also run from git revision REV (extracted
+with `git archive`, imported through PYTHONPATH), one repeat at a time, alternating with this tree's:
+the table then adds REV's trainer tokens/s and this tree's trainer / REV's trainer (median of pairs),
+"before and after" measured in the same run:
+
+    .venv/bin/python benchmarks/train_bench.py --layouts 1,1 --against HEAD~1 --repeat 3
 """
 from __future__ import annotations
 
@@ -147,24 +154,47 @@ def main() -> None:
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--tp", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--pp", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--against", metavar="REV", help="also time the trainer of this git revision, interleaved")
     args = parser.parse_args()
     if args.worker:
         return worker(args)
     config = prepare_work(args.work)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    print("| TP | PP | DP | bare megatron-core (tokens/s, best) | trainer (tokens/s, best) | trainer / bare (median of pairs) |")
-    print("|---|---|---|---|---|---|")
+    trees = {"this": REPO}
+    if args.against:
+        trees["against"] = Path(tempfile.mkdtemp(prefix="train_bench_against_"))
+        archive = subprocess.run(["git", "archive", args.against], cwd=REPO, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(trees["against"])], input=archive, check=True)
+    head = "| TP | PP | DP | bare megatron-core (tokens/s, best) | trainer (tokens/s, best) | trainer / bare (median of pairs) |"
+    print(head + (f" trainer at {args.against} (tokens/s, best) | trainer / trainer at {args.against} (median of pairs) |" if args.against else ""))
+    print("|---" * (6 + 2 * bool(args.against)) + "|")
     for layout in args.layouts.split():
         tp, pp = map(int, layout.split(","))
-        command = [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node", "2", __file__, "--worker",
-                   "--config", str(config), "--tp", str(tp), "--pp", str(pp), "--iters", str(args.iters),
-                   "--warmup", str(args.warmup), "--repeat", str(args.repeat)]
-        out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
-        line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if line is None:
-            sys.exit(f"layout TP={tp} PP={pp} failed:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
-        rates = json.loads(line[len("RESULT "):])
-        print(f"| {tp} | {pp} | {2 // (tp * pp)} | {rates['bare']:,.0f} | {rates['trainer']:,.0f} | {rates['ratio']:.3f} |", flush=True)
+        if not args.against:
+            rates = run_worker(REPO, config, tp, pp, args, args.repeat)
+            print(f"| {tp} | {pp} | {2 // (tp * pp)} | {rates['bare']:,.0f} | {rates['trainer']:,.0f} | {rates['ratio']:.3f} |", flush=True)
+            continue
+        runs = {name: [] for name in trees}
+        for _ in range(args.repeat):  # alternating, so both trees see about the same load from other jobs
+            for name, tree in trees.items():
+                runs[name].append(run_worker(tree, config, tp, pp, args, 1))
+        pairs = sorted(a["trainer"] / b["trainer"] for a, b in zip(runs["this"], runs["against"]))
+        best = {name: {k: max(r[k] for r in rs) for k in ("bare", "trainer")} for name, rs in runs.items()}
+        own = sorted(r["ratio"] for r in runs["this"])
+        print(f"| {tp} | {pp} | {2 // (tp * pp)} | {best['this']['bare']:,.0f} | {best['this']['trainer']:,.0f} | {own[len(own) // 2]:.3f}"
+              f" | {best['against']['trainer']:,.0f} | {pairs[len(pairs) // 2]:.3f} |", flush=True)
+
+
+def run_worker(tree: Path, config: Path, tp: int, pp: int, args, repeat: int) -> dict:
+    """One torchrun of the worker of the train_bench.py in `tree`, importing that tree's megatron_demix."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tree)}
+    command = [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node", "2", str(tree / "benchmarks" / "train_bench.py"),
+               "--worker", "--config", str(config), "--tp", str(tp), "--pp", str(pp), "--iters", str(args.iters),
+               "--warmup", str(args.warmup), "--repeat", str(repeat)]
+    out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tree)
+    line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        sys.exit(f"layout TP={tp} PP={pp} ({tree}) failed:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
+    return json.loads(line[len("RESULT "):])
 
 
 if __name__ == "__main__":  # required: dist_checkpointing.save forks worker processes
