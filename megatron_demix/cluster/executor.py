@@ -245,6 +245,18 @@ STOP_GRACE_SECONDS = 5.0
 _PR_SET_PDEATHSIG = 1
 
 
+def _libc_prctl():
+    """libc's prctl, looked up here in the parent: between fork and exec the child only calls it (no dlopen,
+    whose lock another thread of the parent may have held at the fork)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+_PRCTL = _libc_prctl()
+
+
 class Terminated(BaseException):
     """SIGTERM arrived inside `terminate_on_sigterm()`. A BaseException, as KeyboardInterrupt is: no
     `except Exception` may swallow it and carry on working."""
@@ -271,10 +283,9 @@ def terminate_on_sigterm():
 def _end_with_parent(parent: int) -> None:
     """In the child, before exec: SIGTERM when `parent` dies (Linux; elsewhere nothing), and no start at all
     when it died while this child was being forked."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
+    if _PRCTL is None:
         return
+    _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
     if os.getppid() != parent:
         os._exit(143)
 

@@ -14,7 +14,9 @@ an array. One `Watcher` reads the states of every task of every watched array wi
 an error record naming its scheduler state (from `sacct`, where accounting exists, once squeue has
 forgotten the job) and its log. The
 submission is recorded (`submission.json`) before and after `sbatch`, so a driver that died can
-re-attach to a job still queued or running instead of submitting it again.
+re-attach to a job still queued or running instead of submitting it again. A task stopped by SIGTERM
+(scancel, or the end of the local driver that started it) ends its own child processes first and
+writes no record: the watcher records it as lost, and the search evaluates its mixtures again.
 """
 from __future__ import annotations
 
