@@ -12,6 +12,8 @@ per host: runtime/device.py `throughput_settings`.
 """
 from __future__ import annotations
 
+import signal
+
 import torch
 
 from megatron_demix.data.datasets import BATCH_KEYS
@@ -39,6 +41,14 @@ class _Microbatches(torch.utils.data.Dataset):
         return {key: torch.stack([torch.as_tensor(s[key]) for s in samples]) for key in BATCH_KEYS}
 
 
+def _ignore_sigterm(_worker_id: int) -> None:
+    """SLURM signals every process of a job step, loader workers included (scancel, requeue, the time
+    limit): a worker killed by it makes the DataLoader raise in the trainer before its SIGTERM save. The
+    trainer alone decides when to stop; workers end with the loader (`TrainLoader.close`), when the trainer
+    process is gone (torch's worker watchdog), or by SIGKILL."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class TrainLoader:
     def __init__(self, data, *, num_microbatches: int, first_iteration: int, end_iteration: int, throughput: device.Throughput):
         self.num_microbatches, self.next_iteration = num_microbatches, first_iteration
@@ -46,6 +56,7 @@ class TrainLoader:
         self.loader = torch.utils.data.DataLoader(
             _Microbatches(data, num_microbatches, first_iteration, end_iteration), batch_size=None, shuffle=False,
             num_workers=workers, pin_memory=throughput.pin_memory, persistent_workers=workers > 0,
+            worker_init_fn=_ignore_sigterm if workers else None,
         )
         self._batches = None
         self.device = device.device()
@@ -59,3 +70,9 @@ class TrainLoader:
         self.next_iteration += 1
         for _ in range(self.num_microbatches):
             yield {key: value.to(self.device, non_blocking=True) for key, value in next(self._batches).items()}
+
+    def close(self) -> None:
+        """Stop the workers now (they ignore SIGTERM, so they are not left to the interpreter's exit)."""
+        if self._batches is not None and hasattr(self._batches, "_shutdown_workers"):
+            self._batches._shutdown_workers()
+        self._batches = None

@@ -353,4 +353,6 @@ class Trainer:
             self.save()
 
     def close(self) -> None:
+        if self.loader is not None:
+            self.loader.close()
         self.log.close()

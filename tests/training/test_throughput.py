@@ -183,3 +183,27 @@ def test_checkpoint_of_a_gpu_host_resumes_on_a_cpu_host(tiny_config, tmp_path):
     check(torchrun(1, "--config", config, "--component", "base", "--save", save, "--log-dir", save / "logs"))
     iterations = [r["iteration"] for r in train_records(save / "logs")]
     assert iterations == [1, 2, 3, 4, 5, 6, 7, 8] and (save / "iter_0000008").is_dir()
+
+
+def test_sigterm_to_every_process_with_loader_workers_still_saves(tiny_config, tmp_path):
+    """SLURM signals every process of a step, loader workers included: they inherit the trainer's
+    SIGTERM flag (forked at the first batch, after it is set), so none dies and the save completes."""
+    import os
+    import signal
+
+    from train_helpers import LAUNCH
+
+    process = subprocess.Popen(
+        [sys.executable, str(LAUNCH), "--config", str(tiny_config), "--component", "base", "--train-iters", "1000",
+         "--num-workers", "2", "--exit-signal-handler", "--save", str(tmp_path), "--log-dir", str(tmp_path)],
+        cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        if "iter 2/1000" in line:
+            os.killpg(process.pid, signal.SIGTERM)
+    assert process.wait(timeout=120) == 0, "".join(output)[-3000:]
+    saved = int((tmp_path / "latest_checkpointed_iteration.txt").read_text())
+    assert 2 <= saved < 1000 and f"SIGTERM: saved iteration {saved}" in "".join(output)
