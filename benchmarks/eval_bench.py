@@ -139,9 +139,7 @@ model (speed does not depend on the weights), where compute rather than per-step
 
 def time_generation(config: Path, new_tokens: int, size: str, repeats: int = 2) -> dict[str, float]:
     """Tokens per second of greedy generation for 4 prompts, with and without the KV cache."""
-    import dataclasses
-
-    from megatron_demix.checkpoint.inference import inference_model
+    from megatron_demix.model.inference import inference_model
     from megatron_demix.config.base import build
     from megatron_demix.eval.generate import greedy_generate
     from megatron_demix.eval.model import MegatronDemixLM
@@ -151,7 +149,7 @@ def time_generation(config: Path, new_tokens: int, size: str, repeats: int = 2) 
     model = lm.model
     if GENERATION_MODELS[size] is not None:
         shape = build(ModelConfig, GENERATION_MODELS[size], "generation model")
-        model = inference_model(dataclasses.replace(lm.experiment, model=shape), lm.tokenizer.vocab_size)
+        model = inference_model(shape, lm.tokenizer.vocab_size, seed=lm.experiment.training.seed)
     prompts = [lm.tok_encode(t) for t in ("def main ( ) :", "The history of", "3 + 4 =", "import os\nimport")]
     rates, outputs = {True: 0.0, False: 0.0}, {}
     for use_cache in (True, False):  # warm-up: first-call allocations and caches stay out of the timings

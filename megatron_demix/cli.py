@@ -38,10 +38,25 @@ def _config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", default=None, help="override the experiment's work_dir")
 
 
-def _load(args):
-    from megatron_demix.experiment import load_experiment
+def load_experiment_file(path, overrides: dict | None = None):
+    """The experiment file a user wrote, as every command reads it: `model.from_hf` expanded from the Hugging
+    Face directory's config.json and tokenizer (hf/from_hf.py), then validated (experiment.py)."""
+    from megatron_demix.experiment import experiment_from_dict, read_experiment_file
 
-    return load_experiment(args.config, {"work_dir": args.work_dir} if args.work_dir else None)
+    data = read_experiment_file(path, overrides)
+    if isinstance(data.get("model"), dict) and data["model"].get("from_hf") is not None:
+        from megatron_demix.hf.from_hf import expand_from_hf  # reads config.json with transformers: only when asked
+
+        data = expand_from_hf(data, str(path))
+    return experiment_from_dict(data, str(path))
+
+
+def _load(args):
+    return load_experiment_file(args.config, {"work_dir": args.work_dir} if args.work_dir else None)
+
+
+def _run_export(args) -> None:
+    hf_commands.run_export(args, load_experiment_file(args.config) if args.config is not None else None)
 
 
 def _run_check(args) -> None:
@@ -250,7 +265,7 @@ COMMANDS: dict[str, Command] = {
     "validate": Command("proxy fidelity: train reference models and short proxies on sampled mixtures, compare with"
                         " the merged proxies (Spearman rho, top-25% rho, capability recovery)", _validate_arguments, _run_validate),
     "export": Command("write a checkpoint, or a mixture's proxy merged while streaming, as a Hugging Face model directory",
-                      hf_commands.export_arguments, hf_commands.run_export),
+                      hf_commands.export_arguments, _run_export),
     "import-hf": Command("write a local Hugging Face Llama/Qwen2/Qwen3 model as a Megatron torch_dist checkpoint",
                          hf_commands.import_arguments, hf_commands.run_import),
 }

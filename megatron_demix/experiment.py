@@ -12,7 +12,9 @@
     training: {...}  merge: {...}  eval: {...}  search: {...}  cluster: {...}
 
 `load_experiment(path)` validates the whole file and returns an `ExperimentConfig`; every error
-names the file, the key and the allowed values.
+names the file, the key and the allowed values. Loading does no stage's I/O: a `model.from_hf`
+section is expanded from the Hugging Face directory by the commands (`cli.load_experiment_file`),
+which write the resolved copy every job reads; here only a resolved one is accepted.
 """
 from __future__ import annotations
 
@@ -22,8 +24,10 @@ from pathlib import Path
 
 import yaml
 
+from megatron_demix.checkpoint.weights import checkpoint_config
 from megatron_demix.cluster.config import ClusterConfig
 from megatron_demix.config.base import ConfigError, build, fail
+from megatron_demix.config.paths import WorkPaths
 from megatron_demix.data.config import DatasetConfig, PrepareConfig, TokenizerConfig
 from megatron_demix.eval.config import EvalConfig
 from megatron_demix.merge.config import MergeConfig
@@ -112,83 +116,28 @@ class ExperimentConfig:
         raise ConfigError(f"no dataset named {name!r}; the experiment has {', '.join(d.name for d in self.datasets)}")
 
     @property
-    def paths(self) -> "WorkPaths":
+    def paths(self) -> WorkPaths:
         return WorkPaths(Path(self.work_dir))
 
-
-@dataclass(frozen=True)
-class WorkPaths:
-    """Names every file an experiment writes under its work dir (one place, like submitit's JobPaths)."""
-
-    root: Path
-
     @property
-    def tokenizer(self) -> Path:
-        return self.root / "tokenizer" / "tokenizer.json"
+    def component_checkpoints(self) -> dict[str, Path]:
+        """Candidate -> its component's save root, in candidate order."""
+        return {d.name: self.paths.checkpoint(d.name) for d in self.candidates}
 
-    @property
-    def corpora(self) -> Path:
-        return self.root / "corpora"
+    def proxy(self, mixture, settings: MergeConfig | None = None):
+        """The proxy of `mixture` (a JSON file or dict over the candidates) with the `merge:` section (or `settings`)."""
+        from megatron_demix.merge.proxy import mixture_proxy
 
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    def dataset_prefix(self, name: str) -> Path:
-        """Megatron indexed dataset prefix: `<prefix>.bin` and `<prefix>.idx`."""
-        return self.data / name / name
-
-    def token_count(self, name: str) -> Path:
-        return self.data / name / "token_count.json"
-
-    @property
-    def token_prior(self) -> Path:
-        return self.data / "token_prior.json"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    def checkpoint(self, model: str) -> Path:
-        """Megatron save root (`iter_*/`, `latest_checkpointed_iteration.txt`) of `base` or a component."""
-        return self.checkpoints / model
-
-    @property
-    def proxies(self) -> Path:
-        return self.root / "proxies"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def eval_tasks(self) -> Path:
-        """The built-in lm-eval tasks (YAML + held-out JSONL) that `demix prepare` writes."""
-        return self.root / "eval" / "tasks"
-
-    @property
-    def search(self) -> Path:
-        """The search's state directory (search/state.py names the files inside)."""
-        return self.root / "search"
-
-    @property
-    def validate(self) -> Path:
-        """`demix validate`'s directory: mixtures, trained models, evaluations, tables and plots."""
-        return self.root / "validate"
-
-    @property
-    def jobs(self) -> Path:
-        """Job ids of `demix run --submit`, read by `demix status`."""
-        return self.root / "jobs.json"
-
-    @property
-    def stages(self) -> Path:
-        """The settings each stage's outputs were made from (pipeline.py `claim_work_dir` checks them)."""
-        return self.root / "stages.json"
+        return mixture_proxy(mixture, self.component_checkpoints, settings or self.merge, self.paths.checkpoint("base"))
 
 
 def load_experiment(path: str | os.PathLike, overrides: dict | None = None) -> ExperimentConfig:
     """Read and validate the experiment file at `path`; `overrides` replace top-level keys."""
+    return experiment_from_dict(read_experiment_file(path, overrides), str(path))
+
+
+def read_experiment_file(path: str | os.PathLike, overrides: dict | None = None) -> dict:
+    """The experiment file at `path` as a mapping (YAML checked, nothing else); `overrides` replace top-level keys."""
     path = Path(path)
     where = str(path)
     try:
@@ -202,16 +151,19 @@ def load_experiment(path: str | os.PathLike, overrides: dict | None = None) -> E
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: must be a mapping with keys name, work_dir, datasets, ...")
     data.update(overrides or {})
-    return experiment_from_dict(data, where)
+    return data
 
 
 def experiment_from_dict(data: dict, where: str = "experiment") -> ExperimentConfig:
     """Validate an experiment given as a dict (tests and the search build them in code)."""
     data = dict(data)
-    if isinstance(data.get("model"), dict) and data["model"].get("from_hf") is not None:
-        from megatron_demix.hf.from_hf import expand_from_hf  # reads config.json with transformers: only when asked
-
-        data = expand_from_hf(data, where)
+    model = data.get("model")
+    if isinstance(model, dict) and model.get("from_hf") is not None:
+        unresolved = sorted(set(ModelConfig.__dataclass_fields__) - {"preset", "from_hf"} - set(model))
+        if unresolved:
+            fail(f"{where}: model", f"from_hf {model['from_hf']} is not expanded (no {', '.join(unresolved[:3])}, ...):"
+                 " load the file with a demix command (cli.load_experiment_file), which fills the model section in"
+                 " from the Hugging Face directory, or use the experiment.yaml it writes in the work dir")
     if "model" in data:
         data["model"] = expand_preset(data["model"], where=f"{where}: model")
     if isinstance(data.get("work_dir"), str):
@@ -225,3 +177,8 @@ def dump_experiment(config: ExperimentConfig, path: str | os.PathLike) -> None:
     from megatron_demix.runtime.files import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def checkpoint_experiment(path: str | os.PathLike) -> ExperimentConfig:
+    """The experiment a checkpoint was trained in (its common state's `config`)."""
+    return experiment_from_dict(checkpoint_config(path), f"{path}: common state config")

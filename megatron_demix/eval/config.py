@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from megatron_demix.config.base import ConfigError, fail
+from megatron_demix.runtime.dtypes import dtype_names
+
+Precision = Literal[("auto", *dtype_names(computes=True))]
 
 
 class EvalInputError(ConfigError):
@@ -54,7 +57,7 @@ class EvalConfig:
     """Many mixtures per job: hold every component in memory and recompute the model in place per
     mixture (`always`), merge-on-load from disk per mixture (`never`), or decide by the components'
     size against the available memory (`auto`: cache when they take under half of it)."""
-    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    dtype: Precision = "auto"
     """Evaluation precision: `auto` is bf16 on GPU hosts, fp32 on CPU."""
 
     def __post_init__(self):

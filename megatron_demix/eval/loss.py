@@ -26,7 +26,7 @@ def domain_losses(experiment, checkpoints: list[Path], samples: int = 64, micro_
     from megatron_demix.model.gpt import build_gpt_model
     from megatron_demix.runtime.distributed import init_distributed
     from megatron_demix.runtime.parallel import ParallelDims, initialize_model_parallel
-    from megatron_demix.checkpoint.run_state import load_weights
+    from megatron_demix.checkpoint.weights import load_weights
     from megatron_demix.config.base import replace
     from megatron_demix.data.datasets import BATCH_KEYS, Blend, TrainingData
 

@@ -8,7 +8,8 @@ model_args (one of the three sources of weights):
   loaded by resharding into a TP = PP = 1 model (evaluation runs in one process).
 - `components=D1;D2;...,weights=w1;w2;...`: merge-on-load, linear, weights normalised to sum 1.
 - `experiment=X.yaml,mixture=M.json` (or `mixture={"code":0.3,...}` in Python): merge-on-load of
-  the experiment's components with its `merge:` method; nothing is written in either case.
+  the experiment's components with its `merge:` section (method, scale, normalize, dtype: the values
+  `tools/merge/run.py` writes for that mixture); nothing is written in either case.
 and `experiment=` (architecture and tokenizer when the checkpoint's common state lacks them),
 `tokenizer=` (default: the experiment's), `batch_size` (default 8), `max_length` (default: the
 model's seq_length), `max_gen_toks` (256), `dtype` (bf16 on GPU hosts, fp32 on CPU), `device`
@@ -30,12 +31,10 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from megatron_demix.eval.config import EvalInputError
-from megatron_demix.eval.forward import selected_logits
+from megatron_demix.eval.forward import selected_logits, target_log_probs
 from megatron_demix.eval.generate import greedy_generate
 
 log = logging.getLogger(__name__)
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
 
 
 def _split(value) -> list[str]:
@@ -76,9 +75,11 @@ def _positive_int(name: str, value, hint: str = "") -> int:
 def _dtype(value) -> torch.dtype | None:
     if value in (None, "auto"):
         return None
-    if str(value) not in DTYPES:
-        raise EvalInputError(f"model_args dtype={value!r}: choose one of auto, {', '.join(DTYPES)}")
-    return DTYPES[str(value)]
+    from megatron_demix.runtime.dtypes import SPELLINGS, torch_dtype
+
+    if str(value) not in SPELLINGS:
+        raise EvalInputError(f"model_args dtype={value!r}: choose one of auto, {', '.join(SPELLINGS)}")
+    return torch_dtype(str(value))
 
 
 def _mixture(value) -> dict:
@@ -97,13 +98,11 @@ def _mixture(value) -> dict:
 def build_from_args(pretrained=None, components=None, weights=None, experiment=None, mixture=None,
                     tokenizer=None, dtype=None):
     """(model, tokenizer, experiment) for the model_args; errors name the argument."""
-    from megatron_demix.checkpoint.inference import checkpoint_experiment, inference_model, load_for_inference
-    from megatron_demix.checkpoint.tensors import ComponentSource, fill_model
-    from megatron_demix.experiment import load_experiment
     from megatron_demix.data.tokenizer import load_tokenizer
-    from megatron_demix.merge.engine import check_weights
-    from megatron_demix.merge.methods import get_method
-    from megatron_demix.merge.mixture import mixture_inputs
+    from megatron_demix.experiment import checkpoint_experiment, load_experiment
+    from megatron_demix.merge.proxy import checkpoints_proxy
+    from megatron_demix.merge.sources import fill_model
+    from megatron_demix.model.inference import inference_model, load_for_inference
 
     sources = [name for name, value in (("pretrained", pretrained), ("components", components), ("mixture", mixture)) if value]
     if len(sources) != 1:
@@ -118,7 +117,7 @@ def build_from_args(pretrained=None, components=None, weights=None, experiment=N
     if pretrained:
         config = config or checkpoint_experiment(pretrained)
         tok = load_tokenizer(tokenizer or config.paths.tokenizer)
-        model, _ = load_for_inference(pretrained, tok.vocab_size, experiment=config, dtype=params_dtype)
+        model = load_for_inference(pretrained, config.model, tok.vocab_size, seed=config.training.seed, dtype=params_dtype)
         return model, tok, config
     if components:
         paths = _split(components)
@@ -131,20 +130,15 @@ def build_from_args(pretrained=None, components=None, weights=None, experiment=N
                 f"model_args weights={weights!r} gives {len(given)} weight(s) for the {len(paths)} components"
                 f" ({'; '.join(paths)}); give one weight per component, separated by ';'"
             )
-        names = [f"component {i + 1} ({p})" for i, p in enumerate(paths)]
-        method, base, scale = "linear", None, 1.0
-        normalized = check_weights(given, names, get_method(method), normalize=True)
+        proxy = checkpoints_proxy(paths, given)  # linear, normalised: MergeConfig's defaults
         config = config or checkpoint_experiment(paths[0])
     else:
-        paths, given, base = mixture_inputs(config, mixture)
-        names = [f"component {d.name} ({p})" for d, p in zip(config.candidates, paths)]
-        method, scale = config.merge.method, config.merge.scale
-        normalized = check_weights(given, names, get_method(method), normalize=config.merge.normalize)
+        proxy = config.proxy(mixture)
     tok = load_tokenizer(tokenizer or config.paths.tokenizer)
-    source = ComponentSource.open(paths, names, method=method, base=base, scale=scale)
+    weights, source = proxy.weights, proxy.open()
     try:
-        model = inference_model(config, tok.vocab_size, dtype=params_dtype)
-        fill_model(model, source, normalized)
+        model = inference_model(config.model, tok.vocab_size, seed=config.training.seed, dtype=params_dtype)
+        fill_model(model, source, weights)
     finally:
         source.close()
     return model, tok, config
@@ -232,11 +226,7 @@ class MegatronDemixLM(TemplateLM):
                 rows += [row] * len(continuation)
                 cols += range(first, first + len(continuation))
                 targets += continuation
-            logits = selected_logits(self.model, tokens, rows, cols, self.tokenizer.vocab_size)
-            log_probs = torch.log_softmax(logits, dim=-1)
-            target = torch.tensor(targets, device=log_probs.device)
-            picked = log_probs.gather(1, target[:, None])[:, 0].cpu()
-            greedy = (log_probs.argmax(dim=-1) == target).cpu()
+            picked, greedy = target_log_probs(selected_logits(self.model, tokens, rows, cols, self.tokenizer.vocab_size), targets)
             start = 0
             for request, (_, continuation) in zip(chunk, spans):
                 end = start + len(continuation)

@@ -6,7 +6,7 @@ An entry with a `checkpoint` (a save root, an iter_* or torch_dist directory) ev
 model instead of a merge (`demix validate` scores its reference models through the same path).
 
 For each mixture the model's parameters are recomputed in place, sum_i w_i * Theta_i in fp32
-(the merge library's arithmetic, `checkpoint/tensors.fill_model`), cast to the stored dtype, then
+(the merge library's arithmetic, `merge/sources.fill_model`), cast to merge.dtype, then
 to the model's; the proxy never touches the disk. When the components do not fit in memory
 together (`eval.cache_components: auto` compares their size with half the available memory), each
 mixture is merged-on-load from disk instead, chunk by chunk; the log says which, with the numbers.
@@ -314,13 +314,11 @@ def hold_components(source, mode: str, log) -> object:
 def evaluate_mixtures(experiment, mixtures: list[dict], output_dir, tasks=None, *,
                       log: Callable[[str], None] = lambda line: print(line, flush=True)) -> dict[str, dict]:
     """Evaluate each mixture's proxy; returns {id: result} (those found on disk included)."""
-    from megatron_demix.checkpoint.inference import inference_model
-    from megatron_demix.checkpoint.tensors import ComponentSource, fill_model, model_regions
+    from megatron_demix.checkpoint.tensors import model_regions
     from megatron_demix.data.tokenizer import load_tokenizer
-    from megatron_demix.merge.engine import check_weights
-    from megatron_demix.merge.methods import get_method
-    from megatron_demix.merge.mixture import mixture_inputs
     from megatron_demix.eval.model import MegatronDemixLM, _dtype
+    from megatron_demix.merge.sources import ComponentSource, fill_model
+    from megatron_demix.model.inference import inference_model
 
     output_dir = Path(output_dir)
     check_mixtures(experiment, mixtures)
@@ -335,13 +333,10 @@ def evaluate_mixtures(experiment, mixtures: list[dict], output_dir, tasks=None, 
     if not pending:
         return done
     settings = experiment.eval
-    method = get_method(experiment.merge.method)
-    paths, _, base = mixture_inputs(experiment, pending[0]["mixture"])
-    names = [f"component {d.name} ({p})" for d, p in zip(experiment.candidates, paths)]
     merged = any(not entry.get("checkpoint") for entry in pending)
-    source = ComponentSource.open(paths, names, method=method.name, base=base, scale=experiment.merge.scale) if merged else None
+    source = experiment.proxy(pending[0]["mixture"]).open() if merged else None  # the components, for every mixture
     tokenizer = load_tokenizer(experiment.paths.tokenizer)
-    model = inference_model(experiment, tokenizer.vocab_size, dtype=_dtype(settings.dtype))
+    model = inference_model(experiment.model, tokenizer.vocab_size, seed=experiment.training.seed, dtype=_dtype(settings.dtype))
     regions = model_regions(model)
     lm = MegatronDemixLM.from_model(model, tokenizer, experiment, batch_size=settings.batch_size, max_length=settings.max_length)
     components = hold_components(source, settings.cache_components, log) if merged else None
@@ -357,9 +352,7 @@ def evaluate_mixtures(experiment, mixtures: list[dict], output_dir, tasks=None, 
                 finally:
                     trained.close()
             else:
-                _, given, _ = mixture_inputs(experiment, entry["mixture"])
-                weights = check_weights(given, names, method, normalize=experiment.merge.normalize)
-                fill_model(model, components, weights, regions)
+                fill_model(model, components, experiment.proxy(entry["mixture"]).weights, regions)
             results = suite.run(lm, settings.limit)
             record = {**result_record(entry["id"], entry["mixture"], results, plan, time.perf_counter() - began),
                       "models": models[entry["id"]]}

@@ -22,7 +22,8 @@ def export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors file (default 5GB; e.g. 500MB, 2GiB)")
 
 
-def run_export(args: argparse.Namespace) -> None:
+def run_export(args: argparse.Namespace, experiment=None) -> None:
+    """`experiment`: the loaded --experiment file (the command line loads it: cli.load_experiment_file)."""
     from megatron_demix.config.base import fail
     from megatron_demix.hf.export import export_checkpoint, export_mixture, parse_size
 
@@ -32,11 +33,9 @@ def run_export(args: argparse.Namespace) -> None:
             fail("--mixture", "goes with --experiment, not with --checkpoint")
         output = export_checkpoint(args.checkpoint, args.output, max_shard_bytes=shard)
     else:
-        from megatron_demix.experiment import load_experiment
-
         if args.mixture is None:
             fail("--mixture", f"missing: --experiment {args.config} exports the proxy of a mixture; give --mixture M.json")
-        output = export_mixture(load_experiment(args.config), args.mixture, args.output, max_shard_bytes=shard)
+        output = export_mixture(experiment, args.mixture, args.output, max_shard_bytes=shard)
     print(f"wrote {output} (load it with transformers.AutoModelForCausalLM.from_pretrained({str(output)!r}))")
 
 
@@ -46,19 +45,20 @@ def import_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tensor-model-parallel-size", type=int, default=1,
                         help="vocabulary padding and chunk layout of that TP (the checkpoint loads at any TP/PP)")
     parser.add_argument("--make-vocab-size-divisible-by", type=int, default=128, help="vocabulary padding multiple, as Megatron-LM")
-    parser.add_argument("--dtype", choices=("same", "fp32", "bf16", "fp16"), default="same", help="stored dtype (default: the model's)")
+    from megatron_demix.runtime.dtypes import dtype_names
+
+    parser.add_argument("--dtype", choices=("same", *dtype_names()), default="same", help="stored dtype (default: the model's)")
 
 
 def run_import(args: argparse.Namespace) -> None:
-    import torch
-
     from megatron_demix.config.base import fail
     from megatron_demix.hf.import_hf import import_hf
+    from megatron_demix.runtime.dtypes import torch_dtype
 
     for flag in ("tensor_model_parallel_size", "make_vocab_size_divisible_by"):
         if getattr(args, flag) < 1:
             fail("--" + flag.replace("_", "-"), f"{getattr(args, flag)} must be >= 1")
-    dtype = {"same": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    dtype = None if args.dtype == "same" else torch_dtype(args.dtype)
     save = import_hf(args.model, args.save, tensor_parallel=args.tensor_model_parallel_size,
                      make_vocab_size_divisible_by=args.make_vocab_size_divisible_by, dtype=dtype)
     print(f"wrote {save} (Megatron torch_dist, release); use it as a base with --pretrained-checkpoint {save}")

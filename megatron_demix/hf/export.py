@@ -48,41 +48,23 @@ def parse_size(text: str) -> int:
 
 
 class MergedTensors:
-    """Global tensors (or one layer of them) of `source`'s inputs merged with `weights`, read chunk by chunk."""
+    """Global tensors (or one layer of them) of `source`'s inputs merged with `weights` (merge/sources.py)."""
 
     def __init__(self, source, weights: list[float]):
         self.source, self.weights = source, weights
-        self.metadata = source.plan.state_dict_metadata
-        self.items: dict[str, list] = {}
-        for item in source.plan.items:
-            if item.kind != "object":
-                self.items.setdefault(item.key, []).append(item)
 
     def shape(self, key: str) -> tuple[int, ...] | None:
-        return tuple(self.metadata[key].size) if key in self.items else None
+        return self.source.shape(key)
 
     def dtype(self, key: str) -> torch.dtype:
-        return self.items[key][0].dtype
+        return self.source.items_by_key[key][0].dtype
 
     def read(self, key: str, layer: int | None = None) -> torch.Tensor:
         """The whole tensor `key`, or its slice `layer` along the layer-stack axis."""
-        from megatron_demix.checkpoint.tensors import copy_overlap
-        from megatron_demix.merge.items import compute_item
-
+        if layer is None:
+            return self.source.read(key, self.weights)
         shape = self.shape(key)
-        offsets = (0,) * len(shape) if layer is None else (layer,) + (0,) * (len(shape) - 1)
-        sizes = shape if layer is None else (1,) + shape[1:]
-        out = torch.empty(sizes, dtype=self.dtype(key))
-        plan, copied = self.source.plan, 0
-        for item in self.items[key]:
-            if all(o < lo + n and lo < o + s for o, s, lo, n in zip(offsets, sizes, item.offsets, item.sizes)):
-                merged = compute_item(item, self.source.regions(item), plan.names, self.weights,
-                                      self.source.method, self.source.scale)
-                copied += copy_overlap(out, offsets, merged, item.offsets)
-        if copied != out.numel():
-            raise ConversionError(f"{plan.names[0]}: {key} has stored chunks covering {copied} of {out.numel()} values;"
-                                  " the checkpoint is damaged")
-        return out if layer is None else out[0]
+        return self.source.read(key, self.weights, (layer,) + (0,) * (len(shape) - 1), (1,) + shape[1:])[0]
 
 
 @dataclass(frozen=True)
@@ -254,22 +236,24 @@ def _write_config_and_tokenizer(directory: Path, model, geometry: Geometry, toke
 def checkpoint_architecture(checkpoint: str | Path) -> tuple:
     """(ModelConfig, tokenizer.json) of a checkpoint: from the experiment the trainer / merge tool saved
     in its common state, or from the `hf_import` record `demix import-hf` saved there."""
-    from megatron_demix.checkpoint.inference import checkpoint_common, checkpoint_experiment
     from megatron_demix.checkpoint.layout import resolve_checkpoint
+    from megatron_demix.checkpoint.weights import checkpoint_common, checkpoint_config
     from megatron_demix.config.base import build
-    from megatron_demix.model.config import ModelConfig
+    from megatron_demix.config.paths import WorkPaths
+    from megatron_demix.model.config import ModelConfig, expand_preset
 
     record = checkpoint_common(checkpoint).get("hf_import")
     if isinstance(record, dict):
         model = build(ModelConfig, record["model"], f"{checkpoint}: common state hf_import.model")
         return model, resolve_checkpoint(checkpoint).path / record["tokenizer"]
-    experiment = checkpoint_experiment(checkpoint)
-    return experiment.model, experiment.paths.tokenizer
+    config = checkpoint_config(checkpoint)
+    where = f"{checkpoint}: common state config.model"
+    return build(ModelConfig, expand_preset(config.get("model"), where), where), WorkPaths(Path(config["work_dir"])).tokenizer
 
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path, *, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
     """Export one torch_dist checkpoint (save root, iter dir or bare dir; any TP/PP)."""
-    from megatron_demix.checkpoint.tensors import ComponentSource
+    from megatron_demix.merge.sources import ComponentSource
 
     model, tokenizer_path = checkpoint_architecture(checkpoint)
     source = ComponentSource.open([checkpoint], [str(checkpoint)])
@@ -284,17 +268,8 @@ def export_mixture(experiment, mixture, output: str | Path, *, max_shard_bytes: 
     """Export the proxy of `mixture` (a JSON file or dict over the experiment's candidates), merged while
     streaming with the experiment's `merge:` settings (method, scale, normalize, dtype): the same values
     `tools/merge/run.py` writes, in merge.dtype (`same`: the components' stored dtype)."""
-    from megatron_demix.checkpoint.tensors import ComponentSource
-    from megatron_demix.merge.engine import check_weights
-    from megatron_demix.merge.methods import get_method
-    from megatron_demix.merge.mixture import mixture_inputs
-
-    settings = experiment.merge
-    method = get_method(settings.method)
-    paths, given, base = mixture_inputs(experiment, mixture)
-    names = [f"component {d.name} ({p})" for d, p in zip(experiment.candidates, paths)]
-    weights = check_weights(given, names, method, normalize=settings.normalize)
-    source = ComponentSource.open(paths, names, method=method.name, base=base, scale=settings.scale, dtype=settings.dtype)
+    proxy = experiment.proxy(mixture)
+    weights, source = proxy.weights, proxy.open()
     try:
         return write_hf_model(source, weights, experiment.model, experiment.paths.tokenizer, output,
                               where=f"mixture {mixture}", max_shard_bytes=max_shard_bytes)

@@ -72,7 +72,7 @@ def expand_from_hf(data: dict, where: str) -> dict:
 def import_base(experiment, save: Path | None = None) -> Path:
     """The base stage of a `model.from_hf` experiment: import the model into `save` (default
     <work_dir>/checkpoints/base) unless it is there already; one process."""
-    from megatron_demix.checkpoint.inference import checkpoint_common
+    from megatron_demix.checkpoint.weights import checkpoint_common
     from megatron_demix.checkpoint.layout import read_tracker
     from megatron_demix.hf.import_hf import import_hf
     from megatron_demix.runtime.distributed import rank_layout

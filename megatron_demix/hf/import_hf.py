@@ -125,7 +125,7 @@ def import_hf(model_dir: str | Path, save: str | Path, *, tensor_parallel: int =
     from tqdm import tqdm
 
     from megatron_demix.checkpoint.layout import iteration_dir, write_tracker
-    from megatron_demix.checkpoint.run_state import write_results_in_process
+    from megatron_demix.checkpoint.weights import write_results_in_process
     from megatron_demix.config.base import build
     from megatron_demix.data.tokenizer import load_tokenizer
     from megatron_demix.model.config import ModelConfig, check_parallel_fits

@@ -5,17 +5,24 @@ from dataclasses import dataclass
 from typing import Literal
 
 from megatron_demix.config.base import require_at_least
+from megatron_demix.merge.methods import METHODS
+from megatron_demix.runtime.dtypes import dtype_names
+
+MethodName = Literal[tuple(METHODS)]
+"""A registered merge method (merge/methods.py)."""
+OutputDtype = Literal[("same", *dtype_names())]
+"""`same` or a registered dtype (runtime/dtypes.py)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MergeConfig:
     """Defaults for `tools/merge/run.py` and for the proxies the search builds."""
 
-    method: Literal["linear", "task_arithmetic"] = "linear"
+    method: MethodName = "linear"
     """`linear`: sum_i w_i * Theta_i. `task_arithmetic`: base + scale * sum_i w_i (Theta_i - base)."""
     scale: float = 1.0
     """Task-arithmetic scale."""
-    dtype: Literal["same", "fp32", "bf16", "fp16"] = "same"
+    dtype: OutputDtype = "same"
     """Output dtype of proxies: the merge's torch_dist files and the Hugging Face safetensors of `demix export
     --experiment` and eval.command's {hf_checkpoint} (config.json's `dtype` says which); `same` keeps each
     input tensor's dtype. Accumulation is always fp32."""

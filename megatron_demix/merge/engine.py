@@ -1,7 +1,8 @@
 """`merge()`: a weighted merge of Megatron checkpoints, streamed chunk by chunk, on one or many MPI ranks.
 
     from megatron_demix.merge import merge
-    merge(["ckpt/code", "ckpt/math"], [0.3, 0.7], "proxies/p0")               # one process
+    merge(["ckpt/code", "ckpt/math"], [0.3, 0.7], "proxies/p0")               # one process, MergeConfig()'s defaults
+    merge(inputs, weights, "proxies/p1", experiment.merge, base=...)          # the experiment's `merge:` section
     mpiexec -n 4 python tools/merge/run.py --inputs ckpt/code:0.3 ckpt/math:0.7 --output proxies/p0
 
 Memory per rank is bounded by the largest output chunk, not by the model: with n its elements,
@@ -32,7 +33,8 @@ from megatron_demix.checkpoint.torch_dist import METADATA_FILE, ChunkReader, rea
 from megatron_demix.merge.io import DataFileWriter, MergeError, MergeInputError, merge_failure, output_failure, write_checkpoint_files
 from megatron_demix.merge.items import compute_item, regions
 from megatron_demix.merge.methods import Method, get_method
-from megatron_demix.merge.plan import DTYPES, Plan, build_plan
+from megatron_demix.merge.config import MergeConfig
+from megatron_demix.merge.plan import Plan, build_plan
 from megatron_demix.runtime.files import atomic_directory, atomic_write_json
 
 MB = 1e6
@@ -251,11 +253,9 @@ def _tool_version() -> str:
         return "unknown"
 
 
-def _prepare(inputs, given, output, method, base, scale, dtype, normalize, overwrite, ranks, output_iteration,
-             extra_state_source, provenance_extra):
+def _prepare(inputs, given, output, settings: MergeConfig, base, overwrite, ranks, output_iteration, provenance_extra):
     """Rank 0: check the arguments, resolve the inputs, plan. Returns (plan, weights, iteration, provenance)."""
-    if dtype != "same" and dtype not in DTYPES:
-        raise MergeInputError(f"--dtype {dtype!r} is unknown; choose one of same, {', '.join(DTYPES)}")
+    method, extra_state_source = get_method(settings.method), settings.extra_state_source
     if method.needs_base and base is None:
         raise MergeInputError(f"--method {method.name} needs --base DIR (the checkpoint the components were trained from)")
     if base is not None and not method.needs_base:
@@ -263,7 +263,7 @@ def _prepare(inputs, given, output, method, base, scale, dtype, normalize, overw
     if not inputs:
         raise MergeInputError("no inputs: give at least one --inputs DIR:WEIGHT")
     names = [f"input {i + 1} ({p})" for i, p in enumerate(inputs)]
-    weights = check_weights(given, names, method, normalize)
+    weights = check_weights(given, names, method, settings.normalize)
     if not 1 <= extra_state_source <= len(inputs):
         raise MergeInputError(f"--extra-state-source {extra_state_source}: give an input number from 1 to {len(inputs)}")
     if output_iteration is not None and output_iteration != "release" and (not isinstance(output_iteration, int) or output_iteration < 0):
@@ -291,13 +291,13 @@ def _prepare(inputs, given, output, method, base, scale, dtype, normalize, overw
     if found[0].format == "legacy":
         plan = legacy.build_legacy_plan(dirs, names, ranks, copy_from)
     else:
-        plan = build_plan(dirs, names, dtype=dtype, ranks=ranks, has_base=base is not None, copy_from=copy_from)
+        plan = build_plan(dirs, names, dtype=settings.dtype, ranks=ranks, has_base=base is not None, copy_from=copy_from)
     iteration = _iteration(dirs[0]) if output_iteration is None else output_iteration
     provenance = {
         "tool": "megatron_demix.merge", "tool_version": _tool_version(), "method": method.name,
-        "scale": scale if method.needs_base else None,
+        "scale": settings.scale if method.needs_base else None,
         "inputs": [str(d.resolve()) for d in dirs[: len(inputs)]], "weights": weights, "given_weights": list(given),
-        "base": str(dirs[-1].resolve()) if base is not None else None, "dtype": dtype, "ranks": ranks,
+        "base": str(dirs[-1].resolve()) if base is not None else None, "dtype": settings.dtype, "ranks": ranks,
         "iteration": iteration, "extra_state_source": str(dirs[copy_from].resolve()), **(provenance_extra or {}),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -308,16 +308,12 @@ def merge(
     inputs: Sequence[str | Path],
     weights: Sequence[float],
     output: str | Path,
+    settings: MergeConfig = MergeConfig(),
     *,
-    method: str = "linear",
     base: str | Path | None = None,
-    scale: float = 1.0,
-    dtype: str = "same",
-    normalize: bool = True,
     verify: bool = False,
     overwrite: bool = False,
     output_iteration: int | str | None = None,
-    extra_state_source: int = 1,
     provenance: dict | None = None,
     comm=None,
     log: Callable[[str], None] | None = None,
@@ -326,10 +322,11 @@ def merge(
 
     Call it on every rank (same arguments); `comm` defaults to `mpi.world()`: the MPI world under
     mpiexec/srun, gloo over the ranks under torchrun. To merge from one of several ranks alone, pass
-    `comm=mpi.SerialComm()` on that rank. `output_iteration`: the
-    output's `iter_*` name, tracker and common-state `iteration` (default: the first input's);
-    `extra_state_source`: the input (1-based) whose objects (`_extra_state`, RNG, common state) are
-    copied; `provenance`: more fields for `merge.json` and the common state (e.g. the schedule). Steps:
+    `comm=mpi.SerialComm()` on that rank. `settings`: the `merge:` section (method, scale, dtype,
+    normalize, extra_state_source; its `ranks` are the launcher's business). `base`: the checkpoint of
+    task arithmetic. `output_iteration`: the output's `iter_*` name, tracker and common-state
+    `iteration` (default: the first input's); `provenance`: more fields for `merge.json` and the
+    common state (e.g. the schedule). Steps:
     1. Rank 0 checks the arguments (weights, method and base, dtype, output), resolves each input
        (save root, `iter_*` or bare torch_dist dir) and plans from the inputs' `.metadata`
        (`plan.build_plan`: keys, shapes, dtypes, data files; items balanced by bytes); all ranks
@@ -350,12 +347,12 @@ def merge(
     log = log or (lambda line: print(line, flush=True))
     root_log = log if comm.rank == 0 else (lambda line: None)
     start = time.perf_counter()
-    method_ = get_method(method)
+    method_, scale, extra_state_source = get_method(settings.method), settings.scale, settings.extra_state_source
     output = Path(output)
 
     plan, weights, iteration, provenance = _on_root(
-        comm, lambda: _prepare(list(inputs), [float(w) for w in weights], output, method_, base, scale, dtype, normalize,
-                               overwrite, comm.size, output_iteration, extra_state_source, provenance)
+        comm, lambda: _prepare(list(inputs), [float(w) for w in weights], output, settings, base, overwrite, comm.size,
+                               output_iteration, provenance)
     )
     planning = (time.perf_counter() - start, _metadata_bytes(plan.dirs) if isinstance(plan, Plan) else 0)
     root_log(f"[merge] {plan.describe()}, {comm.size} rank(s)")
@@ -366,7 +363,7 @@ def merge(
         _on_root(comm, _writing(output, out_dir.mkdir))
         try:
             if isinstance(plan, legacy.LegacyPlan):
-                records, stats = _legacy_share(comm, plan, out_dir, weights, method_, scale, dtype, verify, provenance, root_log)
+                records, stats = _legacy_share(comm, plan, out_dir, weights, method_, scale, settings.dtype, verify, provenance, root_log)
             else:
                 records, stats = _merge_share(comm, plan, out_dir, weights, method_, scale, verify, root_log)
             stats.startup = startup

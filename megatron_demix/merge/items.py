@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from megatron_demix.checkpoint.tensors import copy_overlap
 from megatron_demix.checkpoint.torch_dist import ChunkReader
 from megatron_demix.merge.io import MergeInputError, require_finite
 from megatron_demix.merge.methods import Method
@@ -35,11 +36,7 @@ def read_region(reader: ChunkReader, sources: tuple[Source, ...], item: Item, as
             return tensor.float() if as_fp32 else tensor
         if region is None:
             region = torch.empty(item.sizes, dtype=torch.float32 if as_fp32 else tensor.dtype)
-        dst, src = region, tensor
-        for dim, (ro, rs, so, ss) in enumerate(zip(item.offsets, item.sizes, source.offsets, source.sizes)):
-            lo, hi = max(ro, so), min(ro + rs, so + ss)
-            dst, src = dst.narrow(dim, lo - ro, hi - lo), src.narrow(dim, lo - so, hi - lo)
-        dst.copy_(src)
+        copy_overlap(region, item.offsets, tensor, source.offsets)
     return region
 
 

@@ -19,7 +19,8 @@ import torch
 from megatron_demix.checkpoint.torch_dist import load_torch_file
 from megatron_demix.merge.io import MergeError, MergeInputError, output_failure, require_finite
 from megatron_demix.merge.methods import Method
-from megatron_demix.merge.plan import DTYPES, balance
+from megatron_demix.merge.plan import balance
+from megatron_demix.runtime.dtypes import torch_dtype
 
 RANK_FILE = "model_optim_rng.pt"
 DROPPED = ("optimizer", "opt_param_scheduler")
@@ -103,7 +104,7 @@ def _merge_model(key_prefix, models: list[dict], names, weights, method: Method,
             require_finite(value, name, where)
         base = values[-1].float() if method.needs_base else None
         out = method.combine(lambda i: values[i].to(torch.float32, copy=True), weights, scale=scale, base=base)
-        merged[key] = require_finite(out.to(DTYPES.get(dtype, first.dtype)), "the merge", where)
+        merged[key] = require_finite(out.to(first.dtype if dtype == "same" else torch_dtype(dtype)), "the merge", where)
     extra = [k for m, n in zip(models[1:], names[1:]) for k in m if k not in models[0]]
     if extra:
         raise MergeInputError(f"{names[0]}: lacks key {key_prefix}.{extra[0]} that another input has; all inputs must be the same architecture")

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-import torch
+if TYPE_CHECKING:  # the registry's names are read by the `merge:` config without importing torch
+    import torch
 
-Read = Callable[[int], torch.Tensor]
+Read = Callable[[int], "torch.Tensor"]
 """read(i): input i's region as a fresh fp32 tensor the method may modify in place."""
 
 

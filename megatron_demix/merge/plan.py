@@ -24,8 +24,8 @@ import torch
 
 from megatron_demix.checkpoint.torch_dist import BytesStorageMetadata, Metadata, MetadataIndex, TensorStorageMetadata, read_metadata
 from megatron_demix.merge.io import MergeInputError, with_dtype
+from megatron_demix.runtime.dtypes import torch_dtype
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SKIPPED_PREFIXES = ("optimizer.",)
 _SHOWN = 5  # how many offending keys an error lists
 
@@ -212,7 +212,7 @@ def build_plan(dirs: list[Path], names: list[str], *, dtype: str = "same", ranks
             continue
         in_dtype = md.properties.dtype
         floating = in_dtype.is_floating_point
-        out_dtype = DTYPES[dtype] if floating and dtype != "same" else in_dtype
+        out_dtype = torch_dtype(dtype) if floating and dtype != "same" else in_dtype
         out_md[key] = with_dtype(md, out_dtype)
         for chunk in md.chunks:
             offsets, sizes = tuple(chunk.offsets), tuple(chunk.sizes)

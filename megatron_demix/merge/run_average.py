@@ -94,17 +94,24 @@ def _listing(iterations: list[int]) -> str:
     return shown + (f", ... {iterations[-1]}" if len(iterations) > 8 else "")
 
 
-def average_run(run_dir: str | Path, output: str | Path, *, start_iteration: int | None = None, end_iteration: int | None = None,
-                min_iteration_interval: int = 0, schedule: str = "uniform", output_iteration: int | str | None = None,
-                comm=None, log: Callable[[str], None] | None = None, **merge_kwargs):
+def average_run(run_dir: str | Path, output: str | Path, settings=None, *, start_iteration: int | None = None,
+                end_iteration: int | None = None, output_iteration: int | str | None = None, comm=None,
+                log: Callable[[str], None] | None = None, **merge_options):
     """Merge the checkpoints of one run (`select_iterations`) with the schedule's weights; returns merge()'s Summary.
 
-    Call it on every rank, like `merge()`. The output is named after the newest selected checkpoint
-    unless `output_iteration` is given; `merge_kwargs` go to `merge()` (dtype, verify, extra_state_source...).
+    Call it on every rank, like `merge()`. `settings` (a MergeConfig, default its defaults) gives the
+    schedule, min_iteration_interval, dtype, ...; the weights are the schedule's, never renormalised.
+    The output is named after the newest selected checkpoint unless `output_iteration` is given;
+    `merge_options` go to `merge()` (verify, overwrite).
     """
     from megatron_demix.checkpoint.layout import iteration_dir
+    from megatron_demix.config.base import replace
     from megatron_demix.merge import mpi
+    from megatron_demix.merge.config import MergeConfig
     from megatron_demix.merge.engine import merge
+
+    settings = settings or MergeConfig()
+    schedule, min_iteration_interval = settings.schedule, settings.min_iteration_interval
 
     comm = comm or mpi.world()
     log = log or (lambda line: print(line, flush=True))
@@ -114,8 +121,8 @@ def average_run(run_dir: str | Path, output: str | Path, *, start_iteration: int
         log(f"[merge] {run_dir}: {len(iterations)} checkpoint(s), {schedule} weights: "
             + ", ".join(f"{it}:{w:.4g}" for it, w in zip(iterations, weights)))
     return merge(
-        [iteration_dir(run_dir, it) for it in iterations], weights, output, normalize=False,
+        [iteration_dir(run_dir, it) for it in iterations], weights, output, replace(settings, normalize=False),
         output_iteration=iterations[-1] if output_iteration is None else output_iteration,
         provenance={"run_dir": str(Path(run_dir).resolve()), "schedule": schedule, "iterations": iterations},
-        comm=comm, log=log, **merge_kwargs,
+        comm=comm, log=log, **merge_options,
     )

@@ -171,7 +171,9 @@ def default_params_dtype(precision: str = "auto") -> torch.dtype:
     """Training dtype: bf16 on GPU hosts by default; fp32 on CPU (bf16 matmuls are slow there)."""
     if precision == "auto":
         return torch.bfloat16 if is_gpu_host() else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    from megatron_demix.runtime.dtypes import torch_dtype
+
+    return torch_dtype(precision)
 
 
 def _is_cuda(value) -> bool:

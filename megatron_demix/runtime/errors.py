@@ -35,7 +35,7 @@ _ERRORS: dict[int, tuple[tuple[str, str], ...]] = {
         ("megatron_demix.merge.io", "MergeError"),
         ("megatron_demix.training.trainer", "TrainingDiverged"),
         ("megatron_demix.data.prepare", "PrepareFailed"),
-        ("megatron_demix.checkpoint.run_state", "SaveFailed"),
+        ("megatron_demix.training.run_state", "SaveFailed"),
         ("megatron_demix.search.driver", "SearchStopped"),
     ),
 }

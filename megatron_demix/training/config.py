@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from megatron_demix.config.base import fail, require_at_least
+from megatron_demix.runtime.dtypes import dtype_names
+
+Precision = Literal[("auto", *dtype_names(computes=True))]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -62,7 +65,7 @@ class TrainingConfig:
     """Validation batches per domain."""
     log_interval: int = 5
     """Log loss, rate and ETA every N iterations."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
     """`auto`: bf16 on GPU hosts, fp32 on CPU (see runtime/device.py)."""
     dataloader: Literal["torch", "dali"] = "torch"
     """`torch`: batches read in the training process; `dali`: training batches through an NVIDIA DALI

@@ -35,12 +35,13 @@ from pathlib import Path
 import torch
 
 from megatron_demix.checkpoint.layout import CheckpointError, read_tracker, resolve_checkpoint
+from megatron_demix.checkpoint.weights import load_weights
 from megatron_demix.config.base import ConfigError, to_dict
 from megatron_demix.model.gpt import build_gpt_model, check_parallel_fits
 from megatron_demix.runtime import device
 from megatron_demix.runtime.distributed import init_distributed
 from megatron_demix.runtime.parallel import ParallelDims, initialize_model_parallel
-from megatron_demix.checkpoint import run_state
+from megatron_demix.training import run_state
 from megatron_demix.data.datasets import TrainingData, blend_for, check_prepared
 from megatron_demix.training.metrics import MetricsLog
 from megatron_demix.training.loader import TrainLoader
@@ -155,7 +156,7 @@ class Trainer:
         self.model = wrap_data_parallel(gpt, self.training)
         resuming = _resuming(run)
         if not resuming and run.pretrained is not None:
-            run_state.load_weights(run.pretrained, gpt)
+            load_weights(run.pretrained, gpt)
         self.optimizer = build_optimizer(self.model, self.training)
         self.scheduler = build_scheduler(self.optimizer, self.training, run.train_iters)
         self.iteration = 0

@@ -115,7 +115,7 @@ def test_domain_losses_through_the_shared_device_path(eval_experiment):
 
 
 def test_read_tensor_assembles_a_tp2_checkpoint(eval_experiment, base_lm):
-    from megatron_demix.checkpoint.tensors import read_tensor
+    from megatron_demix.merge.sources import read_tensor
 
     _, experiment = eval_experiment
     base = experiment.paths.checkpoint("base")

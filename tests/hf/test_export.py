@@ -23,7 +23,8 @@ def test_transformers_logits_equal_megatron(eval_experiment, qwen3_checkpoint, t
     # trained them (tests/conftest.py groups tests by the fixtures they name).
     import transformers
 
-    from megatron_demix.checkpoint.inference import load_for_inference
+    from megatron_demix.experiment import checkpoint_experiment
+    from megatron_demix.model.inference import load_for_inference
     from megatron_demix.data.tokenizer import load_tokenizer
     from megatron_demix.hf.export import export_checkpoint
 
@@ -36,7 +37,8 @@ def test_transformers_logits_equal_megatron(eval_experiment, qwen3_checkpoint, t
     assert len(set(index["weight_map"].values())) > 1 and all((out / f).is_file() for f in index["weight_map"].values())
     assert ("lm_head.weight" in index["weight_map"]) is not config["tie_word_embeddings"]
 
-    model, experiment = load_for_inference(checkpoint, 512, dtype=torch.float32)
+    experiment = checkpoint_experiment(checkpoint)
+    model = load_for_inference(checkpoint, experiment.model, 512, dtype=torch.float32)
     expected = megatron_logits(model)
     got = hf_logits(out)
     torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from megatron_demix.config.base import ConfigError
+from megatron_demix.cli import load_experiment_file
 from megatron_demix.experiment import dump_experiment, load_experiment
 from tests.conftest import REPO, VENV_BIN
 from tests.hf.hf_helpers import make_hf_model, safetensors_of
@@ -42,7 +43,7 @@ def _write(tmp_path, data: dict, name: str = "exp.yaml"):
 def test_the_model_section_and_tokenizer_come_from_the_directory(hf_model, tmp_path):
     from megatron_demix.training.run_options import train_iters_for
 
-    experiment = load_experiment(_write(tmp_path, _experiment(tmp_path, {"from_hf": str(hf_model), "seq_length": 64})))
+    experiment = load_experiment_file(_write(tmp_path, _experiment(tmp_path, {"from_hf": str(hf_model), "seq_length": 64})))
     model = experiment.model
     assert (model.num_layers, model.hidden_size, model.ffn_hidden_size, model.num_attention_heads,
             model.num_query_groups, model.kv_channels) == (2, 64, 96, 4, 2, 16)
@@ -52,7 +53,10 @@ def test_the_model_section_and_tokenizer_come_from_the_directory(hf_model, tmp_p
     assert train_iters_for(experiment, "base") == 0  # imported, not trained
     # The resolved copy `demix run` writes for its jobs (every key repeated) loads to the same experiment.
     dump_experiment(experiment, tmp_path / "resolved.yaml")
-    assert load_experiment(tmp_path / "resolved.yaml") == experiment
+    assert load_experiment(tmp_path / "resolved.yaml") == experiment  # resolved: loads without Hugging Face I/O
+    # The file as the user wrote it is not expanded by the experiment loader (no stage I/O on load): it says how.
+    with pytest.raises(ConfigError, match="is not expanded .*load the file with a demix command"):
+        load_experiment(tmp_path / "exp.yaml")
 
 
 def test_unusable_directories_and_contradicting_keys_are_refused_on_load(hf_model, tmp_path, capsys):
@@ -83,11 +87,11 @@ def test_unusable_directories_and_contradicting_keys_are_refused_on_load(hf_mode
     for i, (section, extra, message) in enumerate(cases):
         path = _write(tmp_path, _experiment(tmp_path, section, **extra), f"bad{i}.yaml")
         with pytest.raises(ConfigError) as error:
-            load_experiment(path)
+            load_experiment_file(path)
         assert message in str(error.value) and str(path) in str(error.value), (message, str(error.value))
     # Keys that agree with config.json, and the open seq_length, are accepted.
     agreeing = {**model, "num_layers": 2, "layernorm_epsilon": "1e-6", "seq_length": 32}
-    assert load_experiment(_write(tmp_path, _experiment(tmp_path, agreeing))).model.seq_length == 32
+    assert load_experiment_file(_write(tmp_path, _experiment(tmp_path, agreeing))).model.seq_length == 32
     # `demix check` exits 2 with the message, as every command does for bad input.
     with pytest.raises(SystemExit) as exit_:
         main(["check", "--config", str(tmp_path / "bad2.yaml")])
@@ -100,7 +104,7 @@ def _demix(*args, timeout=600) -> subprocess.CompletedProcess:
 
 
 def test_demix_train_imports_the_base_and_trains_the_components_from_it(hf_model, tmp_path):
-    from megatron_demix.checkpoint.inference import checkpoint_common
+    from megatron_demix.checkpoint.weights import checkpoint_common
     from megatron_demix.checkpoint.layout import read_tracker
     from megatron_demix.cluster.executor import make_executor
     from megatron_demix.hf.export import export_checkpoint
@@ -115,7 +119,7 @@ def test_demix_train_imports_the_base_and_trains_the_components_from_it(hf_model
     config = _write(tmp_path, _experiment(tmp_path, {"from_hf": str(hf_model), "seq_length": 64},
                                           prepare={"workers": 1, "builtin_megabytes": 0.5}, training=training,
                                           cluster={"executor": "local"}))
-    experiment = load_experiment(config)
+    experiment = load_experiment_file(config)
     paths = experiment.paths
     # What `demix run --submit` would submit: the base is one import task with the prepare stage's resources.
     plan = plan_pipeline(experiment, config, make_executor(experiment.cluster, paths.logs), 1)

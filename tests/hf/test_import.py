@@ -15,9 +15,8 @@ from tests.hf.hf_helpers import hf_logits, make_hf_model, megatron_logits, safet
 
 @pytest.mark.parametrize("model_type, tied", [("llama", False), ("qwen2", True), ("qwen3", True)])
 def test_import_gives_transformers_logits_and_exports_back_identically(eval_experiment, tmp_path, model_type, tied):
-    from megatron_demix.checkpoint.inference import inference_model
-    from megatron_demix.checkpoint.run_state import load_weights
-    from megatron_demix.config.base import replace, to_dict
+    from megatron_demix.checkpoint.weights import load_weights
+    from megatron_demix.model.inference import inference_model
     from megatron_demix.hf.export import checkpoint_architecture, export_checkpoint
     from megatron_demix.hf.import_hf import import_hf
 
@@ -29,7 +28,7 @@ def test_import_gives_transformers_logits_and_exports_back_identically(eval_expe
 
     model_config, _ = checkpoint_architecture(save)
     assert (model_config.qk_layernorm, model_config.add_qkv_bias) == (model_type == "qwen3", model_type == "qwen2")
-    model = inference_model(replace(experiment, model=to_dict(model_config)), 512, dtype=torch.float32)
+    model = inference_model(model_config, 512, dtype=torch.float32)
     load_weights(save, model)
     torch.testing.assert_close(megatron_logits(model), hf_logits(source), rtol=0, atol=2e-5)
 

@@ -20,6 +20,8 @@ import torch.distributed.checkpoint as dcp
 import yaml
 
 from megatron_demix.checkpoint.layout import iteration_dir, write_tracker
+from megatron_demix.config.base import ConfigError, build
+from megatron_demix.merge.config import MergeConfig
 from megatron_demix.merge.io import MergeError, require_finite
 from megatron_demix.merge.engine import check_weights, merge
 from megatron_demix.merge.methods import get_method
@@ -143,9 +145,8 @@ def test_bad_checkpoint_is_named_and_leaves_nothing(checkpoints, damaged_copy, t
     (dict(weights=[0, 0]), "all weights are 0"),
     (dict(weights=[1]), r"got 1 weight\(s\) for 2 input\(s\)"),
     (dict(weights=[1, float("nan")]), "weight nan is not a finite number"),
-    (dict(method="task_arithmetic"), "needs --base DIR"),
+    (dict(settings=MergeConfig(method="task_arithmetic")), "needs --base DIR"),
     (dict(base="BASE"), "--base is only used by --method task_arithmetic"),
-    (dict(dtype="int8"), "--dtype 'int8' is unknown"),
 ])
 def test_bad_arguments_leave_nothing(checkpoints, tmp_path, kwargs, message):
     kwargs = {"weights": [1, 1], **kwargs}
@@ -155,6 +156,9 @@ def test_bad_arguments_leave_nothing(checkpoints, tmp_path, kwargs, message):
     with pytest.raises(MergeError, match=message):
         merge([checkpoints["A"], checkpoints["B"]], output=output, **kwargs, **QUIET)
     assert leaves_nothing(output)
+    # merge() takes its settings as a MergeConfig: a dtype no registry knows stops there, naming the choices.
+    with pytest.raises(ConfigError, match="'int8' is not one of 'same', 'fp32', 'bf16', 'fp16'"):
+        build(MergeConfig, {"dtype": "int8"}, "merge")
 
 
 def test_existing_output_needs_overwrite_and_a_stale_temporary_is_cleared(checkpoints, tmp_path):
@@ -206,7 +210,7 @@ def test_integers_are_copied_objects_come_from_the_first_input(tmp_path):
     # saved at another TP/PP: the RNG object has another key, which must not stop the merge
     b = _dcp_checkpoint(tmp_path / "b", torch.full((4, 3), 3.0), torch.arange(5), b"second", "rng_state/shard_0.1_2.2")
     output = tmp_path / "out"
-    merge([a, b], [1, 1], output, dtype="bf16", **QUIET)
+    merge([a, b], [1, 1], output, MergeConfig(dtype="bf16"), **QUIET)
     reader = dcp.FileSystemReader(str(output / "iter_0000003"))
     assert sorted(reader.read_metadata().state_dict_metadata) == ["rng_state/shard_0.0_1.1", "steps", "w", "w._extra_state"]
     state = {"w": torch.empty(4, 3, dtype=torch.bfloat16), "steps": torch.empty(5, dtype=torch.int64), "w._extra_state": io.BytesIO()}
@@ -274,7 +278,6 @@ def test_legacy_and_torch_dist_do_not_mix(checkpoints, tmp_path):
 
 def test_mixture_file_names_every_component(demo_config_dict, checkpoints, tmp_path):
     from megatron_demix.experiment import experiment_from_dict
-    from megatron_demix.merge.mixture import mixture_inputs
 
     datasets = [{"name": "general", "role": "general", "builtin": "prose"}, {"name": "code", "builtin": "code"},
                 {"name": "math", "builtin": "math"}]
@@ -284,7 +287,7 @@ def test_mixture_file_names_every_component(demo_config_dict, checkpoints, tmp_p
         experiment.paths.checkpoint(name).parent.mkdir(parents=True, exist_ok=True)
         experiment.paths.checkpoint(name).symlink_to(checkpoints[source])
     with pytest.raises(MergeError, match="2 components code, math; missing: math; unknown: prose"):
-        mixture_inputs(experiment, {"code": 1, "prose": 1})
+        experiment.proxy({"code": 1, "prose": 1})
 
     (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(config))
     (tmp_path / "mixture.json").write_text(json.dumps({"weights": {"code": 1, "math": 3}, "trial": 7}))
@@ -310,14 +313,14 @@ def test_non_finite_input_is_refused_naming_input_and_tensor(tmp_path, bad):
     assert leaves_nothing(tmp_path / "out")
     # as the base of task arithmetic too
     with pytest.raises(MergeError, match=rf"base \({b}\): tensor w .*non-finite"):
-        merge([a], [1], tmp_path / "out", method="task_arithmetic", base=b, **QUIET)
+        merge([a], [1], tmp_path / "out", MergeConfig(method="task_arithmetic"), base=b, **QUIET)
 
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 def test_a_merge_that_overflows_the_output_dtype_is_refused(tmp_path):
     a = _dcp_checkpoint(tmp_path / "a", torch.full((4, 3), 1e5), torch.arange(5), b"x")
     with pytest.raises(MergeError, match=r"the merge into torch.float16: tensor w .*non-finite"):
-        merge([a], [1], tmp_path / "out", dtype="fp16", **QUIET)
+        merge([a], [1], tmp_path / "out", MergeConfig(dtype="fp16"), **QUIET)
     assert leaves_nothing(tmp_path / "out")
 
 

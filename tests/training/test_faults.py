@@ -78,7 +78,7 @@ def test_nan_check_can_be_turned_off(tiny_config, tmp_path):
 
 
 def test_keep_checkpoints_and_incomplete_iter_dirs_removed_at_start(tiny_config, tmp_path):
-    from megatron_demix.checkpoint.run_state import remove_incomplete_checkpoints
+    from megatron_demix.training.run_state import remove_incomplete_checkpoints
 
     config = _with_training(tiny_config, tmp_path, keep_checkpoints=2, save_interval=1)
     save = tmp_path / "save"

@@ -156,7 +156,7 @@ def test_rng_state_restores_across_host_kinds():
     come back, the device ones are not handed a foreign format; the same host kind restores them all."""
     from megatron.core import tensor_parallel
 
-    from megatron_demix.checkpoint.run_state import restore_rng_state, rng_state
+    from megatron_demix.training.run_state import restore_rng_state, rng_state
 
     tracker = tensor_parallel.get_cuda_rng_tracker()
     tracker.reset()

@@ -87,7 +87,7 @@ PHILOX = torch.tensor([7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], dtype=to
 
 
 def save_as_gpu(args) -> None:
-    from megatron_demix.checkpoint import run_state
+    from megatron_demix.training import run_state
 
     try:
         torch.set_rng_state(PHILOX)

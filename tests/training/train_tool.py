@@ -43,7 +43,7 @@ def _view_logits(checkpoint: str, tp: int, pp: int, config: str, out: str) -> No
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megatron_demix.model.gpt import build_gpt_model
-    from megatron_demix.checkpoint.run_state import load_weights
+    from megatron_demix.checkpoint.weights import load_weights
 
     experiment, tokenizer = _setup(config, tp, pp)
     model = build_gpt_model(experiment.model, tokenizer.vocab_size)

@@ -68,38 +68,32 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def merge_call(args):
-    """(merge or average_run, its arguments) from the flags, over the experiment's merge section (--mixture)
-    or MergeConfig's defaults."""
+    """(a proxy's write or average_run, its arguments) from the flags, over the experiment's merge section
+    (--mixture) or MergeConfig's defaults."""
     from megatron_demix.config.base import replace
     from megatron_demix.config.flags import flag_overrides
     from megatron_demix.merge.config import MergeConfig
-    from megatron_demix.merge.engine import merge
+    from megatron_demix.merge.proxy import checkpoints_proxy
     from megatron_demix.merge.run_average import average_run
 
-    base = None
+    experiment = None
     if args.mixture:
-        from megatron_demix.experiment import load_experiment
-        from megatron_demix.merge.mixture import mixture_inputs
+        from megatron_demix.cli import load_experiment_file
 
-        experiment = load_experiment(args.config)
-        inputs, weights, base = mixture_inputs(experiment, args.mixture)
-        settings = experiment.merge
-    else:
-        settings = MergeConfig()
-    settings = replace(settings, where="command line", **flag_overrides(args, args.merge_fields))
-    if args.base is not None:
-        base = args.base
-    elif settings.method != "task_arithmetic":
-        base = None
-    common = dict(output=args.output, verify=args.verify, overwrite=args.overwrite, method=settings.method, scale=settings.scale,
-                  dtype=settings.dtype, base=base, output_iteration=args.output_iteration,
-                  extra_state_source=settings.extra_state_source)
+        experiment = load_experiment_file(args.config)
+    settings = replace(experiment.merge if experiment else MergeConfig(), where="command line",
+                       **flag_overrides(args, args.merge_fields))
+    common = dict(output=args.output, verify=args.verify, overwrite=args.overwrite, output_iteration=args.output_iteration)
     if args.run_dir:
-        return average_run, dict(run_dir=args.run_dir, start_iteration=args.start_iteration, end_iteration=args.end_iteration,
-                                 min_iteration_interval=settings.min_iteration_interval, schedule=settings.schedule, **common)
-    if args.inputs:
-        inputs, weights = [p for p, _ in args.inputs], [w for _, w in args.inputs]
-    return merge, dict(inputs=inputs, weights=weights, normalize=settings.normalize, **common)
+        return average_run, dict(run_dir=args.run_dir, settings=settings, start_iteration=args.start_iteration,
+                                 end_iteration=args.end_iteration, base=args.base, **common)
+    if experiment:
+        proxy = experiment.proxy(args.mixture, settings)
+        if args.base is not None:
+            proxy = checkpoints_proxy(proxy.inputs, proxy.given, settings, base=args.base, names=proxy.names)
+    else:
+        proxy = checkpoints_proxy([p for p, _ in args.inputs], [w for _, w in args.inputs], settings, base=args.base)
+    return proxy.write, common
 
 
 def main(argv=None) -> int:

@@ -33,12 +33,13 @@ def main(argv=None) -> int:
 def search(args) -> None:
     from megatron_demix.cluster.executor import make_executor
     from megatron_demix.config.base import replace
-    from megatron_demix.experiment import dump_experiment, load_experiment
+    from megatron_demix.cli import load_experiment_file
+    from megatron_demix.experiment import dump_experiment
     from megatron_demix.pipeline import claim_work_dir
     from megatron_demix.search.driver import check_resumable, run_search
     from megatron_demix.search.state import SearchPaths
 
-    experiment = load_experiment(args.config)
+    experiment = load_experiment_file(args.config)
     if args.executor:
         experiment = replace(experiment, cluster=replace(experiment.cluster, executor=args.executor))
     claim_work_dir(experiment, "search")  # the only run there, on components made with these settings

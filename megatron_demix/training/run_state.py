@@ -1,4 +1,4 @@
-"""Checkpoints in Megatron-LM's layout and format: torch_dist through megatron-core dist_checkpointing.
+"""The trainer's save and resume state in Megatron-LM's layout and format (torch_dist through megatron-core).
 
     <save>/iter_0000100/                       metadata.json, .metadata, __R_N.distcp, common.pt
     <save>/latest_checkpointed_iteration.txt   written by rank 0 after every rank finished
@@ -10,18 +10,15 @@
   is restored only when the TP/PP layout is unchanged (it is per model-parallel rank); its device
   generators only on the host kind that saved them (`restore_rng_state`), so a checkpoint resumes on
   GPU and CPU hosts alike.
-- `load_weights`: weights only, from a checkpoint of any TP/PP (a component starting from the
-  base). Global shapes are checked against the checkpoint metadata first, so a base with other
-  shapes fails before anything is loaded, naming the tensor and the config key to fix.
 - `remove_incomplete_checkpoints` (at start) and `prune_checkpoints` (after each save, with
   training.keep_checkpoints): the save root holds only complete checkpoints, at most N of them.
+Weights alone (a component starting from the base, evaluation) load with checkpoint/weights.py.
 
 Saves must survive a SIGTERM sent to every process of the job (SLURM's scancel, requeue and
-time limit signal the whole step, not only the ranks): see `write_results_in_process`.
+time limit signal the whole step, not only the ranks): see `checkpoint.weights.write_results_in_process`.
 """
 from __future__ import annotations
 
-import queue
 import random
 import shutil
 from pathlib import Path
@@ -33,6 +30,7 @@ from megatron_demix.checkpoint.layout import (
     CheckpointError, iteration_dir, iteration_dirs, read_tracker, resolve_checkpoint, write_tracker,
 )
 from megatron_demix.checkpoint.torch_dist import check_checkpoint_files
+from megatron_demix.checkpoint.weights import check_shapes, write_results_in_process
 from megatron_demix.runtime import device
 from megatron_demix.runtime.files import write_failure
 from megatron_demix.training.optimizer import load_optimizer_state, optimizer_sharded_state_dict
@@ -111,26 +109,6 @@ def _state_dict(model, optimizer, scheduler, *, is_loading: bool, with_rng: bool
 
 class SaveFailed(RuntimeError):
     """The file system refused a checkpoint write (full, read-only): training stops, exit 1."""
-
-
-def write_results_in_process() -> None:
-    """Make megatron-core's torch_dist writer hand its results back through an in-process queue.
-
-    megatron-core (0.16) collects the write results of every save through a queue served by a
-    `multiprocessing.Manager` process, started by the first save and kept for the life of the run.
-    SLURM signals every process of a job step on scancel, requeue or the time-limit signal, so
-    that helper dies of the SIGTERM the ranks catch to save, and the final save then fails with
-    BrokenPipeError, leaving a partial `iter_*`. Our saves are synchronous (`execute_sync` runs the
-    writer in this process; its forked writer workers live only for the duration of one save and
-    inherit the rank's SIGTERM handler), so a plain `queue.Queue` carries the results and nothing
-    long-lived remains to be killed. This is preferred over shielding the helper (ignoring SIGTERM
-    in it): a process that ignores SIGTERM outlives its job until SIGKILL, and one fewer process
-    per rank is simpler. Set once, before the first save creates the Manager.
-    """
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
-
-    if not isinstance(filesystem_async._results_queue, queue.Queue):
-        filesystem_async._results_queue = queue.Queue()
 
 
 def _save_strategy(fully_parallel: bool):
@@ -226,7 +204,7 @@ def load_checkpoint(load: Path, model, optimizer, scheduler) -> dict | None:
     check_checkpoint_files(path)  # a crafted .metadata or a truncated data file, before megatron-core reads them
     common = dist_checkpointing.load_common_state_dict(str(path))
     same_layout = common.get("parallel") == _layout()
-    _check_shapes(path, model)
+    check_shapes(path, model)
     state = _state_dict(model, optimizer, scheduler, is_loading=True, with_rng=same_layout)
     loaded = dist_checkpointing.load(state, str(path))
     model.load_state_dict(loaded["model"])
@@ -235,52 +213,3 @@ def load_checkpoint(load: Path, model, optimizer, scheduler) -> dict | None:
     if same_layout:
         restore_rng_state(loaded["rng_state"])
     return common
-
-
-def _shape_differs(stored: tuple, wanted: tuple, padded_rows: bool) -> bool:
-    """megatron-core marks the vocabulary-padded tensors (embedding, output layer) `allow_shape_mismatch`:
-    their row count depends on TP (padding to a multiple of make_vocab_size_divisible_by x TP) and
-    dist_checkpointing loads the common rows, so only their other dimensions must match."""
-    return stored[1:] != wanted[1:] if padded_rows else stored != wanted
-
-
-def _check_shapes(path: Path, model) -> None:
-    """Compare every model tensor's global shape with the checkpoint's before loading anything."""
-    from megatron.core import dist_checkpointing
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor, apply_factories
-    from megatron.core.dist_checkpointing.dict_utils import nested_values
-
-    stored = dist_checkpointing.load_tensors_metadata(str(path))
-    wanted = model.sharded_state_dict()
-    apply_factories(wanted)
-    problems = []
-    for tensor in nested_values(wanted):
-        if not isinstance(tensor, ShardedTensor):
-            continue
-        if tensor.key not in stored:
-            problems.append(f"{tensor.key}: missing from the checkpoint")
-        elif _shape_differs(tuple(stored[tensor.key].global_shape), tuple(tensor.global_shape), tensor.allow_shape_mismatch):
-            problems.append(f"{tensor.key}: checkpoint {tuple(stored[tensor.key].global_shape)}, this model {tuple(tensor.global_shape)}")
-    if problems:
-        shown = sorted(set(problems))
-        raise CheckpointError(
-            f"{path}: the checkpoint does not fit this model ({len(shown)} tensor(s)): "
-            + "; ".join(shown[:4]) + ("; ..." if len(shown) > 4 else "")
-            + ". The `model:` section (and tokenizer vocabulary) must match the one the checkpoint was"
-            " trained with; compare with the `config` in its common.pt"
-        )
-
-
-@torch.no_grad()
-def load_weights(pretrained: Path, model) -> Path:
-    """Load only the model weights from `pretrained` (save root or iter dir), resharding to this TP/PP."""
-    from megatron.core import dist_checkpointing
-
-    path = resolve_checkpoint(pretrained)
-    if path.format != "torch_dist":
-        raise CheckpointError(f"{path.path}: {path.format} checkpoints cannot initialise training; convert it to torch_dist")
-    check_checkpoint_files(path.path)  # a crafted .metadata or a truncated data file, before megatron-core reads them
-    _check_shapes(path.path, model)
-    loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(path.path))
-    model.load_state_dict(loaded["model"])
-    return path.path
