@@ -66,6 +66,8 @@ def train(args: argparse.Namespace) -> None:
     training = replace(experiment.training, where="command line", **overrides)
     experiment = dataclasses.replace(experiment, training=training)  # re-runs the cross-section checks
     on_mixture = select_mixture_run(args.mixture_runs, args.component) if args.mixture_runs else None
+    if on_mixture and on_mixture.seed is not None:
+        experiment = dataclasses.replace(experiment, training=replace(experiment.training, where="--mixture-runs", seed=on_mixture.seed))
     model = on_mixture.id if on_mixture else resolve_model(experiment, args.component)
     if model == "base" and experiment.model.from_hf:
         from megatron_demix.hf.from_hf import import_base

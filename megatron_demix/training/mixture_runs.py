@@ -27,6 +27,8 @@ class MixtureRun:
     train_iters: int
     save: str
     """Its save root (iter_*/, latest_checkpointed_iteration.txt)."""
+    seed: int | None = None
+    """Data-order seed in place of training.seed (a replicate of another run: same mixture, other order)."""
 
 
 def write_mixture_runs(path: Path, runs: list[MixtureRun]) -> None:
@@ -40,7 +42,7 @@ def read_mixture_runs(path: Path) -> list[MixtureRun]:
     except OSError as error:
         raise ConfigError(f"--mixture-runs {path}: cannot read it ({error.strerror})") from None
     except (json.JSONDecodeError, TypeError) as error:
-        raise ConfigError(f"--mixture-runs {path}: each line must be {{\"id\", \"mixture\", \"train_iters\", \"save\"}} ({error})") from None
+        raise ConfigError(f"--mixture-runs {path}: each line must be {{\"id\", \"mixture\", \"train_iters\", \"save\"[, \"seed\"]}} ({error})") from None
 
 
 def select_mixture_run(path: Path, component: str) -> MixtureRun:

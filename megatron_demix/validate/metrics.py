@@ -10,9 +10,10 @@ The paper's three metrics follow the reference code (DeMix eval_merged/proxy_eva
 - capability recovery: sum(proxy) / sum(reference), a ratio of sums;
 - macro: the arithmetic mean over domains.
 Where the reference code turns a NaN rho into 0, a missing score into 0 or divides by a zero sum,
-these raise `MetricUndefined` naming the method, domain and mixture. Added here: Kendall tau,
-regret (how much reference score is lost by trusting the proxy's best mixture) and seeded
-bootstrap confidence intervals over mixtures (with 16 references top-25% rho moves in steps of 0.2).
+these raise `MetricUndefined` naming the method, domain and mixture. Added here: Kendall tau and
+regret (how much reference score is lost by trusting the proxy's best mixture); their intervals
+come from one paired bootstrap over mixtures (bootstrap.py; with 16 references top-25% rho moves
+in steps of 0.2).
 """
 from __future__ import annotations
 
@@ -125,56 +126,3 @@ METRICS: dict[str, Callable[[PairedScores], float]] = {
     "regret": regret,
 }
 """Every fidelity metric by the name its column has in fidelity.csv."""
-
-
-def bootstrap_interval(metric: Callable[[PairedScores], float], pairs: PairedScores, *, samples: int = 1000,
-                       seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
-    """Percentile interval of `metric` over mixtures resampled with replacement (seeded); None when too few
-    resamples have a value (with a handful of mixtures many resamples are constant)."""
-    rng = np.random.default_rng(seed)
-    n, values = len(pairs.ids), []
-    for _ in range(samples):
-        pick = rng.integers(0, n, size=n)
-        sample = PairedScores(tuple(pairs.ids[i] for i in pick), pairs.proxy[pick], pairs.reference[pick], pairs.where)
-        try:
-            values.append(metric(sample))
-        except MetricUndefined:
-            continue
-    if len(values) < samples / 2:
-        return None
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)
-
-
-@dataclass(frozen=True)
-class DomainFidelity:
-    """Every metric of one method on one domain: value (None when undefined, with the reason) and interval."""
-
-    method: str
-    domain: str
-    mixtures: int
-    values: dict[str, float | None]
-    intervals: dict[str, tuple[float, float] | None]
-    undefined: dict[str, str]
-
-
-def domain_fidelity(pairs: PairedScores, method: str, domain: str, *, samples: int = 1000, seed: int = 0) -> DomainFidelity:
-    values, intervals, undefined = {}, {}, {}
-    for name, metric in METRICS.items():
-        try:
-            values[name] = metric(pairs)
-        except MetricUndefined as error:
-            values[name], intervals[name], undefined[name] = None, None, str(error)
-            continue
-        intervals[name] = bootstrap_interval(metric, pairs, samples=samples, seed=seed)
-    return DomainFidelity(method, domain, len(pairs.ids), values, intervals, undefined)
-
-
-def macro(rows: list[DomainFidelity]) -> dict[str, float | None]:
-    """Per metric, the mean over domains; None when any domain has no value (a macro over fewer domains would mislead)."""
-    out = {}
-    for name in METRICS:
-        values = [r.values[name] for r in rows]
-        out[name] = None if not values or any(v is None for v in values) else float(np.mean(values))
-    return out

@@ -3,24 +3,29 @@
     result = run_validate(experiment, "work/experiment.yaml", executor, ranks=1)
 
 Steps, each skipped when its output is complete (a re-run after a kill continues):
-1. reference mixtures: `validate.references` draws of the search's sampler (search/sampler.py)
-   around the prior, seeded by `validate.seed`, kept in validate/mixtures.json;
+1. reference mixtures: `validate.references` draws (`validate.sampling`: the search's sampler
+   around the prior, or the whole simplex), seeded by `validate.seed`, kept in validate/mixtures.json;
+   with `validate.random_search`, that many pool mixtures scored as merged proxies
+   (validate/random/) and the best by the search's objective kept in validate/random-best.json;
 2. training, one array job through the executor (slurm/train_component.sh --mixture-runs): a
-   reference model per mixture (`reference_budget` x a component's iterations) and a trained
-   proxy per mixture and budget in `proxy_budgets`, all from the base, on beta general +
-   (1 - beta) x the mixture; models whose save root reached their budget are not trained again;
+   reference model per mixture (`reference_budget` x a component's iterations), a trained proxy
+   per mixture and budget in `proxy_budgets`, a replicate of the first `replicates` references
+   (data-order seed training.seed + 1), all from the base, on beta general + (1 - beta) x the
+   mixture; models whose save root reached their budget are not trained again;
 3. evaluation, the search's own evaluation arrays (search/rounds.py `evaluate_round`): the DeMix
-   proxy of each mixture merged in memory from the components, every trained model from its
-   checkpoint, on the same tasks; results in validate/evaluations/results/<method>-<mixture>.json;
-4. metrics (validate/metrics.py) per method and domain, macro over domains; tables and plots
-   (validate/report.py);
+   proxy of each mixture merged in memory from the components, each component alone (the
+   interpolation null's inputs), every trained model from its checkpoint, on the same tasks;
+   results in validate/evaluations/results/<model id>.json;
+4. metrics (validate/fidelity.py) per method and domain and macro, with paired bootstrap
+   intervals, the differences demix - other methods and the replicates' noise ceiling; tables,
+   raw files and plots (validate/report.py);
 5. mixture quality (the paper's Table 3, `validate.mixture_quality`): a model trained like a
-   reference on the token prior, and one on the search's final mixture once the search has one,
-   each ranked among the references per domain and by macro rank (lower is better).
+   reference on the token prior, on random search's best, and on the search's final mixture once
+   the search has one, each ranked among the references per domain and by macro rank (lower is
+   better), with a rank band from the replicates' noise.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -37,6 +42,12 @@ log = logging.getLogger(__name__)
 
 REFERENCE = "reference"
 DEMIX = "demix"
+REPLICATE = "replicate"
+"""Prefix of the replicate references (`replicate-v000`: reference v000 again, another data-order seed)."""
+COMPONENT = "component"
+"""Prefix of the components' own evaluations (`component-code_high`), the interpolation null's inputs."""
+INTERPOLATION = "interpolation"
+PRIOR_DISTANCE = "prior-distance"
 QUALITY = "quality"
 """Prefix of the models trained on the mixtures that Table 3 ranks (`quality-prior`, `quality-search-final`)."""
 
@@ -75,6 +86,15 @@ class ValidatePaths:
         return self.root / "models" / model_id
 
     @property
+    def random(self) -> Path:
+        """Random search's merged proxies: a search-round folder like `evaluations`."""
+        return self.root / "random"
+
+    @property
+    def random_best(self) -> Path:
+        return self.root / "random-best.json"
+
+    @property
     def evaluations(self) -> Path:
         """A search-round folder (search/state.py RoundPaths): attempts, results/<method>-<mixture>.json."""
         return self.root / "evaluations"
@@ -93,6 +113,7 @@ def method_iters(experiment, method: Method) -> int:
 def reference_mixtures(experiment) -> list[dict]:
     """The reference mixtures: sampled once, then read back (a changed setting fails rather than mixing two sets)."""
     from megatron_demix.search.sampler import MixtureSpace, resolve_prior
+    from megatron_demix.validate.mixtures import simplex_mixtures
 
     paths, settings = ValidatePaths(experiment.paths.validate), experiment.validate
     names = [d.name for d in experiment.candidates]
@@ -103,12 +124,17 @@ def reference_mixtures(experiment) -> list[dict]:
                               f" candidates {saved['candidates']}; the experiment now asks for validate.seed {settings.seed},"
                               f" {settings.references} references of {names}: restore those settings or remove {paths.root}")
         return saved["mixtures"]
-    space = MixtureSpace.build(resolve_prior(experiment), experiment.search)
-    drawn = space.sample(settings.references, np.random.default_rng(settings.seed))
+    rng = np.random.default_rng(settings.seed)
+    if settings.sampling == "simplex":
+        drawn = simplex_mixtures(len(names), settings.references, max_share=settings.max_share,
+                                 min_spacing=settings.min_spacing, rng=rng)
+    else:
+        space = MixtureSpace.build(resolve_prior(experiment), experiment.search)
+        names, drawn = space.names, space.sample(settings.references, rng)
     if len(drawn) < settings.references:
         raise ConfigError(f"validate.references: the sampler gave only {len(drawn)} distinct mixtures of {names};"
                           " lower validate.references or widen search.bounds")
-    mixtures = [{"id": f"v{i:03d}", "mixture": dict(zip(space.names, row.tolist()))} for i, row in enumerate(drawn)]
+    mixtures = [{"id": f"v{i:03d}", "mixture": dict(zip(names, row.tolist()))} for i, row in enumerate(drawn)]
     atomic_write_json(paths.mixtures, {"seed": settings.seed, "candidates": names, "mixtures": mixtures})
     return mixtures
 
@@ -119,7 +145,8 @@ def quality_ids(experiment) -> list[str]:
 
     if not experiment.validate.mixture_quality:
         return []
-    return ["prior"] + (["search-final"] if SearchPaths.of(experiment).final_mixture.exists() else [])
+    return (["prior"] + (["random-best"] if experiment.validate.random_search else [])
+            + (["search-final"] if SearchPaths.of(experiment).final_mixture.exists() else []))
 
 
 def quality_mixtures(experiment) -> list[dict]:
@@ -128,22 +155,28 @@ def quality_mixtures(experiment) -> list[dict]:
     from megatron_demix.search.state import SearchPaths
 
     shares = {"prior": lambda: resolve_prior(experiment),
+              "random-best": lambda: read_json(ValidatePaths(experiment.paths.validate).random_best, "random search's best",
+                                               "delete it and run demix validate again")["mixture"],
               "search-final": lambda: read_json(SearchPaths.of(experiment).final_mixture, "the search's final mixture",
                                                   "delete it and resume the search to choose it again")["mixture"]}
     return [{"id": i, "mixture": shares[i]()} for i in quality_ids(experiment)]
 
 
 def trained_models(experiment, mixtures: list[dict]) -> list[tuple[str, dict, Method]]:
-    """(model id, mixture, method) of every model trained: each trained method on each mixture, then the quality models."""
+    """(model id, mixture, method) of every model trained: each trained method on each mixture, the replicates,
+    then the quality models."""
     methods = {m.name: m for m in methods_of(experiment)}
     models = [(f"{method.name}-{m['id']}", m, method) for method in methods.values() if method.budget is not None
               for m in mixtures]
+    models += [(f"{REPLICATE}-{m['id']}", m, methods[REFERENCE]) for m in mixtures[:experiment.validate.replicates]]
     return models + [(f"{QUALITY}-{m['id']}", m, methods[REFERENCE]) for m in quality_mixtures(experiment)]
 
 
 def training_runs(experiment, mixtures: list[dict]) -> list[MixtureRun]:
     paths = ValidatePaths(experiment.paths.validate)
-    return [MixtureRun(model_id, m["mixture"], method_iters(experiment, method), str(paths.model(model_id)))
+    replicate_seed = experiment.training.seed + 1
+    return [MixtureRun(model_id, m["mixture"], method_iters(experiment, method), str(paths.model(model_id)),
+                       seed=replicate_seed if model_id.startswith(f"{REPLICATE}-") else None)
             for model_id, m, method in trained_models(experiment, mixtures)]
 
 
@@ -167,45 +200,70 @@ def train_references_and_proxies(experiment, config_path: Path, executor: Execut
 
 
 def evaluation_entries(experiment, mixtures: list[dict]) -> list[dict]:
-    """What the evaluation arrays score: merged proxies first (batches that hold the components), then trained models."""
+    """What the evaluation arrays score: merged proxies first (batches that hold the components), then each
+    component alone, then trained models."""
     paths = ValidatePaths(experiment.paths.validate)
     merged = [{"id": f"{DEMIX}-{m['id']}", "mixture": m["mixture"]} for m in mixtures]
-    return merged + [{"id": model_id, "mixture": m["mixture"], "checkpoint": str(paths.model(model_id))}
-                     for model_id, m, _ in trained_models(experiment, mixtures)]
+    names = [d.name for d in experiment.candidates]
+    components = [{"id": f"{COMPONENT}-{name}", "mixture": {n: float(n == name) for n in names},
+                   "checkpoint": str(experiment.paths.checkpoint(name))} for name in names]
+    return merged + components + [{"id": model_id, "mixture": m["mixture"], "checkpoint": str(paths.model(model_id))}
+                                  for model_id, m, _ in trained_models(experiment, mixtures)]
 
 
-def evaluate_all(experiment, config_path: Path, executor: Executor, mixtures: list[dict]) -> dict[str, dict[str, dict]]:
-    """{method: {mixture id: {domain: score}}}, every model scored through the search's evaluation arrays; the
-    quality models under QUALITY."""
+def _evaluate(experiment, config_path: Path, executor: Executor, folder: Path, entries: list[dict]) -> dict[str, dict]:
+    """{entry id: evaluation record} of every entry, through the search's evaluation arrays; a failure stops."""
     from megatron_demix.search.rounds import Runner, evaluate_round
     from megatron_demix.search.state import RoundPaths
 
-    entries = evaluation_entries(experiment, mixtures)
-    outcome = evaluate_round(RoundPaths(ValidatePaths(experiment.paths.validate).evaluations), entries,
-                             Runner.make(executor, config_path, experiment))
+    outcome = evaluate_round(RoundPaths(folder), entries, Runner.make(executor, config_path, experiment))
     if outcome["failed"]:
         raise JobFailed(f"validate: {len(outcome['failed'])} of {len(entries)} evaluation(s) failed: "
                         + "; ".join(f"{k}: {v[-1].get('error', '?')[:300]} (log: {v[-1].get('log')})"
                                     for k, v in outcome["failed"].items())[:4000]
                         + "; fix the cause and run demix validate again (finished ones are kept)")
-    scores: dict[str, dict[str, dict]] = {}
-    for method in methods_of(experiment):
-        scores[method.name] = {m["id"]: outcome["results"][f"{method.name}-{m['id']}"]["domains"] for m in mixtures}
-    scores[QUALITY] = {m["id"]: outcome["results"][f"{QUALITY}-{m['id']}"]["domains"] for m in quality_mixtures(experiment)}
-    return scores
+    return outcome["results"]
+
+
+def evaluate_all(experiment, config_path: Path, executor: Executor, mixtures: list[dict]) -> dict[str, dict]:
+    """{model id: evaluation record} of every merged proxy, component and trained model."""
+    return _evaluate(experiment, config_path, executor, ValidatePaths(experiment.paths.validate).evaluations,
+                     evaluation_entries(experiment, mixtures))
+
+
+def random_search(experiment, config_path: Path, executor: Executor) -> None:
+    """Table 3's random search: `validate.random_search` mixtures of the search's pool (seeded apart from the
+    references), scored as merged proxies; the best by the search's objective kept for training."""
+    from megatron_demix.search.sampler import MixtureSpace, resolve_prior
+    from megatron_demix.validate.mixtures import best_by_objective
+
+    paths, settings = ValidatePaths(experiment.paths.validate), experiment.validate
+    if not settings.random_search or not settings.mixture_quality or paths.random_best.exists():
+        return
+    space = MixtureSpace.build(resolve_prior(experiment), experiment.search)
+    drawn = space.sample(settings.random_search, np.random.default_rng([settings.seed, 1]))
+    entries = [{"id": f"random-r{i:03d}", "mixture": dict(zip(space.names, row.tolist()))} for i, row in enumerate(drawn)]
+    results = _evaluate(experiment, config_path, executor, paths.random, entries)
+    best = best_by_objective([results[e["id"]] for e in entries], experiment.search)
+    log.info("validate: random search's best of %d: %s", len(entries), best["id"])
+    atomic_write_json(paths.random_best, {"id": best["id"], "mixture": best["mixture"], "of": len(entries),
+                                          "objective": experiment.search.objective})
 
 
 def training_tokens(experiment, mixtures: list[dict]) -> dict[str, int]:
-    """Training tokens each method spent on its models (the shared base is not counted: every method starts from it)."""
+    """Training tokens each method is charged (the shared base is not counted: every method starts from it):
+    merged proxies the components once plus `merged_proxy_tokens` per proxy; the interpolation null the
+    components plus that charge per component scored; trained proxies their tokens; the prior distance nothing."""
     tokens_per_iter = experiment.training.global_batch_size * experiment.model.seq_length
+    components = len(experiment.candidates) * component_iters(experiment) * tokens_per_iter
+    charge = experiment.validate.merged_proxy_tokens
     spent = {}
     for method in methods_of(experiment):
         if method.budget is None:
-            components = len(experiment.candidates) * component_iters(experiment) * tokens_per_iter
-            spent[method.name] = components + len(mixtures) * experiment.validate.merged_proxy_tokens
+            spent[method.name] = components + len(mixtures) * charge
         else:
             spent[method.name] = len(mixtures) * method_iters(experiment, method) * tokens_per_iter
-    return spent
+    return {**spent, INTERPOLATION: components + len(experiment.candidates) * charge, PRIOR_DISTANCE: 0}
 
 
 def plan_validate(experiment) -> dict:
@@ -216,6 +274,9 @@ def plan_validate(experiment) -> dict:
     settings, references = experiment.validate, experiment.validate.references
     models = [{"method": m.name, "models": references, "iterations": method_iters(experiment, m)}
               for m in methods_of(experiment) if m.budget is not None]
+    if settings.replicates:
+        models.append({"method": f"{REPLICATE} (seed {experiment.training.seed + 1})", "models": settings.replicates,
+                       "iterations": method_iters(experiment, Method(REFERENCE, settings.reference_budget))})
     quality = quality_ids(experiment)
     if quality:
         models.append({"method": f"{QUALITY} ({', '.join(quality)})", "models": len(quality),
@@ -227,7 +288,9 @@ def plan_validate(experiment) -> dict:
             "pipeline_models": len(pipeline), "pipeline_to_train": sum(not model_complete(experiment, n) for n in pipeline),
             "models": models, "trainings": sum(m["models"] for m in models), "iterations": iterations,
             "tokens": iterations * experiment.training.global_batch_size * experiment.model.seq_length,
-            "evaluations": references + sum(m["models"] for m in models)}
+            "components": len(experiment.candidates), "random_search": settings.random_search if quality else 0,
+            "evaluations": references + len(experiment.candidates) + sum(m["models"] for m in models)
+                           + (settings.random_search if quality else 0)}
 
 
 def _default(f):
@@ -244,7 +307,9 @@ def describe_plan(plan: dict) -> str:
              f"  then {plan['trainings']} trainings from the base ({plan['iterations']:,} iterations,"
              f" {plan['tokens']:,} tokens):"]
     lines += [f"    {m['models']:>4} x {m['method']} ({m['iterations']} iterations each)" for m in plan["models"]]
-    lines.append(f"  and {plan['evaluations']} evaluations ({settings['references']} merged proxies, then every trained model)")
+    lines.append(f"  and {plan['evaluations']} evaluations ({settings['references']} merged proxies, the {plan['components']}"
+                 " components alone, every trained model"
+                 + (f", {plan['random_search']} random-search proxies first" if plan["random_search"] else "") + ")")
     if len(defaults) == len(settings):
         lines.append("  (every validate: setting is its default: set references, proxy_budgets or mixture_quality there to"
                      " train fewer models)")
@@ -253,18 +318,25 @@ def describe_plan(plan: dict) -> str:
 
 def run_validate(experiment, config_path: Path, executor: Executor, ranks: int) -> dict:
     """Sample, train, evaluate, measure, report; returns the fidelity summary (also validate/fidelity.json)."""
-    from megatron_demix.validate.report import fidelity_rows, write_mixture_quality, write_report
+    from megatron_demix.search.sampler import resolve_prior
+    from megatron_demix.validate.fidelity import Evaluations
+    from megatron_demix.validate.report import write_report
 
     mixtures = reference_mixtures(experiment)
+    random_search(experiment, config_path, executor)
+    quality = quality_mixtures(experiment)
     log.info("validate: %d reference mixtures of %s; mixture quality of: %s", len(mixtures),
-             ", ".join(d.name for d in experiment.candidates),
-             ", ".join(m["id"] for m in quality_mixtures(experiment)) or "(off)")
+             ", ".join(d.name for d in experiment.candidates), ", ".join(m["id"] for m in quality) or "(off)")
     train_references_and_proxies(experiment, config_path, executor, ranks, training_runs(experiment, mixtures))
-    scores = evaluate_all(experiment, config_path, executor, mixtures)
-    quality = scores.pop(QUALITY)
-    rows = fidelity_rows(scores, experiment.validate, reference=REFERENCE)
-    root = ValidatePaths(experiment.paths.validate).root
-    summary = write_report(root, mixtures, scores, rows, training_tokens(experiment, mixtures), reference=REFERENCE)
-    if quality:
-        summary["mixture_quality"] = write_mixture_quality(root, quality_mixtures(experiment), quality, scores[REFERENCE])
-    return summary
+    records = evaluate_all(experiment, config_path, executor, mixtures)
+    evaluations = Evaluations.build(records, mixtures, quality, methods=[m.name for m in methods_of(experiment)],
+                                    candidates=[d.name for d in experiment.candidates], prior=resolve_prior(experiment),
+                                    plan=_task_plan(experiment))
+    return write_report(ValidatePaths(experiment.paths.validate).root, evaluations, experiment.validate,
+                        training_tokens(experiment, mixtures))
+
+
+def _task_plan(experiment):
+    from megatron_demix.eval.proxies import task_plan
+
+    return task_plan(experiment)

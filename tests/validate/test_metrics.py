@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from megatron_demix.validate.metrics import (MetricUndefined, bootstrap_interval, capability_recovery, domain_fidelity,
-                                             kendall_tau, macro, paired_scores, regret, spearman_rho, top_quartile_rho,
+from megatron_demix.validate.bootstrap import ROWS, PairedBootstrap
+from megatron_demix.validate.metrics import (METRICS, MetricUndefined, PairedScores, capability_recovery,
+                                             kendall_tau, paired_scores, regret, spearman_rho, top_quartile_rho,
                                              top_quartile_size)
 
 # 9 mixtures scored by trained references and by a proxy; one proxy-only and one reference-only mixture.
@@ -97,29 +98,37 @@ def test_undefined_metrics_fail_instead_of_reporting_zero():
         capability_recovery(paired_scores(negated_bpb, negated_bpb, "code"))
 
 
-def test_bootstrap_intervals_are_seeded_and_contain_the_point_estimate():
+def test_paired_bootstrap_intervals_are_seeded_and_equal_a_hand_computation():
     pairs = paired_scores(PROXY, REFERENCE, "code", "demix")
-    first = bootstrap_interval(spearman_rho, pairs, samples=400, seed=3)
-    assert first == bootstrap_interval(spearman_rho, pairs, samples=400, seed=3)
-    assert first != bootstrap_interval(spearman_rho, pairs, samples=400, seed=4)
-    low, high = first
+    first = PairedBootstrap(9, 400, seed=3)
+    values = first.metric("rho", pairs.proxy, pairs.reference)
+    assert first.interval(values) == PairedBootstrap(9, 400, seed=3).interval(values)
+    other = PairedBootstrap(9, 400, seed=4)
+    assert first.interval(values) != other.interval(other.metric("rho", pairs.proxy, pairs.reference))
+    low, high = first.interval(values)
     assert low <= spearman_rho(pairs) <= high and low < high
     # by hand: the same resamples, the metric recomputed independently, the same percentiles
-    rng, values = np.random.default_rng(3), []
+    picks, by_hand_values = np.random.default_rng(3).integers(0, 9, size=(400, 9)), []
     proxy, reference = by_hand("code")
-    for _ in range(400):
-        pick = rng.integers(0, 9, size=9)
+    for pick in picks:
         p, r = [proxy[i] for i in pick], [reference[i] for i in pick]
         if len(set(p)) > 1 and len(set(r)) > 1:
-            values.append(pearson(average_ranks(p), average_ranks(r)))
-    assert first == pytest.approx(tuple(np.percentile(values, [2.5, 97.5])))
+            by_hand_values.append(pearson(average_ranks(p), average_ranks(r)))
+    assert (low, high) == pytest.approx(tuple(np.percentile(by_hand_values, [2.5, 97.5])))
 
 
-def test_domain_rows_and_the_macro_average():
-    rows = [domain_fidelity(paired_scores(PROXY, REFERENCE, d, "demix"), "demix", d, samples=200) for d in ("code", "math")]
-    assert all(r.mixtures == 9 and r.values["rho"] is not None and r.intervals["rho"] for r in rows)
-    assert macro(rows)["rho"] == pytest.approx((rows[0].values["rho"] + rows[1].values["rho"]) / 2)
-    negated = {k: {"code": -v["code"]} for k, v in REFERENCE.items()}
-    undefined = domain_fidelity(paired_scores(negated, negated, "code"), "self", "code", samples=50)
-    assert undefined.values["recovery"] is None and "needs scores >= 0" in undefined.undefined["recovery"]
-    assert macro([rows[0], undefined])["recovery"] is None
+@pytest.mark.parametrize("seed", range(5))
+def test_vectorised_metrics_equal_scipy_on_every_resample_ties_included(seed):
+    """bootstrap.ROWS against metrics.METRICS (scipy) on small integer scores: ties, constant resamples (NaN there)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(60):
+        n = int(rng.integers(2, 10))
+        proxy, reference = rng.integers(0, 4, n).astype(float), rng.integers(0, 5, n) + 0.5
+        pairs = PairedScores(tuple(map(str, range(n))), proxy, reference, "x")
+        for name, metric in METRICS.items():
+            try:
+                want = metric(pairs)
+            except MetricUndefined:
+                want = math.nan
+            got = ROWS[name](proxy[None], reference[None])[0]
+            assert (math.isnan(want) and math.isnan(got)) or got == pytest.approx(want, abs=1e-12), (name, proxy, reference)

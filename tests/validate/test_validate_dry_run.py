@@ -22,7 +22,7 @@ def test_the_demo_config_without_a_validate_section_shows_its_49_trainings_and_w
     assert "7 of 7 models still to train" in out.stdout and "then 49 trainings from the base (2,692 iterations" in out.stdout
     for line in ("16 x reference (100 iterations each)", "16 x trained-0.125x (12 iterations each)",
                  "16 x trained-0.5x (50 iterations each)", "1 x quality (prior) (100 iterations each)",
-                 "65 evaluations (16 merged proxies", "every validate: setting is its default"):
+                 "71 evaluations (16 merged proxies, the 6 components alone", "every validate: setting is its default"):
         assert line in out.stdout, out.stdout
     assert not (tmp_path / "work").exists(), "a dry run writes nothing"
 

@@ -38,6 +38,8 @@ def test_mixtures_are_drawn_once_and_a_changed_setting_fails(experiment):
 
 
 def test_models_to_train_evaluations_and_compute(experiment):
+    from dataclasses import replace
+
     mixtures = reference_mixtures(experiment)
     runs = training_runs(experiment, mixtures)
     component_iters = experiment.training.train_iters  # 200 (set above)
@@ -47,12 +49,47 @@ def test_models_to_train_evaluations_and_compute(experiment):
     prior = runs[-1]  # Table 3: the token prior at the reference budget (the search has no final mixture here)
     assert (prior.id, prior.mixture, prior.train_iters) == ("quality-prior", {"code": 0.75, "math": 0.25}, component_iters)
     entries = evaluation_entries(experiment, mixtures)
-    assert len(entries) == 21 and [e["id"] for e in entries[:5]] == [f"demix-v00{i}" for i in range(5)]
-    assert all("checkpoint" not in e for e in entries[:5]) and all(e["checkpoint"].endswith(e["id"]) for e in entries[5:])
+    assert len(entries) == 23 and [e["id"] for e in entries[:5]] == [f"demix-v00{i}" for i in range(5)]
+    assert all("checkpoint" not in e for e in entries[:5])
+    assert [(e["id"], e["mixture"]) for e in entries[5:7]] == [("component-code", {"code": 1.0, "math": 0.0}),
+                                                               ("component-math", {"code": 0.0, "math": 1.0})]
+    assert entries[5]["checkpoint"] == str(experiment.paths.checkpoint("code"))
+    assert all(e["checkpoint"].endswith(e["id"]) for e in entries[7:])
     tokens_per_iter = 16 * 128
+    components = 2 * component_iters * tokens_per_iter
     assert training_tokens(experiment, mixtures) == {
-        "reference": 5 * component_iters * tokens_per_iter, "demix": 2 * component_iters * tokens_per_iter,
-        "trained-0.125x": 5 * 25 * tokens_per_iter, "trained-0.5x": 5 * 100 * tokens_per_iter}
+        "reference": 5 * component_iters * tokens_per_iter, "demix": components,
+        "trained-0.125x": 5 * 25 * tokens_per_iter, "trained-0.5x": 5 * 100 * tokens_per_iter,
+        "interpolation": components, "prior-distance": 0}
+    charged = replace(experiment, validate=replace(experiment.validate, merged_proxy_tokens=1000))
+    spent = training_tokens(charged, mixtures)
+    assert (spent["demix"], spent["interpolation"]) == (components + 5 * 1000, components + 2 * 1000)
+
+
+def test_replicates_train_the_first_references_again_with_another_data_order_seed(experiment):
+    from dataclasses import replace
+
+
+    more = replace(experiment, validate=replace(experiment.validate, replicates=2, proxy_budgets=[]))
+    mixtures = reference_mixtures(more)
+    runs = {r.id: r for r in training_runs(more, mixtures)}
+    assert [i for i in runs if i.startswith("replicate-")] == ["replicate-v000", "replicate-v001"]
+    assert runs["replicate-v001"].mixture == runs["reference-v001"].mixture
+    assert runs["replicate-v001"].train_iters == runs["reference-v001"].train_iters
+    assert (runs["reference-v001"].seed, runs["replicate-v001"].seed) == (None, more.training.seed + 1)
+    with pytest.raises(ConfigError, match="replicates: 6 is more than the 5 references"):
+        replace(more, validate=replace(more.validate, replicates=6))
+
+
+def test_simplex_references_are_drawn_over_the_whole_simplex(experiment):
+    from dataclasses import replace
+
+
+    flat = replace(experiment, validate=replace(experiment.validate, sampling="simplex", max_share=0.7, min_spacing=0.1))
+    mixtures = reference_mixtures(flat)
+    shares = [m["mixture"]["code"] for m in mixtures]
+    assert all(0.3 <= s <= 0.7 for s in shares), "two candidates: no share above 0.7 keeps both in [0.3, 0.7]"
+    assert min(abs(a - b) * 2 for a in shares for b in shares if a != b) >= 0.1
 
 
 def test_a_mixture_blend_is_beta_general_plus_the_mixture(experiment, tmp_path):
@@ -87,16 +124,11 @@ def test_the_shipped_fidelity_settings_load():
     tiny = load_experiment(REPO / "configs" / "fidelity-tiny.yaml").validate
     paper = load_experiment(REPO / "configs" / "paper.yaml").validate
     assert tiny.references == 12 and tiny.proxy_budgets == [0.125, 0.5]
+    tiered = load_experiment(REPO / "configs" / "fidelity-tiered.yaml")
+    settings = tiered.validate
+    assert len(tiered.candidates) == 6 and settings.references >= 24 and settings.replicates >= 3
+    assert settings.sampling == "simplex" and settings.seed != tiered.search.seed and settings.bootstrap_samples >= 2000
+    assert settings.proxy_budgets[0] * settings.references == len(tiered.candidates), "the compute-matched budget"
+    ci = load_experiment(REPO / "configs" / "fidelity-tiered-ci.yaml")
+    assert [d.name for d in ci.candidates] == [d.name for d in tiered.candidates] and ci.validate.replicates == 2
     assert paper.references == 96 and paper.reference_budget == pytest.approx(50 / 30, abs=1e-3)
-
-
-def test_mixture_quality_ranks_among_the_references(tmp_path):
-    from megatron_demix.validate.report import write_mixture_quality
-
-    reference = {"v0": {"code": 0.30, "math": 0.50}, "v1": {"code": 0.40, "math": 0.45}, "v2": {"code": 0.35, "math": 0.60}}
-    mixtures = [{"id": "prior", "mixture": {"code": 0.5, "math": 0.5}}, {"id": "search-final", "mixture": {"code": 0.8, "math": 0.2}}]
-    scores = {"prior": {"code": 0.33, "math": 0.55}, "search-final": {"code": 0.45, "math": 0.40}}
-    records = write_mixture_quality(tmp_path, mixtures, scores, reference)
-    assert [r["ranks"] for r in records] == [{"code": 3, "math": 2}, {"code": 1, "math": 4}]
-    assert [r["macro_rank"] for r in records] == [2.5, 2.5]
-    assert "| prior | code 0.500, math 0.500 | 0.3300 (3) | 0.5500 (2) | 2.50 |" in (tmp_path / "mixture_quality.md").read_text()
