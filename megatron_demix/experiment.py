@@ -159,7 +159,7 @@ def experiment_from_dict(data: dict, where: str = "experiment") -> ExperimentCon
     data = dict(data)
     model = data.get("model")
     if isinstance(model, dict) and model.get("from_hf") is not None:
-        unresolved = sorted(set(ModelConfig.__dataclass_fields__) - {"preset", "from_hf"} - set(model))
+        unresolved = [key for key in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads") if key not in model]
         if unresolved:
             fail(f"{where}: model", f"from_hf {model['from_hf']} is not expanded (no {', '.join(unresolved[:3])}, ...):"
                  " load the file with a demix command (cli.load_experiment_file), which fills the model section in"
