@@ -13,6 +13,8 @@ setup(
     version="0.1.0",
     description="Choose a pretraining data mixture by merging component models (DeMix) on Megatron",
     packages=find_packages(include=["megatron_demix", "megatron_demix.*"]),
+    # The job scripts the executors submit (a checkout's slurm/ links to them): an installed package runs them.
+    package_data={"megatron_demix.cluster": ["slurm/*.sh"]},
     python_requires=">=3.11",
     # Ranges the code is tested against; the exact versions CI and `make setup` install are in
     # constraints.txt. Ranges, not pins, so that `pip install -e .` inside a cluster container keeps

@@ -37,7 +37,9 @@ from pathlib import Path
 
 from megatron_demix.cluster.config import ClusterConfig
 
-REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = Path(__file__).resolve().parent / "slurm"
+"""The job scripts, shipped inside the package (a checkout's `slurm/` links here), so that an installed
+package submits the same scripts an operator reads."""
 log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 30.0
 """While a job runs, a waiting `demix` logs its state and the last line of its log this often."""
@@ -52,7 +54,7 @@ class JobFailed(RuntimeError):
 class JobSpec:
     name: str
     script: str
-    """A script under the repository, e.g. `slurm/train_component.sh`."""
+    """One of the project's job scripts, e.g. `slurm/train_component.sh` (`script_path`), or a path to another."""
     args: list[str] = field(default_factory=list)
     array: int | None = None
     """Number of array tasks (task i gets SLURM_ARRAY_TASK_ID / DEMIX_TASK_ID = i); None: a plain job."""
@@ -91,8 +93,23 @@ class Job:
         return self.states
 
 
+def script_path(script: str) -> Path:
+    """`slurm/<name>.sh` (or `<name>.sh`) is the package's own script; any other path is taken as given."""
+    path = Path(script)
+    return SCRIPTS / path.name if path.parent in (Path("."), Path("slurm")) else path
+
+
+def job_environment(spec: JobSpec) -> dict[str, str]:
+    """The script's environment: this one, the spec's, and DEMIX_PYTHON = this interpreter unless set (so an
+    installed package's tasks run in the environment that submitted them, wherever the scripts are)."""
+    import sys
+
+    return {**os.environ, "DEMIX_PYTHON": os.environ.get("DEMIX_PYTHON", sys.executable), **spec.env}
+
+
 class Executor:
-    """Submit a JobSpec, get a Job; subclasses implement `_submit` and `_wait`."""
+    """Submit a JobSpec, get a Job; subclasses implement `_submit` and `_wait`. Scripts run in the current
+    directory (relative paths in their arguments mean what they mean here)."""
 
     def __init__(self, cluster: ClusterConfig, log_dir: Path):
         self.cluster = cluster
@@ -138,11 +155,11 @@ class SlurmExecutor(Executor):
         return args + list(r.extra_sbatch_args)
 
     def _submit(self, spec: JobSpec) -> Job:
-        command = ["sbatch", "--parsable", *self.sbatch_args(spec), str(REPO / spec.script), *spec.args]
-        env = {**os.environ, **spec.env}
+        command = ["sbatch", "--parsable", *self.sbatch_args(spec), str(script_path(spec.script)), *spec.args]
+        env = job_environment(spec)
         if self.cluster.container_image:  # the scripts pass DEMIX_SRUN_ARGS to srun (Pyxis/enroot)
             env["DEMIX_SRUN_ARGS"] = f"{env.get('DEMIX_SRUN_ARGS', '')} --container-image={self.cluster.container_image}".strip()
-        out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+        out = subprocess.run(command, capture_output=True, text=True, env=env)
         if out.returncode:
             raise JobFailed(f"sbatch refused job {spec.name}: {out.stderr.strip()} (command: {' '.join(command)})")
         job_id = out.stdout.strip().split(";")[0]
@@ -219,11 +236,11 @@ class LocalExecutor(Executor):
         job_id = f"local-{os.getpid()}-{time.strftime('%H%M%S')}"
         job = Job(job_id, spec, f"{self.log_dir}/{spec.name}-{job_id}_%a.out")
         for task in range(spec.array or 1):
-            env = {**os.environ, **spec.env, "DEMIX_TASK_ID": str(task), "DEMIX_NTASKS": str(self.ranks(spec))}
+            env = {**job_environment(spec), "DEMIX_TASK_ID": str(task), "DEMIX_NTASKS": str(self.ranks(spec))}
             env.pop("SLURM_JOB_ID", None)
             progress = Progress(job)
             with open(job.log(task), "w") as output:
-                process = start_child(["bash", str(REPO / spec.script), *spec.args], cwd=REPO, env=env,
+                process = start_child(["bash", str(script_path(spec.script)), *spec.args], env=env,
                                       stdout=output, stderr=subprocess.STDOUT)
                 try:
                     while (code := process.poll()) is None:

@@ -7,6 +7,7 @@
   pairs only. The output layer is applied to those hidden states alone (a pre-hook on
   `output_layer` picks them), so memory is [positions, vocab], never [batch, sequence, vocab];
   log-softmax then runs in fp32 over those rows.
+- `target_log_probs(logits, targets)`: log p(target) per row and whether it is the greedy choice.
 
 Attention is causal with no mask tensor (megatron-core builds the causal mask itself), so a
 right-padded batch gives every real position exactly what it would get alone: padding only
@@ -77,3 +78,18 @@ def last_logits(model, tokens: torch.Tensor, vocab_size: int, inference_context=
     # The context makes the model materialise the last position's logits only.
     logits = model(tokens, positions, None, inference_context=inference_context, runtime_gather_output=True)
     return logits[:, -1, :vocab_size].float()
+
+
+def target_log_probs(logits: torch.Tensor, targets, rows_per_chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(targets[i]) at row i, is targets[i] a most likely token) for fp32 `logits` [n, vocab], on the CPU.
+
+    In chunks of rows that stay in the cache (1.7x faster on a CPU than one pass over [n, vocab], same
+    bits). Greedy is `logit[target] == max logit` rather than `argmax == target`: one cheap reduction
+    instead of a second full pass (argmax costs as much as the log-softmax on a CPU); they differ only when
+    two tokens tie for the maximum, and then the target does count as a greedy choice."""
+    target = torch.as_tensor(targets, device=logits.device)[:, None]
+    picked, greedy = [], []
+    for rows, wanted in zip(logits.split(rows_per_chunk), target.split(rows_per_chunk)):
+        picked.append(torch.log_softmax(rows, dim=-1).gather(1, wanted)[:, 0])
+        greedy.append(rows.gather(1, wanted)[:, 0] >= rows.amax(dim=-1))
+    return torch.cat(picked).cpu(), torch.cat(greedy).cpu()

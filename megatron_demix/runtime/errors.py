@@ -37,6 +37,7 @@ _ERRORS: dict[int, tuple[tuple[str, str], ...]] = {
         ("megatron_demix.data.prepare", "PrepareFailed"),
         ("megatron_demix.training.run_state", "SaveFailed"),
         ("megatron_demix.search.driver", "SearchStopped"),
+        ("megatron_demix.search.evaluate", "EvaluationFailed"),
     ),
 }
 

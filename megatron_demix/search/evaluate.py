@@ -10,19 +10,20 @@ re-run task never evaluates a mixture twice). How a mixture is scored (`EVALUATO
 - `command`: `eval.command` is a shell template run once per mixture with {mixture} (JSON
   {candidate: ratio}), {output} (where it writes a flat JSON {metric: number}), {workdir}, and
   {checkpoint}: when the template names it, the proxy is merged to disk first
-  (tools/merge/run.py on `merge.ranks` MPI ranks); an entry with its own
+  (`python -m megatron_demix.merge.command` on `merge.ranks` MPI ranks); an entry with its own
   `checkpoint` (a trained model, `demix validate`) passes that one, never merged nor deleted.
   {hf_checkpoint}: when named, the proxy (or that trained model) exported as a Hugging Face model
   directory (hf/export.py, streamed from the components, in merge.dtype), for harnesses such as
   lm-eval's `hf` / `vllm` models or OpenCompass. Both are deleted after the evaluation unless
   `eval.keep_proxies`. Metrics become domain scores through `eval.tasks` (each metric its own
   domain when that is empty).
-- `lm_eval`: the built-in evaluation, launch/eval_proxy.py on the whole batch (it builds each proxy
-  in memory and writes per-mixture {"domains", "metrics"}).
-A failure of one mixture (non-zero exit, no or unreadable JSON, a NaN, past `eval.timeout`) does not
-stop the others; the batch then raises, naming each failed mixture, so the task's record is an error
+- `lm_eval`: the built-in evaluation, in this process (eval/proxies.py: ProxyEvaluator): components and
+  tasks set up once, each proxy refilled in memory; its record (lm-eval's results, standard errors) is
+  the mixture's result file.
+A failure of one mixture (non-zero exit, no or unreadable JSON, a NaN, an error, past `eval.timeout`) does
+not stop the others; the batch then raises, naming each failed mixture, so the task's record is an error
 with its log. Every child runs in its own process group, ended with it on a timeout or when this
-task is stopped (cluster/executor.py: run_child). A stored result is reused only when it is for the
+task is stopped (cluster/executor.py: run_child); the built-in evaluation is timed by SIGALRM. A stored result is reused only when it is for the
 same mixture and the same models (eval/proxies.py: reusable_result); otherwise it is evaluated again.
 """
 from __future__ import annotations
@@ -32,19 +33,20 @@ import logging
 import re
 import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from megatron_demix.cluster.executor import run_child
 from megatron_demix.eval.config import domain_scores
-from megatron_demix.eval.proxies import model_identity, reusable_result
+from megatron_demix.eval.proxies import model_identity, reusable_result, write_result
 from megatron_demix.merge.mpi import mpiexec_command
-from megatron_demix.runtime.files import atomic_write_json
 from megatron_demix.search.objective import check_finite
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[2]
 
 
 class EvaluationFailed(RuntimeError):
@@ -65,7 +67,7 @@ class Deadline:
 def _run(command: list[str], where: str, deadline: Deadline) -> None:
     """Run with output to this task's log; a non-zero exit, or running past the deadline, is an error naming it."""
     sys.stdout.flush()
-    code = run_child(command, timeout=deadline.left(), cwd=REPO)
+    code = run_child(command, timeout=deadline.left())
     if code is None:
         raise EvaluationFailed(f"{where} ran past eval.timeout ({deadline.seconds:g} s) and was ended")
     if code:
@@ -74,10 +76,10 @@ def _run(command: list[str], where: str, deadline: Deadline) -> None:
 
 def _merge_proxy(config: str, experiment, mixture_file: Path, output: Path, deadline: Deadline) -> None:
     mpiexec = Path(sys.executable).parent / "mpiexec"
-    merge = [sys.executable, str(REPO / "tools/merge/run.py"), "--config", config, "--mixture", str(mixture_file),
+    merge = [sys.executable, "-m", "megatron_demix.merge.command", "--config", config, "--mixture", str(mixture_file),
              "--output", str(output), "--overwrite"]
     launch = mpiexec_command(str(mpiexec), experiment.merge.ranks) if mpiexec.exists() else []
-    _run([*launch, *merge], "the merge (tools/merge/run.py)", deadline)
+    _run([*launch, *merge], "the merge (python -m megatron_demix.merge.command)", deadline)
 
 
 def _export_proxy(experiment, item: dict, mixture_file: Path, output: Path) -> None:
@@ -136,35 +138,42 @@ def evaluate_with_command(config: str, experiment, mixtures: list[dict], work_ro
 
 
 def evaluate_with_lm_eval(config: str, experiment, mixtures: list[dict], work_root: Path, record) -> None:
-    """launch/eval_proxy.py on the batch (one process, one harness start); reads its <id>.json files.
+    """In this process (eval/proxies.py: ProxyEvaluator): the components and tasks are set up once, then each
+    mixture's proxy is refilled in memory and scored. A mixture's failure, or its running past eval.timeout,
+    is recorded and the next one goes on."""
+    from megatron_demix.eval.proxies import ProxyEvaluator
 
-    The launcher writes each mixture's file as soon as it is scored and skips present ones, so a
-    killed batch re-run evaluates only the missing mixtures."""
-    work_root.mkdir(parents=True, exist_ok=True)
-    manifest = work_root / f"batch-{mixtures[0]['id']}.jsonl"
-    manifest.write_text("".join(json.dumps({k: m[k] for k in ("id", "mixture", "checkpoint") if k in m}) + "\n" for m in mixtures))
-    output_dir = work_root / "lm_eval"
-    timeout = experiment.eval.timeout
+    with ProxyEvaluator(experiment, mixtures, log=log.info) as evaluator:
+        for item in mixtures:
+            try:
+                with time_limit(experiment.eval.timeout, f"the evaluation of mixture {item['id']}"):
+                    result = evaluator.evaluate(item)
+                outcome = {**result, "domains": check_finite(result["domains"], f"mixture {item['id']}: domains"),
+                           "metrics": check_finite(result["metrics"], f"mixture {item['id']}: metrics")}
+            except Exception as error:  # noqa: BLE001  (recorded per mixture; the batch raises after the others)
+                log.exception("mixture %s failed", item["id"])
+                outcome = error
+            record(item["id"], outcome)
+
+
+@contextmanager
+def time_limit(seconds: float | None, what: str):
+    """Raise EvaluationFailed in this (main) thread when the block runs past `seconds` (SIGALRM); no limit
+    elsewhere than in the main thread, or when `seconds` is None."""
+    if seconds is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(_signum, _frame):
+        raise EvaluationFailed(f"{what} ran past eval.timeout ({seconds:g} s) and was ended")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        _run([sys.executable, str(REPO / "launch/eval_proxy.py"), "--config", config, "--manifest", str(manifest),
-              "--output-dir", str(output_dir)], f"launch/eval_proxy.py on {len(mixtures)} mixture(s)",
-             Deadline(timeout * len(mixtures) if timeout else None))
-    except EvaluationFailed as error:
-        failure = error
-    else:
-        failure = None
-    for item in mixtures:
-        path = output_dir / f"{item['id']}.json"
-        try:
-            data = reusable_result(path, item, model_identity(experiment, item), log.warning)
-            if data is None:  # not written, or left from another mixture's evaluation
-                raise FileNotFoundError("no result for this mixture")
-            outcome = {"domains": check_finite(data["domains"], f"{path}: domains"),
-                       "metrics": check_finite(data.get("metrics") or data["domains"], f"{path}: metrics"),
-                       **{key: data[key] for key in ("stderrs", "domain_stderrs") if data.get(key)}}
-        except (OSError, KeyError, ValueError) as error:
-            outcome = failure or EvaluationFailed(f"{path}: no usable result ({error})")
-        record(item["id"], outcome)
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 EVALUATORS = {"command": evaluate_with_command, "lm_eval": evaluate_with_lm_eval}
@@ -193,8 +202,8 @@ def evaluate_batch(config: str, mixtures: list[dict], results_dir: str) -> dict:
             failed[ident] = f"{type(outcome).__name__}: {outcome}"
             log.error("mixture %s failed: %s", ident, outcome)
             return
-        atomic_write_json(results_dir / f"{ident}.json", {"id": ident, "mixture": by_id[ident]["mixture"],
-                                                          "models": models[ident], "seconds": round(seconds, 3), **outcome})
+        write_result(results_dir / f"{ident}.json", {"id": ident, "mixture": by_id[ident]["mixture"],
+                                                     "models": models[ident], "seconds": round(seconds, 3), **outcome})
 
     if todo:
         EVALUATORS[evaluator_name(experiment.eval)](config, experiment, todo, results_dir.parent / "work", record)

@@ -1,59 +1,14 @@
-"""The DeMix mixture search: sample a pool, evaluate proxies in rounds of array jobs, fit, answer.
+"""The DeMix mixture search from a checkout: `python -m megatron_demix.search.run` (its docstring has the usage).
 
-    python tools/search/run.py --config configs/demo.yaml                  # executor from cluster.executor
-    python tools/search/run.py --config configs/paper.yaml --executor slurm
-    python tools/search/run.py --config configs/paper.yaml --resume        # continue after a kill / preemption
-    sbatch slurm/search.sh configs/paper.yaml                              # the driver as a job
-
-Writes <work_dir>/search/ (state, final_mixture.json, report/). Settings: the experiment's
-`search:` and `eval:` sections. Exit status 2 for bad input or configuration, 1 when the search
-stops (too few evaluations succeeded; the message names the failures and their logs).
+    python tools/search/run.py --config configs/demo.yaml [--executor slurm] [--resume]
 """
-import argparse
-import json
-import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="experiment YAML (e.g. configs/demo.yaml)")
-    parser.add_argument("--executor", choices=("auto", "local", "slurm"), help="where evaluations run (default: cluster.executor)")
-    parser.add_argument("--resume", action="store_true", help="continue the search in <work_dir>/search/ instead of refusing to touch it")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from megatron_demix.runtime.errors import run_command
-
-    return run_command("search", search, args)
-
-
-def search(args) -> None:
-    from megatron_demix.cluster.executor import make_executor
-    from megatron_demix.config.base import replace
-    from megatron_demix.cli import load_experiment_file
-    from megatron_demix.experiment import dump_experiment
-    from megatron_demix.pipeline import claim_work_dir
-    from megatron_demix.search.driver import check_resumable, run_search
-    from megatron_demix.search.state import SearchPaths
-
-    experiment = load_experiment_file(args.config)
-    if args.executor:
-        experiment = replace(experiment, cluster=replace(experiment.cluster, executor=args.executor))
-    claim_work_dir(experiment, "search")  # the only run there, on components made with these settings
-    check_resumable(experiment, args.resume)  # before touching the work dir: running tasks read its experiment.yaml
-    resolved = experiment.paths.root / "experiment.yaml"  # every evaluation task reads this copy (as `demix` jobs do)
-    dump_experiment(experiment, resolved)
-    paths = SearchPaths.of(experiment)
-    answer = run_search(experiment, resolved, make_executor(experiment.cluster, paths.root / "logs"), resume=args.resume)
-    print(json.dumps({"mixture": answer["mixture"], "predicted": answer["predicted"]["score"],
-                      "measured": (answer["measured"] or {}).get("score")}, indent=1))
-    print(f"report: {paths.root / 'report'}")
-
-
 if __name__ == "__main__":
     from megatron_demix.runtime.errors import exit_process
+    from megatron_demix.search.run import main
 
     exit_process(main())

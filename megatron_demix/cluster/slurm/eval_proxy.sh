@@ -8,8 +8,8 @@
 #
 # The search (tools/search/run.py) writes the manifest and submits this script; you rarely submit
 # it yourself. Each batch is evaluated by eval.command (a shell template per mixture), by merging
-# the proxy to disk first when the template names {checkpoint}, or by the built-in lm-eval job
-# (launch/eval_proxy.py); a mixture already scored is never evaluated again.
+# the proxy to disk first when the template names {checkpoint}, or by the built-in lm-eval evaluation in
+# the task's own process; a mixture already scored is never evaluated again.
 # The {checkpoint} merge runs inside this task's own job step: its merge.ranks MPI ranks are started
 # by mpiexec's fork launcher (a new srun step would wait for ever for the CPUs this step holds); give
 # the eval stage CPUs for them (cluster.stages.eval.cpus_per_task). eval.timeout bounds each mixture's
@@ -19,7 +19,7 @@
 # Site values: override the #SBATCH defaults with sbatch flags (-p, -A, -t, --gpus-per-node,
 # --cpus-per-task) or SBATCH_* variables (the search passes the experiment's eval stage resources),
 # and the environment:
-#   DEMIX_PYTHON      interpreter (default: $DEMIX_REPO/.venv/bin/python)
+#   DEMIX_PYTHON      interpreter (default: $DEMIX_REPO/.venv/bin/python, else python3)
 #   DEMIX_SRUN_ARGS   extra srun flags, e.g. "--container-image=nvcr.io/nvidia/pytorch:25.01-py3"
 # Outside SLURM (`DEMIX_TASK_ID=0 bash slurm/eval_proxy.sh FOLDER`, as the local executor runs it)
 # the task runs here directly.
@@ -32,7 +32,8 @@ set -euo pipefail
 
 FOLDER=${1:?usage: sbatch --array=0-N slurm/eval_proxy.sh TASK_FOLDER}
 REPO=${DEMIX_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
-PYTHON=${DEMIX_PYTHON:-$REPO/.venv/bin/python}
+# The interpreter: DEMIX_PYTHON (the executor passes its own), else the checkout's .venv, else python3.
+PYTHON=${DEMIX_PYTHON:-$([[ -x $REPO/.venv/bin/python ]] && echo "$REPO/.venv/bin/python" || command -v python3)}
 cd "$REPO"
 
 RUN=("$PYTHON" -m megatron_demix.cluster.tasks "$FOLDER")

@@ -9,7 +9,7 @@
 # Submit from the repository root (or set DEMIX_REPO). Site values (partition, account, time, CPUs)
 # come from sbatch flags, SBATCH_* variables, or the experiment's cluster.stages.prepare when
 # `demix` submits it; the environment:
-#   DEMIX_PYTHON      interpreter (default: $DEMIX_REPO/.venv/bin/python)
+#   DEMIX_PYTHON      interpreter (default: $DEMIX_REPO/.venv/bin/python, else python3)
 #SBATCH --job-name=demix-prepare
 #SBATCH --ntasks=1
 #SBATCH --cpus-per-task=2
@@ -18,7 +18,8 @@
 set -euo pipefail
 CONFIG=${1:?usage: sbatch slurm/prepare.sh EXPERIMENT.yaml}
 REPO=${DEMIX_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
-PYTHON=${DEMIX_PYTHON:-$REPO/.venv/bin/python}
+# The interpreter: DEMIX_PYTHON (the executor passes its own), else the checkout's .venv, else python3.
+PYTHON=${DEMIX_PYTHON:-$([[ -x $REPO/.venv/bin/python ]] && echo "$REPO/.venv/bin/python" || command -v python3)}
 # The repository's package first, whichever interpreter runs it; the config path stays relative to here.
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 exec "$PYTHON" -m megatron_demix.cli prepare --config "$CONFIG"

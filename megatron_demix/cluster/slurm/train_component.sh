@@ -12,12 +12,12 @@
 # job without it stops at once (exit 2, nothing trained) and its log names the --array to add.
 # `demix train --config X` counts the candidates and submits the base and the array for you, with
 # the resources of the experiment's cluster.stages.train. `demix check --config X` prints the count.
-# Arguments after the experiment file go to launch/train_component.py (Megatron-style flags:
+# Arguments after the experiment file go to the trainer (megatron_demix.training.launch; Megatron-style flags:
 # --micro-batch-size, --lr, --save, ...). Submit from the repository root (or set DEMIX_REPO).
 #
 # Site values: override the #SBATCH defaults with sbatch flags (-p, -A, -t, -N, --ntasks-per-node =
 # processes per node, one per GPU; --gpus-per-node) or SBATCH_* variables, and the environment:
-#   DEMIX_PYTHON      interpreter (default: $DEMIX_REPO/.venv/bin/python)
+#   DEMIX_PYTHON      interpreter (default: $DEMIX_REPO/.venv/bin/python, else python3)
 #   DEMIX_SRUN_ARGS   extra srun flags, e.g. "--container-image=nvcr.io/nvidia/pytorch:25.01-py3"
 #   DEMIX_COMPONENT   what to train instead of the array task: base, a candidate name or index
 # Outside SLURM (`DEMIX_TASK_ID=0 DEMIX_NTASKS=2 bash slurm/train_component.sh exp.yaml`, as the local
@@ -43,7 +43,8 @@ set -euo pipefail
 CONFIG=${1:?usage: sbatch --array=0-N slurm/train_component.sh <experiment.yaml> [launch/train_component.py flags]}
 shift
 REPO=${DEMIX_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
-PYTHON=${DEMIX_PYTHON:-$REPO/.venv/bin/python}
+# The interpreter: DEMIX_PYTHON (the executor passes its own), else the checkout's .venv, else python3.
+PYTHON=${DEMIX_PYTHON:-$([[ -x $REPO/.venv/bin/python ]] && echo "$REPO/.venv/bin/python" || command -v python3)}
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 
 # A bad experiment file fails here, in one line, before any rank starts.
@@ -60,7 +61,7 @@ print(len(load_experiment(sys.argv[1]).candidates))' "$CONFIG")
 fi
 COMPONENT=${DEMIX_COMPONENT:-$TASK}
 # --exit-signal-handler: on SIGTERM (preemption, scancel, the save-then-requeue below) save, then exit.
-LAUNCH=("$REPO/launch/train_component.py" --config "$CONFIG" --component "$COMPONENT" --exit-signal-handler "$@")
+LAUNCH=(-m megatron_demix.training.launch --config "$CONFIG" --component "$COMPONENT" --exit-signal-handler "$@")
 
 if [[ -z "${SLURM_JOB_ID:-}" ]]; then
     # Not under SLURM (the local executor sets DEMIX_TASK_ID / DEMIX_NTASKS): torchrun starts the ranks;
