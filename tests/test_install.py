@@ -75,7 +75,7 @@ def test_an_installed_package_searches_with_built_in_evaluation_outside_the_chec
     # The trained components, tokenizer and built-in tasks of the fixture, in a work dir of this test's own.
     work = tmp_path / "work"
     work.mkdir()
-    for entry in experiment.work_dir.iterdir():
+    for entry in Path(experiment.work_dir).iterdir():
         if entry.name not in ("search", "logs") and not entry.name.startswith("."):
             (work / entry.name).symlink_to(entry)
     data = yaml.safe_load(Path(config).read_text())
