@@ -33,7 +33,7 @@ class ValidateConfig:
     min_spacing: float = 0.0
     """`simplex`: the least L1 distance between two references (draws closer to a kept one are rejected)."""
     replicates: int = 0
-    """The first this many references are trained once more with another data-order seed
+    """The first this many references (0, or at least 2) are trained once more with another data-order seed
     (training.seed + 1): their disagreement is the noise no proxy can beat (the ceiling)."""
     random_search: int = 0
     """Table 3's random search: this many mixtures of the search's pool, drawn at random (validate.seed),
@@ -56,6 +56,8 @@ class ValidateConfig:
         require_at_least(self, 2, "references")
         require_at_least(self, 0, "seed", "merged_proxy_tokens", "replicates", "random_search")
         require_at_least(self, 10, "bootstrap_samples")
+        if self.replicates == 1:
+            fail("replicates", "1 replicate gives no spread: set 0 (no noise ceiling) or at least 2")
         if self.replicates > self.references:
             fail("replicates", f"{self.replicates} is more than the {self.references} references it trains again")
         if not 0 < self.max_share <= 1 or self.min_spacing < 0:

@@ -8,7 +8,9 @@
   (bootstrap.py) shared by all methods and domains; capability recovery on the accuracy-type tasks
   (nulls.py), the others on the domain scores.
 - Differences demix - each other method, per domain and macro, from the same resamples.
-- The noise ceiling: per domain, the replicates' noise sd = sqrt(mean((replicate - reference)^2) / 2);
+- The noise ceiling: per domain, the replicates' noise sd = sd(replicate - reference) / sqrt(2), the gaps
+  centred on their mean (ddof 1): another seed can shift every mixture alike (the same general documents
+  reach every blend in the same order), which changes no rank and is reported apart as the mean gap;
   the ceiling is the rho (top-25% rho, Kendall tau) two independent trainings of every reference
   would reach: references shrunk to their noise-free spread, t = mean + (r - mean) sqrt(1 - sd^2 / var),
   plus independent N(0, sd^2) noise on each side (mean of 2,000 noise draws; its interval resamples the
@@ -143,11 +145,15 @@ def measure(ev: Evaluations, settings, tokens: dict[str, int]) -> dict:
             "quality": mixture_quality(ev, ceiling)}
 
 
-def noise_sd(ev: Evaluations, domain: str, pairs: np.ndarray | None = None) -> float:
-    ids = sorted(ev.replicates)
-    chosen = [ids[i] for i in pairs] if pairs is not None else ids
-    gaps = np.array([ev.replicates[i][domain] - ev.scores[REFERENCE][i][domain] for i in chosen])
-    return float(math.sqrt(np.mean(gaps ** 2) / 2))
+def replicate_gaps(ev: Evaluations, domain: str) -> np.ndarray:
+    """replicate - reference per replicated mixture (sorted ids)."""
+    return np.array([ev.replicates[i][domain] - ev.scores[REFERENCE][i][domain] for i in sorted(ev.replicates)])
+
+
+def noise_sd(gaps: np.ndarray) -> float:
+    """One training's noise sd from the gaps between two trainings of each mixture, their common shift removed
+    (NaN when a resample holds one distinct gap: no spread to measure)."""
+    return float(np.std(gaps, ddof=1) / math.sqrt(2)) if len(set(gaps.tolist())) > 1 else math.nan
 
 
 def _ceiling_rows(reference: np.ndarray, sd: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -170,16 +176,16 @@ def noise_ceiling(ev: Evaluations, boot: PairedBootstrap, seed: int) -> dict | N
     pair_picks = rng.integers(0, len(ev.replicates), size=(boot.samples, len(ev.replicates)))
     rows, per_sample = [], {}
     for domain in ev.domains:
-        reference = ev.column(REFERENCE, domain)
-        sd = noise_sd(ev, domain)
+        reference, gaps = ev.column(REFERENCE, domain), replicate_gaps(ev, domain)
+        sd = noise_sd(gaps)
         point = _ceiling_rows(np.tile(reference, (NOISE_DRAWS, 1)), np.full(NOISE_DRAWS, sd), rng)
-        sds = np.array([noise_sd(ev, domain, p) for p in pair_picks])
+        sds = np.array([noise_sd(gaps[p]) for p in pair_picks])
         per_sample[domain] = _ceiling_rows(reference[boot.indices], sds, rng)
-        rows.append({"domain": domain, "noise_sd": sd, "reference_sd": float(reference.std()),
+        rows.append({"domain": domain, "noise_sd": sd, "mean_gap": float(gaps.mean()), "reference_sd": float(reference.std()),
                      "pairs": {i: (ev.scores[REFERENCE][i][domain], ev.replicates[i][domain]) for i in sorted(ev.replicates)},
-                     **{k: float(np.nanmean(point[k])) for k in CEILING_METRICS},
+                     **{k: float(np.nanmean(point[k])) if np.isfinite(point[k]).any() else None for k in CEILING_METRICS},
                      **{f"{k}_ci": boot.interval(per_sample[domain][k]) for k in CEILING_METRICS}})
-    macro = {k: float(np.mean([r[k] for r in rows])) for k in CEILING_METRICS}
+    macro = {k: None if any(r[k] is None for r in rows) else float(np.mean([r[k] for r in rows])) for k in CEILING_METRICS}
     macro.update({f"{k}_ci": boot.interval(np.mean([per_sample[d][k] for d in ev.domains], axis=0)) for k in CEILING_METRICS})
     return {"replicates": len(ev.replicates), "domains": rows, "macro": macro}
 
@@ -191,7 +197,7 @@ def rank_among(score: float, references) -> int:
 
 def mixture_quality(ev: Evaluations, ceiling: dict | None) -> list[dict]:
     """Table 3: per quality model, score and rank per domain, macro rank, and the rank band from the noise."""
-    sd = {r["domain"]: r["noise_sd"] for r in ceiling["domains"]} if ceiling else {}
+    sd = {r["domain"]: r["noise_sd"] for r in ceiling["domains"] if math.isfinite(r["noise_sd"])} if ceiling else {}
     out = []
     for q in ev.quality:
         scores = ev.quality_scores[q["id"]]

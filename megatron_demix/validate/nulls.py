@@ -31,14 +31,15 @@ def is_accuracy(metric_key: str) -> bool:
 
 
 def task_rows(record: dict, plan) -> list[dict]:
-    """One row per (domain, task) of an evaluation record (eval/proxies.py `result_record`): metric key, value,
-    stderr (None where lm-eval gave none), whether it enters its domain score negated, whether it is
-    accuracy-type. The record keeps no orientation: it is the one that reproduces the record's domain score."""
+    """One row per (domain, task) of an evaluation record (search/evaluate.py): metric (the record's own name,
+    else the one eval.metrics or the built-in tasks set; empty: the task's first), value, stderr (None where
+    lm-eval gave none), whether it enters its domain score negated, whether it is accuracy-type. The record
+    keeps no orientation: the rows must reproduce its domain scores, or this fails naming the domain."""
     lower = set(plan.lower_is_better) | set(LOWER_IS_BETTER)
     rows = []
     for domain, tasks in plan.domains.items():
         for task in tasks:
-            key = record["metric_names"][task]
+            key = record.get("metric_names", {}).get(task) or plan.metric_names.get(task, "")
             rows.append({"domain": domain, "task": task, "metric": key, "value": float(record["metrics"][task]),
                          "stderr": record.get("stderrs", {}).get(task), "negated": task in lower or key.split(",")[0] in lower,
                          "accuracy": is_accuracy(key)})

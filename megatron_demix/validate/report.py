@@ -97,7 +97,7 @@ def fidelity_csv(result: dict) -> str:
         row = [CEILING, r["domain"], ceiling["replicates"], ""]
         for k in METRICS:
             ci = r.get(f"{k}_ci")
-            row += [r.get(k, ""), *(("", "") if ci is None else ci)]
+            row += ["" if r.get(k) is None else r[k], *(("", "") if ci is None else ci)]
         rows.append(row)
     return _csv(header, rows)
 
@@ -135,9 +135,13 @@ def fidelity_markdown(result: dict, ev: Evaluations, settings, command: str | No
               for r in result["differences"]]
     if ceiling:
         lines += ["", f"## Noise ceiling ({ceiling['replicates']} references trained again with another data-order seed)", "",
-                  "| domain | noise sd | references' sd | ceiling rho | ceiling top-25% rho | ceiling Kendall tau | pairs (reference, replicate) |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['domain']} | {r['noise_sd']:.4f} | {r['reference_sd']:.4f} | "
+                  "Noise sd: the spread of replicate - reference over the replicated mixtures, centred (the mean gap, a shift"
+                  " of every mixture alike, changes no rank), / sqrt(2). Ceiling: the rank agreement of two such trainings of"
+                  " every reference.", "",
+                  "| domain | noise sd | mean gap | references' sd | ceiling rho | ceiling top-25% rho | ceiling Kendall tau |"
+                  " pairs (reference/replicate) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['domain']} | {r['noise_sd']:.4f} | {r['mean_gap']:+.4f} | {r['reference_sd']:.4f} | "
                   + " | ".join(_with_interval(r[k], r[f"{k}_ci"]) for k in CEILING_METRICS) + " | "
                   + ", ".join(f"{i}: {a:.4f}/{b:.4f}" for i, (a, b) in r["pairs"].items()) + " |" for r in ceiling["domains"]]
     lines += ["", "## Token accounting", "",
@@ -157,10 +161,7 @@ def fidelity_markdown(result: dict, ev: Evaluations, settings, command: str | No
 
 
 def _is_acc(ev: Evaluations, task: str) -> bool:
-    from megatron_demix.validate.nulls import is_accuracy
-
-    record = ev.records[f"{REFERENCE}-{ev.ids[0]}"]
-    return is_accuracy(record["metric_names"][task])
+    return any(r["task"] == task and r["accuracy"] for r in task_rows(ev.records[f"{REFERENCE}-{ev.ids[0]}"], ev.plan))
 
 
 def quality_markdown(quality: list[dict], ev: Evaluations, ceiling: dict | None) -> list[str]:
@@ -224,7 +225,7 @@ def plot_rho_vs_compute(result: dict, path: Path) -> None:
                         label=r["method"])
         else:
             ax.axhline(r["rho"], linestyle=":", color="grey", label=f"{r['method']} (no training)")
-    if result["ceiling"]:
+    if result["ceiling"] and result["ceiling"]["macro"]["rho"] is not None:
         m = result["ceiling"]["macro"]
         ax.axhline(m["rho"], linestyle="--", color="black", label=CEILING)
         if m["rho_ci"]:

@@ -3,6 +3,7 @@ accuracy-type tasks only, paired differences, the noise ceiling, Table 3's bands
 from __future__ import annotations
 
 import math
+import statistics
 from types import SimpleNamespace
 
 import numpy as np
@@ -87,13 +88,17 @@ def test_nulls_recovery_on_accuracy_and_paired_differences():
 
 
 def test_identical_replicates_put_the_ceiling_at_one_and_noise_lowers_it():
-    exact = measure(evaluations(replicate_noise=0.0), SETTINGS, TOKENS)["ceiling"]
-    assert exact["replicates"] == 3 and all(r["noise_sd"] == 0 for r in exact["domains"])
+    shifted = evaluations(replicate_noise=0.0)
+    for scores in shifted.replicates.values():  # another seed moving every mixture alike changes no rank
+        scores.update({d: v + 0.05 for d, v in scores.items()})
+    exact = measure(shifted, SETTINGS, TOKENS)["ceiling"]
+    assert exact["replicates"] == 3 and all(r["noise_sd"] == pytest.approx(0, abs=1e-12) for r in exact["domains"])
+    assert all(r["mean_gap"] == pytest.approx(0.05) for r in exact["domains"])
     assert exact["macro"]["rho"] == pytest.approx(1.0) and exact["macro"]["kendall_tau"] == pytest.approx(1.0)
     noisy = measure(evaluations(replicate_noise=0.2), SETTINGS, TOKENS)["ceiling"]
     code = next(r for r in noisy["domains"] if r["domain"] == "code")
     gaps = [b - a for a, b in code["pairs"].values()]
-    assert code["noise_sd"] == pytest.approx(math.sqrt(np.mean(np.square(gaps)) / 2))
+    assert code["noise_sd"] == pytest.approx(statistics.stdev(gaps) / math.sqrt(2)) and code["mean_gap"] == pytest.approx(np.mean(gaps))
     assert noisy["macro"]["rho"] < 0.99 and noisy["macro"]["rho_ci"][0] < noisy["macro"]["rho_ci"][1]
 
 
