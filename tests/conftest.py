@@ -201,7 +201,7 @@ def eval_experiment(tmp_path_factory):
     so every load reshards (TP=2 -> 1, PP=2 -> 1) and merges inputs saved with different chunk layouts.
     Used by tests/eval and tests/hf."""
     from megatron_demix.experiment import load_experiment
-    from megatron_demix.eval.builtin_tasks import write_builtin_tasks
+    from megatron_demix.data.builtin_tasks import write_builtin_tasks
     from tests.training.train_helpers import check, torchrun, write_tiny_experiment
 
     config = write_tiny_experiment(tmp_path_factory.mktemp("eval"), train_iters=2)

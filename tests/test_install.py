@@ -83,7 +83,7 @@ def test_an_installed_package_searches_with_built_in_evaluation_outside_the_chec
                 search={"prior": {"code": 0.5, "math": 0.5}, "pool_size": 200, "round_sizes": [4], "top_k": 8,
                         "ensemble_size": 2, "mixtures_per_task": 4, "evaluate_final": False, "poll_seconds": 0.5})
     (outside / "experiment.yaml").write_text(yaml.safe_dump(data))
-    search = subprocess.run([str(python), "-m", "megatron_demix.search.run", "--config", "experiment.yaml"],
+    search = subprocess.run([str(python), "-m", "megatron_demix.commands.search", "--config", "experiment.yaml"],
                             cwd=outside, env=env, capture_output=True, text=True, timeout=900)
     assert search.returncode == 0, search.stderr[-4000:]
     results = sorted((work / "search/round-0/results").glob("*.json"))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from megatron_demix.runtime.errors import BAD_INPUT
 from megatron_demix.runtime.files import atomic_write_text
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
@@ -21,6 +22,7 @@ TRACKER_FILE = "latest_checkpointed_iteration.txt"
 
 class CheckpointError(ValueError):
     """A checkpoint path that is missing, incomplete or of an unknown format."""
+    exit_status = BAD_INPUT
 
 
 def iteration_dir(save: Path, iteration: int | str) -> Path:

@@ -30,12 +30,15 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 from megatron_demix.cluster.config import ClusterConfig
+from megatron_demix.runtime.errors import FAILED
+from megatron_demix.runtime.progress import Progress
 
 SCRIPTS = Path(__file__).resolve().parent / "slurm"
 """The job scripts, shipped inside the package (a checkout's `slurm/` links here), so that an installed
@@ -47,7 +50,7 @@ RUNNING_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED",
 
 
 class JobFailed(RuntimeError):
-    pass
+    exit_status = FAILED
 
 
 @dataclass(frozen=True)
@@ -167,25 +170,19 @@ class SlurmExecutor(Executor):
         return Job(job_id, spec, pattern)
 
     def _wait(self, job: Job, timeout: float | None) -> dict[str, str]:
-        return wait_for_slurm_job(job.id, timeout, progress=Progress(job))
+        return wait_for_slurm_job(job.id, timeout, progress=_job_progress(job))
 
 
-class Progress:
-    """Every PROGRESS_SECONDS: `job (id): state, elapsed | the last line its newest log holds` (rate and ETA
-    when the job logs them, as the trainer does)."""
+def _job_progress(job: Job) -> Callable[[str], None]:
+    """`report(summary)`: every PROGRESS_SECONDS `job (id): summary | the last line its newest log holds, elapsed`
+    (the trainer's rate and ETA are in that line)."""
+    progress = Progress(f"{job.spec.name} ({job.id})", every=PROGRESS_SECONDS, log=log.info)
 
-    def __init__(self, job: Job):
-        self.job, self.start = job, time.monotonic()
-        self.due = self.start + PROGRESS_SECONDS
+    def newest_line() -> str:
+        logs = sorted(glob.glob(job.log_pattern.replace("%a", "*")), key=os.path.getmtime)
+        return _last_line(logs[-1]) if logs else ""
 
-    def __call__(self, summary: str) -> None:
-        now = time.monotonic()
-        if now < self.due:
-            return
-        self.due = now + PROGRESS_SECONDS
-        logs = sorted(glob.glob(self.job.log_pattern.replace("%a", "*")), key=os.path.getmtime)
-        elapsed = time.strftime("%H:%M:%S", time.gmtime(now - self.start))
-        log.info("%s (%s): %s, %s | %s", self.job.spec.name, self.job.id, summary, elapsed, _last_line(logs[-1]) if logs else "")
+    return lambda summary: progress.update(detail=lambda: f"{summary} | {newest_line()}")
 
 
 def _last_line(path: str) -> str:
@@ -238,7 +235,7 @@ class LocalExecutor(Executor):
         for task in range(spec.array or 1):
             env = {**job_environment(spec), "DEMIX_TASK_ID": str(task), "DEMIX_NTASKS": str(self.ranks(spec))}
             env.pop("SLURM_JOB_ID", None)
-            progress = Progress(job)
+            progress = _job_progress(job)
             with open(job.log(task), "w") as output:
                 process = start_child(["bash", str(script_path(spec.script)), *spec.args], env=env,
                                       stdout=output, stderr=subprocess.STDOUT)

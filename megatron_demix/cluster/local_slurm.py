@@ -20,6 +20,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from megatron_demix.runtime.errors import FAILED
+
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
 PID_FILES = {
     "slurmd": Path("/run/slurmd.pid"),
@@ -35,7 +37,7 @@ START_LOCK = Path("/run/demix-local-slurm.lock")
 
 
 class LocalSlurmError(RuntimeError):
-    pass
+    exit_status = FAILED
 
 
 def slurm_conf(cpus: int) -> str:

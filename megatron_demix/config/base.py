@@ -25,9 +25,7 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-
-class ConfigError(ValueError):
-    """A bad experiment file or flag; the message names where and how to fix it."""
+from megatron_demix.runtime.errors import ConfigError
 
 
 def fail(where: str, message: str) -> typing.NoReturn:

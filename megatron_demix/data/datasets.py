@@ -14,7 +14,7 @@ The order of samples is a pure function of the iteration: iteration `it` reads g
 [it * global_batch, (it + 1) * global_batch) and data-parallel rank r takes its contiguous share.
 Resuming therefore needs only the iteration number (no sampler state), and every rank of a
 model-parallel group reads the same samples without a broadcast. `training.dataloader: dali`
-reads the same training samples through a DALI pipeline (training/dali.py).
+reads the same training samples through a DALI pipeline (data/dali.py).
 """
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ class TrainingData:
         """This rank's microbatches of iteration `iteration` (0-based)."""
         if self.loader == "dali":
             if self._dali is None:
-                from megatron_demix.training.dali import DaliTrainReader
+                from megatron_demix.data.dali import DaliTrainReader
 
                 self._dali = DaliTrainReader(self, num_microbatches=num_microbatches, first_iteration=iteration, keys=BATCH_KEYS)
             return self._dali.microbatches(iteration)

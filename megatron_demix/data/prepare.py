@@ -37,13 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
-from megatron_demix.experiment import ExperimentConfig
 from megatron_demix.data import readers
 from megatron_demix.data.builtin import write_builtin
 from megatron_demix.data.config import DatasetConfig
 from megatron_demix.data.readers import DataError
 from megatron_demix.data.tokenizer import DemixTokenizer, load_tokenizer, train_bpe
-from megatron_demix.eval.builtin_tasks import write_builtin_tasks
+from megatron_demix.data.builtin_tasks import write_builtin_tasks
+from megatron_demix.runtime.errors import FAILED
 from megatron_demix.runtime.files import TMP_SUFFIX, atomic_write_json, read_json, remove_stale_temporaries, temporary_name
 
 PREPARE_AGAIN = "delete it and run demix prepare again"
@@ -52,9 +52,10 @@ log = logging.getLogger(__name__)
 
 class PrepareFailed(RuntimeError):
     """Preparation failed while running (not because of the input): e.g. a tokenizer worker died."""
+    exit_status = FAILED
 
 
-def dataset_source(experiment: ExperimentConfig, dataset: DatasetConfig) -> Path:
+def dataset_source(experiment, dataset: DatasetConfig) -> Path:
     """Where the dataset's text lives: the user's path, or the built-in corpus file in the work dir."""
     if dataset.builtin is None:
         return Path(dataset.path).expanduser()
@@ -62,7 +63,7 @@ def dataset_source(experiment: ExperimentConfig, dataset: DatasetConfig) -> Path
     return experiment.paths.corpora / f"{dataset.builtin}-{megabytes:g}MB.jsonl"
 
 
-def write_builtin_corpora(experiment: ExperimentConfig) -> None:
+def write_builtin_corpora(experiment) -> None:
     for dataset in experiment.datasets:
         if dataset.builtin is not None:
             target = dataset_source(experiment, dataset)
@@ -71,7 +72,7 @@ def write_builtin_corpora(experiment: ExperimentConfig) -> None:
                 write_builtin(dataset.builtin, target, experiment.prepare.builtin_megabytes)
 
 
-def _training_texts(experiment: ExperimentConfig):
+def _training_texts(experiment):
     """The first `train_megabytes` of each dataset's text, counted in text (not in the bytes of its container,
     compressed or not), so the same documents train the same tokenizer whatever format holds them."""
     budget = int(experiment.tokenizer.train_megabytes * 1_000_000)
@@ -87,7 +88,7 @@ def _training_texts(experiment: ExperimentConfig):
                 break
 
 
-def ensure_tokenizer(experiment: ExperimentConfig) -> DemixTokenizer:
+def ensure_tokenizer(experiment) -> DemixTokenizer:
     """The experiment's tokenizer at `paths.tokenizer`: copied from tokenizer.path or trained once."""
     target = experiment.paths.tokenizer
     settings = experiment.tokenizer
@@ -223,7 +224,7 @@ def _tokenize_to_indexed(dataset: DatasetConfig, source: Path, prefix: Path, tok
     return {"documents": documents, "tokens": tokens}
 
 
-def _inputs(experiment: ExperimentConfig, dataset: DatasetConfig, source: Path, tokenizer: DemixTokenizer,
+def _inputs(experiment, dataset: DatasetConfig, source: Path, tokenizer: DemixTokenizer,
             previous_files: list[dict] | None) -> dict:
     """Everything the prepared tokens depend on; recorded in token_count.json."""
     inputs = {"source": str(source), "files": readers.source_fingerprint(dataset, source, previous_files),
@@ -242,7 +243,7 @@ def _same_inputs(recorded: dict, current: dict) -> bool:
     return content(recorded) == content(current)
 
 
-def prepare_dataset(experiment: ExperimentConfig, dataset: DatasetConfig, tokenizer: DemixTokenizer,
+def prepare_dataset(experiment, dataset: DatasetConfig, tokenizer: DemixTokenizer,
                     workers: int) -> dict:
     """Build (or find complete) the indexed dataset of one dataset; returns its token_count record."""
     paths = experiment.paths
@@ -274,18 +275,18 @@ def prepare_dataset(experiment: ExperimentConfig, dataset: DatasetConfig, tokeni
     return record
 
 
-def token_prior(experiment: ExperimentConfig, counts: dict[str, dict]) -> dict[str, float]:
+def token_prior(experiment, counts: dict[str, dict]) -> dict[str, float]:
     """Each candidate's share of the candidates' tokens."""
     total = sum(counts[d.name]["tokens"] for d in experiment.candidates)
     return {d.name: counts[d.name]["tokens"] / total for d in experiment.candidates}
 
 
-def prepare(experiment: ExperimentConfig, workers: int | None = None) -> dict[str, dict]:
+def prepare(experiment, workers: int | None = None) -> dict[str, dict]:
     """Run every preparation step (see the module docstring); returns the token counts per dataset."""
     workers = workers or experiment.prepare.workers
     write_builtin_corpora(experiment)
     tokenizer = ensure_tokenizer(experiment)
     counts = {d.name: prepare_dataset(experiment, d, tokenizer, workers) for d in experiment.datasets}
     atomic_write_json(experiment.paths.token_prior, token_prior(experiment, counts))
-    write_builtin_tasks(experiment, tokenizer)  # lm-eval tasks from the held-out documents (eval/builtin_tasks.py)
+    write_builtin_tasks(experiment, tokenizer)  # lm-eval tasks from the held-out documents (data/builtin_tasks.py)
     return counts

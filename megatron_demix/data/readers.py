@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from megatron_demix.data.config import DatasetConfig
+from megatron_demix.runtime.errors import BAD_INPUT
 
 KINDS = {".jsonl": "jsonl", ".json": "jsonl", ".jsonl.gz": "jsonl", ".jsonl.zst": "jsonl", ".json.gz": "jsonl",
          ".json.zst": "jsonl", ".parquet": "parquet", ".arrow": "arrow", ".txt": "text"}
@@ -47,7 +48,7 @@ BATCH_ROWS = 1024
 
 
 class DataError(ValueError):
-    pass
+    exit_status = BAD_INPUT
 
 
 def is_indexed(path: Path) -> bool:

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from megatron_demix.runtime.errors import BAD_INPUT
 from megatron_demix.runtime.files import atomic_write_text
 
 PIECE_CHARS = 1 << 18
@@ -22,7 +23,7 @@ TRAINED_SPECIALS = ("<|endoftext|>",)
 
 
 class TokenizerError(ValueError):
-    pass
+    exit_status = BAD_INPUT
 
 
 class DemixTokenizer:

@@ -35,14 +35,14 @@ class EvalConfig:
     torch_dist), {hf_checkpoint} (the proxy exported as a Hugging Face model directory, streamed from
     the components), {output} (where the command writes a flat JSON {metric: number}) and {workdir}.
     A proxy is built only when its placeholder is named, and deleted after its evaluation unless
-    `keep_proxies`. Unset: the built-in lm-eval evaluation (launch/eval_proxy.py)."""
+    `keep_proxies`. Unset: the built-in lm-eval evaluation, in the task's own process (eval/proxies.py: ProxyEvaluator)."""
     keep_proxies: bool = False
     """Keep the proxies `command`'s {checkpoint} and {hf_checkpoint} build (in the search's
     `work/<mixture id>/` directories) instead of deleting each after its evaluation: a model's size each."""
     timeout: float | None = None
-    """Seconds one mixture's evaluation may take (with `command`: its {checkpoint} merge and the command; the
-    built-in lm-eval job: this times its batch's mixtures); past it the evaluation's processes are ended
-    and it counts as a failed evaluation, retried as any other (search.max_retries). Unset: no limit."""
+    """Seconds one mixture's evaluation may take (with `command`: its {checkpoint} merge and the command, whose
+    processes are then ended; built-in: that mixture's scoring in the task's process, interrupted by SIGALRM);
+    past it the mixture counts as a failed evaluation, retried as any other (search.max_retries). Unset: no limit."""
     batch_size: int = 8
     """Sequences per forward pass of the `megatron-demix` lm-eval model."""
     max_length: int | None = None

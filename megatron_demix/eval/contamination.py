@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 from megatron_demix.data.contamination import WINDOW_WORDS, cross_corpus_overlaps, held_out_overlaps
-from megatron_demix.eval.builtin_tasks import split_documents, task_files
+from megatron_demix.data.builtin_tasks import split_documents, task_files
 
 
 def evaluation_texts(experiment) -> dict[str, list[str]]:

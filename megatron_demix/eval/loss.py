@@ -1,7 +1,6 @@
 """Held-out loss per domain of one or more checkpoints (base, components, merged proxies).
 
-    python -m megatron_demix.eval.loss --config configs/demo.yaml --output losses.json \
-        --checkpoint runs/demo/checkpoints/base --checkpoint runs/demo/proxies/prior
+    domain_losses(experiment, [Path("runs/demo/checkpoints/base")], samples=64)   # commands/eval_loss.py: the command
 
 One process, TP = PP = 1: any checkpoint loads by resharding, whatever layout it was saved with.
 Every checkpoint sees the same validation samples of every dataset (the split the trainer holds
@@ -10,13 +9,9 @@ mixture. Benchmarks through lm-eval are the search's real objective.
 """
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import torch
-
-from megatron_demix.runtime.files import atomic_write_json
 
 
 def domain_losses(experiment, checkpoints: list[Path], samples: int = 64, micro_batch_size: int = 8) -> dict[str, dict[str, float]]:
@@ -58,21 +53,3 @@ def domain_losses(experiment, checkpoints: list[Path], samples: int = 64, micro_
             losses[domain] = total / count
         results[str(checkpoint)] = losses
     return results
-
-
-def main(argv=None) -> None:
-    from megatron_demix.experiment import load_experiment
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--checkpoint", action="append", required=True, type=Path, help="save root, iter dir or torch_dist dir (repeatable)")
-    parser.add_argument("--samples", type=int, default=64, help="validation sequences per domain")
-    parser.add_argument("--output", type=Path, required=True, help="JSON {checkpoint: {domain: loss}}")
-    args = parser.parse_args(argv)
-    results = domain_losses(load_experiment(args.config), args.checkpoint, args.samples)
-    atomic_write_json(args.output, results)
-    print(json.dumps(results, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -59,7 +59,7 @@ class TaskPlan:
 def task_plan(experiment, tasks=None) -> TaskPlan:
     """The tasks to run: `tasks` (a list: each task its own domain; a dict: domain -> tasks), else
     `eval.tasks`, else the built-in tasks of every dataset (which `demix prepare` writes)."""
-    from megatron_demix.eval.builtin_tasks import default_tasks, tasks_dir
+    from megatron_demix.data.builtin_tasks import default_tasks, tasks_dir
 
     settings = experiment.eval
     builtin, builtin_metrics = default_tasks(experiment)

@@ -19,6 +19,8 @@ from typing import Callable
 
 import torch
 
+from megatron_demix.runtime.errors import BAD_INPUT
+
 # megatron-core's RoPE rotates the two halves of each head (rotary_interleaved off), as Hugging Face's
 # `rotate_half` does; its norms are RMSNorm over the last axis, the QK norms over one head. So the
 # architectures match tensor for tensor once the layouts above are converted.
@@ -26,6 +28,7 @@ import torch
 
 class ConversionError(ValueError):
     """A model the other format cannot express, or an unusable input / output directory (exit 2)."""
+    exit_status = BAD_INPUT
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from megatron_demix.merge.methods import Method, get_method
 from megatron_demix.merge.config import MergeConfig
 from megatron_demix.merge.plan import Plan, build_plan
 from megatron_demix.runtime.files import atomic_directory, atomic_write_json
+from megatron_demix.runtime.progress import Progress
 
 MB = 1e6
 VERIFY_SAMPLE = 8
@@ -121,21 +122,9 @@ def check_weights(weights: Sequence[float], names: Sequence[str], method: Method
     return [w / total for w in weights]
 
 
-class Progress:
-    """Rank 0's progress line: bytes of its share done, MB/s, ETA (ranks get balanced shares)."""
-
-    def __init__(self, total: int, log: Callable[[str], None], every: float = 2.0):
-        self.total, self.log, self.every = total, log, every
-        self.done, self.start, self.last = 0, time.perf_counter(), time.perf_counter()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if now - self.last >= self.every or self.done >= self.total:
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            eta = (self.total - self.done) / rate if rate else float("inf")
-            self.log(f"[merge] rank 0: {self.done / MB:.1f}/{self.total / MB:.1f} MB of its share, {rate / MB:.1f} MB/s, ETA {eta:.0f} s")
+def _share_progress(total: int, log) -> Progress:
+    """Rank 0's line: bytes of its share done, MB/s, ETA (ranks get balanced shares)."""
+    return Progress("[merge] rank 0's share", total=total, unit="MB", scale=MB, every=2.0, log=log)
 
 
 def _legacy_share(comm, plan: legacy.LegacyPlan, out_dir: Path, weights, method, scale, dtype, verify, provenance, log):
@@ -143,7 +132,7 @@ def _legacy_share(comm, plan: legacy.LegacyPlan, out_dir: Path, weights, method,
     start = time.perf_counter()
     stats = RankStats(comm.rank)
     share = plan.assignment[comm.rank] if comm.rank < len(plan.assignment) else []
-    progress = Progress(sum(plan.sizes[i] * (len(plan.dirs) + 1) for i in share), log) if comm.rank == 0 else None
+    progress = _share_progress(sum(plan.sizes[i] * (len(plan.dirs) + 1) for i in share), log) if comm.rank == 0 else None
     for i in share:
         relative = plan.files[i]
         written = legacy.merge_rank_file(plan, relative, out_dir, weights, method, scale, dtype, provenance)
@@ -155,7 +144,7 @@ def _legacy_share(comm, plan: legacy.LegacyPlan, out_dir: Path, weights, method,
         stats.bytes_read += plan.sizes[i] * len(plan.dirs)  # read, combined and written whole: all counts as combining
         stats.bytes_written += os.stat(out_dir / relative).st_size
         if progress:
-            progress.update(plan.sizes[i] * (len(plan.dirs) + 1))
+            progress.add(plan.sizes[i] * (len(plan.dirs) + 1))
     stats.seconds, stats.peak_rss = time.perf_counter() - start, mpi.peak_rss_bytes()
     return {}, stats
 
@@ -167,7 +156,7 @@ def _merge_share(comm, plan: Plan, out_dir: Path, weights, method, scale, verify
     share = plan.assignment[comm.rank] if comm.rank < len(plan.assignment) else []
     readers = [ChunkReader(d, read_metadata(d).storage_data, name) for d, name in zip(plan.dirs, plan.names)]
     writer = DataFileWriter(out_dir, comm.rank)
-    progress = Progress(plan.rank_bytes(comm.rank), log) if comm.rank == 0 else None
+    progress = _share_progress(plan.rank_bytes(comm.rank), log) if comm.rank == 0 else None
     try:
         for i in share:
             item = plan.items[i]
@@ -175,7 +164,7 @@ def _merge_share(comm, plan: Plan, out_dir: Path, weights, method, scale, verify
             (writer.raw if item.kind == "object" else writer.tensor)(item.index, result)
             del result
             if progress:
-                progress.update(item.read_bytes + item.write_bytes)
+                progress.add(item.read_bytes + item.write_bytes)
         writer.close()
         stats.reading, stats.writing = sum(r.seconds for r in readers), writer.seconds
         if verify:

@@ -26,15 +26,18 @@ from megatron_demix.checkpoint.torch_dist import (
     BACKEND_FILE, COMMON_FILE, DCP_VERSION, METADATA_FILE, Metadata, MetadataIndex, StorageInfo, StorageMeta, dump_metadata,
     read_common_state,
 )
+from megatron_demix.runtime.errors import BAD_INPUT, FAILED
 from megatron_demix.runtime.files import atomic_write_bytes, atomic_write_json, write_failure
 
 
 class MergeError(ValueError):
     """A merge that failed while running (a write, `--verify`); the message names the file and the fix."""
+    exit_status = FAILED
 
 
 class MergeInputError(MergeError):
     """A bad input (checkpoint, weight, mixture, flag): the user fixes it and runs again (exit status 2)."""
+    exit_status = BAD_INPUT
 
 
 def merge_failure(error: BaseException) -> BaseException:

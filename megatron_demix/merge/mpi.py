@@ -17,6 +17,8 @@ import ctypes
 import os
 import resource
 
+from megatron_demix.runtime.errors import FAILED
+
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 """What torchrun (or any torch.distributed `env://` launcher) sets for every process."""
 
@@ -87,6 +89,7 @@ def launcher(env=None) -> str:
 
 class LaunchError(RuntimeError):
     """The merge was started in a way that would not give it the ranks it was granted."""
+    exit_status = FAILED
 
 
 def slurm_tasks(env=None) -> int | None:

@@ -3,8 +3,8 @@
     exit_process(run_command("demix train", run, args))
 
 A known error becomes one line `demix train: error: ...` on stderr; anything else is a bug and
-keeps its traceback. Error classes are named by module so that checking them imports nothing:
-an error of a class can only have been raised once its module was imported.
+keeps its traceback. An error class is known by its `exit_status` attribute (BAD_INPUT or FAILED),
+set where the class is defined; a subclass inherits it.
 """
 from __future__ import annotations
 
@@ -18,37 +18,11 @@ BAD_INPUT = 2
 FAILED = 1
 """Exit status for a failure while running (a job failed, a daemon is missing)."""
 
-_ERRORS: dict[int, tuple[tuple[str, str], ...]] = {
-    BAD_INPUT: (
-        ("megatron_demix.config.base", "ConfigError"),
-        ("megatron_demix.checkpoint.layout", "CheckpointError"),
-        ("megatron_demix.data.readers", "DataError"),
-        ("megatron_demix.data.tokenizer", "TokenizerError"),
-        ("megatron_demix.merge.io", "MergeInputError"),
-        ("megatron_demix.hf.config_map", "ConversionError"),
-        ("megatron_demix.runtime.files", "StateFileError"),
-    ),
-    FAILED: (
-        ("megatron_demix.cluster.executor", "JobFailed"),
-        ("megatron_demix.cluster.local_slurm", "LocalSlurmError"),
-        ("megatron_demix.merge.mpi", "LaunchError"),
-        ("megatron_demix.merge.io", "MergeError"),
-        ("megatron_demix.training.trainer", "TrainingDiverged"),
-        ("megatron_demix.data.prepare", "PrepareFailed"),
-        ("megatron_demix.training.run_state", "SaveFailed"),
-        ("megatron_demix.search.driver", "SearchStopped"),
-        ("megatron_demix.search.evaluate", "EvaluationFailed"),
-    ),
-}
 
-
-def exit_code(error: BaseException) -> int | None:
-    """BAD_INPUT or FAILED for a known error, None for anything else (a bug)."""
-    for code, names in _ERRORS.items():
-        known = tuple(getattr(sys.modules[module], name) for module, name in names if module in sys.modules)
-        if known and isinstance(error, known):
-            return code
-    return None
+class ConfigError(ValueError):
+    """A bad experiment file or flag; the message names where and how to fix it (config/base.py raises it;
+    here so that the runtime's own checks, below the config layer, raise it too)."""
+    exit_status = BAD_INPUT
 
 
 def run_command(name: str, function: Callable, *args, quiet: bool = False) -> int:
@@ -57,7 +31,7 @@ def run_command(name: str, function: Callable, *args, quiet: bool = False) -> in
     try:
         function(*args)
     except Exception as error:
-        code = exit_code(error)
+        code = getattr(type(error), "exit_status", None)  # set by every known error class
         if code is None:
             raise
         if not quiet:

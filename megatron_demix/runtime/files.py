@@ -12,12 +12,15 @@ import os
 import shutil
 from pathlib import Path
 
+from megatron_demix.runtime.errors import BAD_INPUT
+
 TMP_SUFFIX = ".tmp-demix"
 
 
 class StateFileError(ValueError):
     """A JSON file the project wrote (jobs.json, settings.json, a result) that no longer parses: the message
     names it, what it holds and what to do (exit status 2)."""
+    exit_status = BAD_INPUT
 
 
 def read_json(path: Path, what: str, fix: str):

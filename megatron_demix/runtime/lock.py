@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from megatron_demix.config.base import ConfigError
+from megatron_demix.runtime.errors import ConfigError
 
 LOCK_FILE = ".lock"
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from megatron_demix.config.base import ConfigError
+from megatron_demix.runtime.errors import ConfigError
 from megatron_demix.runtime import device
 
 

@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 from megatron_demix.cluster.executor import Executor, Terminated, terminate_on_sigterm
+from megatron_demix.runtime.errors import FAILED
 from megatron_demix.runtime.files import atomic_write_bytes, atomic_write_json, read_json
 from megatron_demix.search.objective import composite, target_stderrs, target_values, targets_of, typical_noise
 from megatron_demix.search.policy import Evidence, Surrogate, check_answer, choose_answer, propose
@@ -39,6 +40,7 @@ train on, and a Spearman rank correlation three pairs."""
 
 class SearchStopped(RuntimeError):
     """Too few evaluations succeeded for the search to go on, or the driver was stopped (SIGTERM)."""
+    exit_status = FAILED
 
 
 class Search:

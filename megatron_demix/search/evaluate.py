@@ -1,6 +1,6 @@
-"""Score a batch of mixtures: the one entry point every executor's evaluation task runs.
+"""Score a batch of mixtures: what every executor's evaluation task runs (its entry: commands/evaluate.py).
 
-    evaluate_batch(config="work/experiment.yaml", mixtures=[{"id": "r0-0003", "mixture": {...}}],
+    score_mixtures(experiment, "work/experiment.yaml", mixtures=[{"id": "r0-0003", "mixture": {...}}],
                    results_dir="work/search/round-0/results")
 
 Writes `results_dir/<id>.json` = {"id", "mixture", "models", "domains", "metrics", "seconds"} per
@@ -10,7 +10,7 @@ re-run task never evaluates a mixture twice). How a mixture is scored (`EVALUATO
 - `command`: `eval.command` is a shell template run once per mixture with {mixture} (JSON
   {candidate: ratio}), {output} (where it writes a flat JSON {metric: number}), {workdir}, and
   {checkpoint}: when the template names it, the proxy is merged to disk first
-  (`python -m megatron_demix.merge.command` on `merge.ranks` MPI ranks); an entry with its own
+  (`python -m megatron_demix.commands.merge` on `merge.ranks` MPI ranks); an entry with its own
   `checkpoint` (a trained model, `demix validate`) passes that one, never merged nor deleted.
   {hf_checkpoint}: when named, the proxy (or that trained model) exported as a Hugging Face model
   directory (hf/export.py, streamed from the components, in merge.dtype), for harnesses such as
@@ -44,13 +44,14 @@ from megatron_demix.cluster.executor import run_child
 from megatron_demix.eval.config import domain_scores
 from megatron_demix.eval.proxies import model_identity, reusable_result, write_result
 from megatron_demix.merge.mpi import mpiexec_command
+from megatron_demix.runtime.errors import FAILED
 from megatron_demix.search.objective import check_finite
 
 log = logging.getLogger(__name__)
 
 
 class EvaluationFailed(RuntimeError):
-    pass
+    exit_status = FAILED
 
 
 class Deadline:
@@ -76,10 +77,10 @@ def _run(command: list[str], where: str, deadline: Deadline) -> None:
 
 def _merge_proxy(config: str, experiment, mixture_file: Path, output: Path, deadline: Deadline) -> None:
     mpiexec = Path(sys.executable).parent / "mpiexec"
-    merge = [sys.executable, "-m", "megatron_demix.merge.command", "--config", config, "--mixture", str(mixture_file),
+    merge = [sys.executable, "-m", "megatron_demix.commands.merge", "--config", config, "--mixture", str(mixture_file),
              "--output", str(output), "--overwrite"]
     launch = mpiexec_command(str(mpiexec), experiment.merge.ranks) if mpiexec.exists() else []
-    _run([*launch, *merge], "the merge (python -m megatron_demix.merge.command)", deadline)
+    _run([*launch, *merge], "the merge (python -m megatron_demix.commands.merge)", deadline)
 
 
 def _export_proxy(experiment, item: dict, mixture_file: Path, output: Path) -> None:
@@ -183,12 +184,9 @@ def evaluator_name(eval_config) -> str:
     return "command" if eval_config.command else "lm_eval"
 
 
-def evaluate_batch(config: str, mixtures: list[dict], results_dir: str) -> dict:
-    """Evaluate the mixtures that have no result yet; returns {"evaluated": [...], "skipped": [...]}; raises on any failure."""
-    from megatron_demix.experiment import load_experiment
-
-    experiment = load_experiment(config)
-    results_dir = Path(results_dir)
+def score_mixtures(experiment, config: str, mixtures: list[dict], results_dir: Path) -> dict:
+    """Evaluate the mixtures that have no result yet; returns {"evaluated": [...], "skipped": [...]}; raises on any
+    failure. `config` is the experiment's file, which a harness's merge reads again."""
     models = {m["id"]: model_identity(experiment, m) for m in mixtures}
     todo = [m for m in mixtures if reusable_result(results_dir / f"{m['id']}.json", m, models[m["id"]], log.warning) is None]
     skipped = [m["id"] for m in mixtures if m not in todo]

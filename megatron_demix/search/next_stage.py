@@ -46,7 +46,7 @@ def write_next_stage(paths, experiment, answer: dict, config_path: str) -> None:
         "data_path": str(paths.root / "data_path.txt"),
         "data_args_path": str(paths.root / "data_args.txt"),
         "megatron_lm_flags": f"--data-args-path {shlex.quote(str(paths.root / 'data_args.txt'))}",
-        "train_command": f"torchrun --nproc-per-node 1 launch/train_component.py --config {config} "
+        "train_command": f"torchrun --nproc-per-node 1 -m megatron_demix.commands.train --config {config} "
                          f"--mixture-runs {shlex.quote(str(runs))} --component 0",
         "sbatch_command": f"sbatch --array=0 slurm/train_component.sh {config} --mixture-runs {shlex.quote(str(runs))}",
         "train_iters": final_iterations(experiment),

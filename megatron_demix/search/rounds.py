@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from dataclasses import dataclass
 
 from megatron_demix.cluster.executor import Executor
 from megatron_demix.cluster.tasks import Call, TaskArray, Watcher
+from megatron_demix.runtime.progress import Progress
 from megatron_demix.search.config import SearchConfig
 from megatron_demix.search.state import RoundPaths
 
 log = logging.getLogger(__name__)
-EVALUATE = "megatron_demix.search.evaluate:evaluate_batch"
+EVALUATE = "megatron_demix.commands.evaluate:evaluate_batch"
 
 
 @dataclass
@@ -56,32 +56,15 @@ def failures_by_mixture(round_paths: RoundPaths, results: dict, since: int = 0) 
     return failures
 
 
-class Progress:
-    """Logs `done / failed / pending` with a rate and an ETA when the counts change (or every minute)."""
-
-    def __init__(self, name: str, total: int, done_before: int):
-        self.name, self.total, self.done_before = name, total, done_before
-        self.start, self.last, self.last_line = time.monotonic(), None, 0.0
-
-    def __call__(self, done: int, failed: int) -> None:
-        now = time.monotonic()
-        counts = (done, failed)
-        if counts == self.last and now - self.last_line < 60:
-            return
-        self.last, self.last_line = counts, now
-        pending = self.total - done - failed
-        new = done - self.done_before
-        rate = new / max(now - self.start, 1e-9)
-        eta = f", ETA {pending / rate / 60:.1f} min" if new > 0 and pending else ""
-        log.info("%s: %d/%d done, %d failed, %d pending (%.2f mixtures/min%s)", self.name, done, self.total, failed,
-                 pending, rate * 60, eta)
-
-
 def evaluate_round(round_paths: RoundPaths, proposals: list[dict], runner: Runner) -> dict:
     """Run every proposal to a result or to a final failure; returns {"results": {id: result}, "failed": {id: [errors]}}."""
     config = runner.search
     ids = [p["id"] for p in proposals]
-    progress = Progress(round_paths.name, len(ids), len(round_paths.read_results()))
+    progress = Progress(round_paths.name, total=len(ids), unit="mixtures", every=60.0, on_change=True,
+                        done_before=len(round_paths.read_results()), log=log.info)
+
+    def report(done: int, failed: int) -> None:
+        progress.update(done, f"{failed} failed, {len(ids) - done - failed} pending")
     watcher = Watcher(runner.executor, max_delay=config.poll_seconds)
     # This call's retry budget starts at the first attempt still running (re-attached) or made from now on.
     attempts = round_paths.attempts()
@@ -91,7 +74,7 @@ def evaluate_round(round_paths: RoundPaths, proposals: list[dict], runner: Runne
         failures = failures_by_mixture(round_paths, results, since)
         retryable = [p for p in proposals if p["id"] not in results and len(failures.get(p["id"], [])) <= config.max_retries]
         given_up = {i: f for i, f in failures.items() if i not in results and len(f) > config.max_retries}
-        progress(len(results), len(given_up))
+        report(len(results), len(given_up))
         unfinished = [TaskArray(f) for f in round_paths.attempts() if None in TaskArray(f).records().values()]
         if unfinished:
             for array in unfinished:  # re-attach (or, if the submission never happened, submit now)
@@ -99,7 +82,7 @@ def evaluate_round(round_paths: RoundPaths, proposals: list[dict], runner: Runne
 
             def show(polled):
                 done = len([f for f in round_paths.results.glob("*.json") if f.stem in ids]) if round_paths.results.is_dir() else 0
-                progress(done, len(given_up))
+                report(done, len(given_up))
 
             watcher.wait(unfinished, progress=show)
             continue

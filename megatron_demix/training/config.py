@@ -69,7 +69,7 @@ class TrainingConfig:
     """`auto`: bf16 on GPU hosts, fp32 on CPU (see runtime/device.py)."""
     dataloader: Literal["torch", "dali"] = "torch"
     """`torch`: batches read in the training process; `dali`: training batches through an NVIDIA DALI
-    pipeline (`pip install -e .[dali]`; see training/dali.py)."""
+    pipeline (`pip install -e .[dali]`; see data/dali.py)."""
 
 
     # --- throughput (Megatron-LM's flags and defaults; runtime/device.py `throughput_settings` applies them

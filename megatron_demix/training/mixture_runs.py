@@ -1,7 +1,7 @@
 """Models trained from the base on a mixture of the candidates: reference models and trained proxies.
 
     write_mixture_runs(path, [MixtureRun("ref-000", {"code": 0.3, "math": 0.7}, 200, "/w/validate/models/ref-000")])
-    launch/train_component.py --config X --mixture-runs runs.jsonl --component 0    # array task 0 trains line 0
+    torchrun -m megatron_demix.commands.train --config X --mixture-runs runs.jsonl --component 0    # array task 0 trains line 0
 
 One JSON object per line. Each trains like a component (same trainer, same starting point: the
 base), on beta general + (1 - beta) x its mixture (data/datasets.py `blend_for`), for its own

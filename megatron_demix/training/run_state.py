@@ -32,6 +32,7 @@ from megatron_demix.checkpoint.layout import (
 from megatron_demix.checkpoint.torch_dist import check_checkpoint_files
 from megatron_demix.checkpoint.weights import check_shapes, write_results_in_process
 from megatron_demix.runtime import device
+from megatron_demix.runtime.errors import FAILED
 from megatron_demix.runtime.files import write_failure
 from megatron_demix.training.optimizer import load_optimizer_state, optimizer_sharded_state_dict
 
@@ -109,6 +110,7 @@ def _state_dict(model, optimizer, scheduler, *, is_loading: bool, with_rng: bool
 
 class SaveFailed(RuntimeError):
     """The file system refused a checkpoint write (full, read-only): training stops, exit 1."""
+    exit_status = FAILED
 
 
 def _save_strategy(fully_parallel: bool):

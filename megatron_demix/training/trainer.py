@@ -4,7 +4,7 @@
     run = RunOptions.defaults(experiment, "code")      # or "base", or a candidate index
     Trainer(experiment, run).train()
 
-Launched by `launch/train_component.py` (torchrun or srun). Setup happens in this order, and
+Launched by `python -m megatron_demix.commands.train` (torchrun or srun; launch/train_component.py from a checkout). Setup happens in this order, and
 every check that can fail runs before the first step: parallel arithmetic and head split, data
 files, checkpoint shapes.
   1. process group, megatron-core model-parallel groups, seed;
@@ -40,6 +40,7 @@ from megatron_demix.config.base import ConfigError, to_dict
 from megatron_demix.model.gpt import build_gpt_model, check_parallel_fits
 from megatron_demix.runtime import device
 from megatron_demix.runtime.distributed import init_distributed
+from megatron_demix.runtime.errors import FAILED
 from megatron_demix.runtime.parallel import ParallelDims, initialize_model_parallel
 from megatron_demix.training import run_state
 from megatron_demix.data.datasets import TrainingData, blend_for, check_prepared
@@ -91,6 +92,7 @@ def check_before_start(experiment, run: RunOptions, world_size: int) -> Parallel
 
 class TrainingDiverged(RuntimeError):
     """The loss or gradient norm is not finite: training stops, nothing is saved; the launcher exits 1."""
+    exit_status = FAILED
 
 
 class _StopOnSigterm:

@@ -36,7 +36,7 @@ def test_prepared_demo_has_no_document_in_two_corpora_and_no_held_out_text_in_tr
 
 def test_domains_group_the_tiers_and_are_scored_on_their_first_dataset(prepared_demo):
     from megatron_demix.data.tokenizer import load_tokenizer
-    from megatron_demix.eval.builtin_tasks import default_tasks, domain_sources, held_out_documents, task_files
+    from megatron_demix.data.builtin_tasks import default_tasks, domain_sources, held_out_documents, task_files
 
     tasks, metrics = default_tasks(prepared_demo)
     assert tasks == {d: [f"demix_{d}_choice", f"demix_{d}_bpb"] for d in ("general", "code", "math")}

@@ -75,7 +75,7 @@ def test_rerun_skips_finished_datasets_and_tasks_without_megatron(prepared_demo,
     import subprocess
     import sys
 
-    from megatron_demix.eval.builtin_tasks import tasks_dir
+    from megatron_demix.data.builtin_tasks import tasks_dir
 
     def stamps(pattern):
         return {p: p.stat().st_mtime_ns for p in sorted(prepared_demo.paths.root.glob(pattern))}

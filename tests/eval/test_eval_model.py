@@ -134,7 +134,7 @@ def test_builtin_tasks_come_from_held_out_documents_only(eval_experiment):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     from megatron_demix.data.tokenizer import load_tokenizer
-    from megatron_demix.eval.builtin_tasks import default_tasks, held_out_documents, tasks_dir
+    from megatron_demix.data.builtin_tasks import default_tasks, held_out_documents, tasks_dir
 
     _, experiment = eval_experiment
     tokenizer = load_tokenizer(experiment.paths.tokenizer)

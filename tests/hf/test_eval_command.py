@@ -59,7 +59,7 @@ def test_each_mixture_is_evaluated_on_its_own_exported_proxy(eval_experiment, tm
 
 
 def test_keep_proxies_leaves_the_exported_proxy(eval_experiment, tmp_path):
-    from megatron_demix.search.evaluate import evaluate_batch
+    from megatron_demix.commands.evaluate import evaluate_batch
 
     check = "test -f {hf_checkpoint}/config.json && echo '{\"found\": 1}' > {output}"
     config, _ = _with_eval(eval_experiment, tmp_path, command=check, keep_proxies=True)

@@ -8,6 +8,8 @@ import pytest
 from megatron_demix.checkpoint.layout import CheckpointError
 from megatron_demix.cluster.executor import JobFailed
 from megatron_demix.config.base import ConfigError
+from megatron_demix.eval.config import EvalInputError
+from megatron_demix.merge.io import MergeError, MergeInputError
 from megatron_demix.runtime.errors import BAD_INPUT, FAILED, run_command
 from tests.conftest import VENV_BIN
 
@@ -20,6 +22,9 @@ def _raise(error):
     (ConfigError("exp.yaml: training.lr: must be a number"), BAD_INPUT),
     (CheckpointError("--load x: no checkpoint"), BAD_INPUT),
     (JobFailed("job train (12): tasks failed"), FAILED),
+    (EvalInputError("--manifest m.jsonl line 2: not JSON"), BAD_INPUT),  # a ConfigError's status, inherited
+    (MergeError("out/iter_1: cannot write"), FAILED),
+    (MergeInputError("--inputs a:x: not a number"), BAD_INPUT),  # a subclass that says its own
 ])
 def test_known_errors_become_one_line_and_their_code(capsys, error, code):
     assert run_command("demix x", _raise, error) == code

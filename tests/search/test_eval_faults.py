@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from megatron_demix.search.evaluate import EvaluationFailed, evaluate_batch
+from megatron_demix.commands.evaluate import evaluate_batch
+from megatron_demix.search.evaluate import EvaluationFailed
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import PRIOR, REPO, evaluations, synthetic_experiment  # noqa: E402
@@ -85,7 +86,7 @@ def test_a_checkpoint_proxy_is_merged_inside_its_slurm_task(slurm_cluster, tmp_p
     executor = SlurmExecutor(load_experiment(config).cluster, tmp_path / "logs")
     results = tmp_path / "results"
     array = TaskArray.create(tmp_path / "attempt-0", "eval-ckpt", [Call(
-        "megatron_demix.search.evaluate:evaluate_batch",
+        "megatron_demix.commands.evaluate:evaluate_batch",
         {"config": str(config), "results_dir": str(results), "mixtures": [{"id": "m0", "mixture": MIXTURE}]})])
     array.submit(executor, "slurm/eval_proxy.sh", stage="eval")
     try:

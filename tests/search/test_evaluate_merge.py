@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from megatron_demix.search.evaluate import evaluate_batch
+from megatron_demix.commands.evaluate import evaluate_batch
 from tests.conftest import run_torchrun
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from megatron_demix.cluster.executor import LocalExecutor
+from megatron_demix.commands.evaluate import evaluate_batch
 from megatron_demix.config.base import ConfigError
 from megatron_demix.experiment import load_experiment
 from megatron_demix.search.driver import check_resumable, run_search
-from megatron_demix.search.evaluate import EvaluationFailed, evaluate_batch
+from megatron_demix.search.evaluate import EvaluationFailed
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import evaluations, synthetic_experiment  # noqa: E402

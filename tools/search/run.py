@@ -1,4 +1,4 @@
-"""The DeMix mixture search from a checkout: `python -m megatron_demix.search.run` (its docstring has the usage).
+"""The DeMix mixture search from a checkout: `python -m megatron_demix.commands.search` (its docstring has the usage).
 
     python tools/search/run.py --config configs/demo.yaml [--executor slurm] [--resume]
 """
@@ -9,6 +9,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a check
 
 if __name__ == "__main__":
     from megatron_demix.runtime.errors import exit_process
-    from megatron_demix.search.run import main
+    from megatron_demix.commands.search import main
 
     exit_process(main())

@@ -4,7 +4,7 @@
 #   sbatch slurm/merge.sh --inputs ckpt/code:0.3 ckpt/math:0.7 --output proxies/p0 [--dtype bf16] [--verify]
 #   sbatch -n 8 -t 0:30:00 -p cpu slurm/merge.sh --config exp.yaml --mixture mixture.json --output proxies/p1
 #
-# Every argument goes to the merge command (python -m megatron_demix.merge.command; tools/merge/run.py). Submit from the repository root (or set DEMIX_REPO).
+# Every argument goes to the merge command (python -m megatron_demix.commands.merge; tools/merge/run.py). Submit from the repository root (or set DEMIX_REPO).
 # Outside SLURM (no SLURM_JOB_ID: the local executor, or by hand) it runs the same merge with the
 # venv's mpiexec and DEMIX_NTASKS ranks:   DEMIX_NTASKS=2 bash slurm/merge.sh --inputs ... --output ...
 # Site values: override the #SBATCH defaults with sbatch flags (-n ranks, -t, -p, --account,
@@ -26,7 +26,7 @@ REPO=${DEMIX_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
 PYTHON=${DEMIX_PYTHON:-$([[ -x $REPO/.venv/bin/python ]] && echo "$REPO/.venv/bin/python" || command -v python3)}
 MPI=${DEMIX_SRUN_MPI:-pmi2}
 
-MERGE=("$PYTHON" -m megatron_demix.merge.command "$@")
+MERGE=("$PYTHON" -m megatron_demix.commands.merge "$@")
 
 if [[ -z "${SLURM_JOB_ID:-}" ]]; then
     exec "$(dirname "$PYTHON")/mpiexec" -n "${DEMIX_NTASKS:-1}" "${MERGE[@]}"

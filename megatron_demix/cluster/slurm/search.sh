@@ -6,7 +6,7 @@
 #   sbatch -t 2-00:00:00 slurm/search.sh configs/paper.yaml --resume     # continue a stopped search
 #
 # The driver itself is light (one CPU); the evaluations get the eval stage's resources. Arguments
-# after the experiment file go to the search command (python -m megatron_demix.search.run: --resume, --executor). The job is requeued
+# after the experiment file go to the search command (python -m megatron_demix.commands.search: --resume, --executor). The job is requeued
 # on preemption and always resumes: finished evaluations are kept and a round's array job still
 # queued or running is re-attached, never submitted twice. Submit from the repository root (or set
 # DEMIX_REPO).
@@ -34,4 +34,4 @@ RESUME=()
 if [[ "${SLURM_RESTART_COUNT:-0}" -gt 0 && " $* " != *" --resume "* ]]; then
     RESUME=(--resume)
 fi
-exec "$PYTHON" -m megatron_demix.search.run --config "$CONFIG" "${RESUME[@]}" "$@"
+exec "$PYTHON" -m megatron_demix.commands.search --config "$CONFIG" "${RESUME[@]}" "$@"

@@ -12,7 +12,7 @@
 # job without it stops at once (exit 2, nothing trained) and its log names the --array to add.
 # `demix train --config X` counts the candidates and submits the base and the array for you, with
 # the resources of the experiment's cluster.stages.train. `demix check --config X` prints the count.
-# Arguments after the experiment file go to the trainer (megatron_demix.training.launch; Megatron-style flags:
+# Arguments after the experiment file go to the trainer (megatron_demix.commands.train; Megatron-style flags:
 # --micro-batch-size, --lr, --save, ...). Submit from the repository root (or set DEMIX_REPO).
 #
 # Site values: override the #SBATCH defaults with sbatch flags (-p, -A, -t, -N, --ntasks-per-node =
@@ -61,7 +61,7 @@ print(len(load_experiment(sys.argv[1]).candidates))' "$CONFIG")
 fi
 COMPONENT=${DEMIX_COMPONENT:-$TASK}
 # --exit-signal-handler: on SIGTERM (preemption, scancel, the save-then-requeue below) save, then exit.
-LAUNCH=(-m megatron_demix.training.launch --config "$CONFIG" --component "$COMPONENT" --exit-signal-handler "$@")
+LAUNCH=(-m megatron_demix.commands.train --config "$CONFIG" --component "$COMPONENT" --exit-signal-handler "$@")
 
 if [[ -z "${SLURM_JOB_ID:-}" ]]; then
     # Not under SLURM (the local executor sets DEMIX_TASK_ID / DEMIX_NTASKS): torchrun starts the ranks;

@@ -1,12 +1,12 @@
 """Merge Megatron checkpoints into one (a DeMix proxy): linear or task arithmetic, on 1..N MPI ranks.
 
-    python -m megatron_demix.merge.command --inputs ckpt/code:0.3 ckpt/math:0.7 --output proxies/p0
-    mpiexec -n 4 python -m megatron_demix.merge.command --inputs A:1 B:1 C:2 --output OUT --dtype bf16 --verify
-    srun --mpi=pmi2 -n 4 python -m megatron_demix.merge.command ...                # inside a SLURM allocation
-    python -m megatron_demix.merge.command --method task_arithmetic --base ckpt/base --scale 0.8 --inputs A:1 B:1 --output OUT
-    python -m megatron_demix.merge.command --config experiment.yaml --mixture mixture.json --output OUT
-    python -m megatron_demix.merge.command --run-dir SAVE_ROOT --start-iteration 600 --schedule minus-sqrt --output OUT
-    torchrun --nproc-per-node 2 -m megatron_demix.merge.command ...                  # gloo instead of MPI, same output
+    python -m megatron_demix.commands.merge --inputs ckpt/code:0.3 ckpt/math:0.7 --output proxies/p0
+    mpiexec -n 4 python -m megatron_demix.commands.merge --inputs A:1 B:1 C:2 --output OUT --dtype bf16 --verify
+    srun --mpi=pmi2 -n 4 python -m megatron_demix.commands.merge ...                # inside a SLURM allocation
+    python -m megatron_demix.commands.merge --method task_arithmetic --base ckpt/base --scale 0.8 --inputs A:1 B:1 --output OUT
+    python -m megatron_demix.commands.merge --config experiment.yaml --mixture mixture.json --output OUT
+    python -m megatron_demix.commands.merge --run-dir SAVE_ROOT --start-iteration 600 --schedule minus-sqrt --output OUT
+    torchrun --nproc-per-node 2 -m megatron_demix.commands.merge ...                  # gloo instead of MPI, same output
 
 A DIR is a save root (with latest_checkpointed_iteration.txt), an `iter_*` directory or a bare
 torch_dist (or legacy mp_rank_*) directory. `--mixture` is a JSON object {component: weight}

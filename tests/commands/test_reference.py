@@ -1,11 +1,11 @@
 """README.md's experiment reference is what the config dataclasses generate (it cannot drift)."""
-from megatron_demix.config.reference import README, readme_block, reference
+from megatron_demix.commands.reference import README, readme_block, reference
 
 
 def test_readme_reference_is_up_to_date():
     block = readme_block(README.read_text())
     assert block is not None, "README.md lacks the experiment-reference markers"
-    assert block == reference(), "README.md's experiment reference is stale: run python -m megatron_demix.config.reference --write"
+    assert block == reference(), "README.md's experiment reference is stale: run python -m megatron_demix.commands.reference --write"
 
 
 def test_every_section_and_field_is_documented():

@@ -1,8 +1,8 @@
 """The DeMix mixture search: sample a pool, evaluate proxies in rounds of array jobs, fit, answer.
 
-    python -m megatron_demix.search.run --config configs/demo.yaml         # executor from cluster.executor
-    python -m megatron_demix.search.run --config configs/paper.yaml --executor slurm
-    python -m megatron_demix.search.run --config configs/paper.yaml --resume   # continue after a kill / preemption
+    python -m megatron_demix.commands.search --config configs/demo.yaml         # executor from cluster.executor
+    python -m megatron_demix.commands.search --config configs/paper.yaml --executor slurm
+    python -m megatron_demix.commands.search --config configs/paper.yaml --resume   # continue after a kill / preemption
     sbatch slurm/search.sh configs/paper.yaml                              # the driver as a job
     python tools/search/run.py ...                                         # the same, from a checkout
 

@@ -1,14 +1,14 @@
 """Train the base or one component model of a DeMix experiment (megatron-core, TP/PP/DP).
 
     # one machine, 2 processes, tensor parallel 2 (launch/train_component.py: the same, from a checkout)
-    torchrun --nproc-per-node 2 -m megatron_demix.training.launch --config configs/demo.yaml --component base \
+    torchrun --nproc-per-node 2 -m megatron_demix.commands.train --config configs/demo.yaml --component base \
         --tensor-model-parallel-size 2
     # component 0 (the first candidate), from the base checkpoint, pipeline parallel 2
-    torchrun --nproc-per-node 2 -m megatron_demix.training.launch --config configs/demo.yaml --component 0 \
+    torchrun --nproc-per-node 2 -m megatron_demix.commands.train --config configs/demo.yaml --component 0 \
         --pipeline-model-parallel-size 2
     # under SLURM: slurm/train_component.sh (srun sets the rank layout)
     # a model on a mixture, from the base (line 0 of a runs file; training/mixture_runs.py)
-    torchrun --nproc-per-node 1 -m megatron_demix.training.launch --config X --mixture-runs runs.jsonl --component 0
+    torchrun --nproc-per-node 1 -m megatron_demix.commands.train --config X --mixture-runs runs.jsonl --component 0
 
 Flags named like Megatron-LM's override the experiment's `training:` section. Defaults:
 `--save`/`--load` = <work_dir>/checkpoints/<model>, `--pretrained-checkpoint` = the base's save
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     from megatron_demix.runtime.errors import run_command
 
     args = parse_args(argv)
-    return run_command("launch/train_component.py", train, args, quiet=not _first_rank())
+    return run_command("train", train, args, quiet=not _first_rank())
 
 
 def _first_rank() -> bool:

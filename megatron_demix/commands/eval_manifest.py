@@ -1,7 +1,7 @@
 """Evaluate many proxies in one process: the components are loaded once, each mixture refills the model.
 
-    python -m megatron_demix.eval.manifest --config configs/demo.yaml --manifest round0.jsonl --output-dir runs/demo/evals
-    python -m megatron_demix.eval.manifest --config X.yaml --manifest M.jsonl --output-dir D --tasks demix_code_choice arc_easy
+    python -m megatron_demix.commands.eval_manifest --config configs/demo.yaml --manifest round0.jsonl --output-dir runs/demo/evals
+    python -m megatron_demix.commands.eval_manifest --config X.yaml --manifest M.jsonl --output-dir D --tasks demix_code_choice arc_easy
     python launch/eval_proxy.py ...       # the same, from a checkout
     # the search does not run this command: its array tasks evaluate in their own process (search/evaluate.py)
 
