@@ -55,8 +55,8 @@ class Progress:
         if new > 0:
             per_minute = self.scale == 1 and rate < 1  # counted things (mixtures) slower than one a second
             parts.append(f"{rate / self.scale * (60 if per_minute else 1):.2f} {self.unit or 'done'}/{'min' if per_minute else 's'}")
-            if self.total is not None and done < self.total:
-                eta = (self.total - done) / rate
+            if self.total is not None:
+                eta = max(self.total - done, 0) / rate
                 parts.append(f"ETA {eta / 60:.1f} min" if eta >= 120 else f"ETA {eta:.0f} s")
         parts.append(time.strftime("%H:%M:%S", time.gmtime(elapsed)))
         return ", ".join(parts)
