@@ -22,12 +22,14 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import random
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from eval_bench import mixtures  # noqa: E402  (the same random mixtures as the eval benchmark)
 
 PHASES = ("refill", "forward", "log-probs", "harness", "write", "other")
 
@@ -54,17 +56,6 @@ class Clock:
         setattr(owner, name, timed)
 
 
-def mixtures(names: list[str], count: int) -> list[dict]:
-    rng = random.Random(0)
-    entries = []
-    for i in range(count):
-        raw = [rng.random() for _ in names]
-        weights = [w / sum(raw) for w in raw]
-        weights[-1] = 1.0 - sum(weights[:-1])
-        entries.append({"id": f"m{i}", "mixture": dict(zip(names, weights))})
-    return entries
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, type=Path, help="an experiment with trained components")
@@ -81,7 +72,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     experiment = load_experiment(args.config)
-    entries = mixtures([d.name for d in experiment.candidates], args.mixtures)
+    entries = mixtures(experiment, args.mixtures)
     clock = Clock()
     if hasattr(proxies, "ProxyEvaluator"):
         clock.wrap(proxies.ProxyEvaluator, "refill", "refill")

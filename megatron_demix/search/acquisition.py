@@ -1,11 +1,11 @@
 """Which candidate mixtures the next round evaluates (`search.acquisition`, a registry).
 
-- `ei` (the default): expected improvement of the composite score over the best predicted score of an
+- `ei`: expected improvement of the composite score over the best predicted score of an
   evaluated mixture, under the predictor's uncertainty (the Gaussian process's posterior, else the
   bootstrap ensemble's spread); picked greedily under a minimum L1 distance to every earlier pick and
   evaluated mixture. It spends proxies where a gain is likely, not only where the mean is highest.
 - `top_spread`: the best predicted mixtures under the same distance rule (pure exploitation).
-- `top_random` (the paper): a uniform random subset of the `acquisition_top` best predicted mixtures
+- `top_random` (the paper's, the default): a uniform random subset of the `acquisition_top` best predicted mixtures
   not yet evaluated; exploitation with some spread, cheap.
 - `ucb`: a bootstrap ensemble's composite mean + kappa x std (optimism where the regressors disagree).
 A merged proxy costs one evaluation, which makes spending some on uncertainty affordable.
@@ -13,11 +13,12 @@ A merged proxy costs one evaluation, which makes spending some on uncertainty af
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-from scipy.stats import norm
 
-from megatron_demix.search.config import SearchConfig
+if TYPE_CHECKING:  # search/config.py takes its choices from ACQUISITIONS below
+    from megatron_demix.search.config import SearchConfig
 
 
 @dataclass
@@ -78,6 +79,8 @@ def ucb(c: Candidates, n: int, rng: np.random.Generator, config: SearchConfig) -
 
 def expected_improvement(mean: np.ndarray, std: np.ndarray, incumbent: float) -> np.ndarray:
     """E[max(0, f - incumbent)] for f ~ N(mean, std^2) (0 spread: the plain improvement)."""
+    from scipy.stats import norm
+
     std = np.maximum(std, 1e-12)
     z = (mean - incumbent) / std
     return (mean - incumbent) * norm.cdf(z) + std * norm.pdf(z)
@@ -95,7 +98,18 @@ def ei(c: Candidates, n: int, rng: np.random.Generator, config: SearchConfig) ->
     return spread_picks(c, np.lexsort((-c.score, -gain)), n, config)  # ties (no gain anywhere): the best predicted
 
 
-ACQUISITIONS = {"ei": ei, "top_spread": top_spread, "top_random": top_random, "ucb": ucb}
-"""name -> function(candidates, n, rng, config) -> candidate indices."""
-NEEDS_ENSEMBLE = {"ucb"}
-"""Acquisitions that always need the bootstrap ensemble (`ei` needs it only without a GP)."""
+@dataclass(frozen=True)
+class Acquisition:
+    """A registry entry: the picking function and what it needs from the surrogate."""
+
+    pick: Callable[[Candidates, int, np.random.Generator, "SearchConfig"], np.ndarray]
+    uncertainty: bool = False
+    """Needs the composite's spread per candidate: the GP's own when the objective is linear in the targets,
+    else a bootstrap ensemble's."""
+    ensemble: bool = False
+    """Needs the bootstrap ensemble itself."""
+
+
+ACQUISITIONS = {"top_random": Acquisition(top_random), "ei": Acquisition(ei, uncertainty=True),
+                "top_spread": Acquisition(top_spread), "ucb": Acquisition(ucb, ensemble=True)}
+"""`search.acquisition` -> its entry (search/config.py takes the allowed names from here)."""

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from megatron_demix.config.base import fail
+from megatron_demix.search.acquisition import ACQUISITIONS
+from megatron_demix.search.predictor import MODELS
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -54,10 +56,12 @@ class SearchConfig:
     zero_below: float = 2e-4
     """Shares below this become 0 before rounding (the reference's 2e-4)."""
 
-    predictor: Literal["auto", "lightgbm", "ridge", "quadratic", "gp"] = "lightgbm"
+    predictor: Literal[("auto", *MODELS)] = "lightgbm"
     """`lightgbm` (the paper's; leaves sized to the points), `gp` (a Gaussian process with a learned noise
     level: smooth, uncertainty-aware, cautious away from the data), `quadratic` (Scheffe's mixture model,
-    penalty chosen by leave-one-out), `ridge` (the reference's small-n model), or `auto`: per target,
+    penalty chosen by leave-one-out), `law` (a data-mixing law: c + b exp(x . w) minus a learned repetition
+    cost beyond m x a candidate's token share; extrapolates toward an untried corner with diminishing returns),
+    `ridge` (the reference's small-n model), or `auto`: per target,
     whichever of `auto_kinds` has the higher cross-validated Spearman. benchmarks/RESULTS-search.md compares them."""
     auto_kinds: list[str] = field(default_factory=lambda: ["gp", "quadratic", "lightgbm"])
     """The kinds `predictor: auto` chooses among."""
@@ -65,7 +69,7 @@ class SearchConfig:
     """L2 penalty of the `ridge` regressor (the reference code's small-n fallback used 0.5)."""
     cv_folds: int = 5
     """Folds of the cross-validated Spearman (leave-one-out when fewer points than 2 x folds)."""
-    acquisition: Literal["top_random", "ucb", "ei", "top_spread"] = "top_random"
+    acquisition: Literal[tuple(ACQUISITIONS)] = "top_random"
     """How later rounds pick: `top_random` (the paper: random among the top predicted), `ei` (expected
     improvement of the composite under the predictor's uncertainty: the GP's own, else a bootstrap
     ensemble's), `top_spread` (the best predicted, spread apart) or `ucb` (ensemble mean + kappa x std);
@@ -84,6 +88,10 @@ class SearchConfig:
     can land between the pool's points (e.g. 4096). 0: the pool only (the reference), the default: with
     `top_random` they crowd its draws around the current best (benchmarks/RESULTS-search.md: 0.62 vs 0.79
     at six candidates)."""
+    climb_starts: int = 0
+    """Besides the pool, this many of the best predicted candidates climbed uphill on the surrogate by
+    exchanges of share between two candidates, within the bounds (0: none). Their tops join the candidates
+    that the acquisition and `argmax` choose from."""
     local_concentration: float = 200.0
     """How tightly the local candidates sit around their centre (about 1/sqrt of it per share, relative)."""
     objective: str = "standardized"
@@ -147,9 +155,9 @@ class SearchConfig:
             fail("domain_weights", f"{self.domain_weights}: weights must be >= 0 with a positive sum")
 
     def _validate_answer(self):
-        unknown = sorted(set(self.auto_kinds) - {"lightgbm", "ridge", "quadratic", "gp"})
+        unknown = sorted(set(self.auto_kinds) - set(MODELS))
         if unknown or not self.auto_kinds:
-            fail("auto_kinds", f"{self.auto_kinds}: choose one or more of lightgbm, ridge, quadratic, gp")
+            fail("auto_kinds", f"{self.auto_kinds}: choose one or more of {', '.join(MODELS)}")
         if (self.target_tokens is None) != (self.max_epochs is None):
             fail("target_tokens", "set both search.target_tokens and search.max_epochs (the cap is max_epochs x a "
                  "candidate's tokens / target_tokens), or neither")

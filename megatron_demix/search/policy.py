@@ -18,7 +18,7 @@ from functools import cached_property
 import numpy as np
 
 from megatron_demix.config.base import ConfigError
-from megatron_demix.search.acquisition import ACQUISITIONS, NEEDS_ENSEMBLE, Candidates
+from megatron_demix.search.acquisition import ACQUISITIONS, Candidates
 from megatron_demix.search.config import SearchConfig
 from megatron_demix.search.objective import composite, linear_coefficients, spread, typical_noise, weights_for
 from megatron_demix.search.predictor import GaussianProcess, Predictor, fit_ensemble, fit_predictor
@@ -26,6 +26,10 @@ from megatron_demix.search.sampler import MixtureSpace
 
 LOCAL_CENTRES = 32
 """The local candidates are drawn around this many of the best predicted feasible mixtures."""
+CLIMB_STEPS = (0.05, 0.02, 0.01, 0.005, 0.002)
+"""Exchange steps of the climb, as shares (rounded to the grid), coarse to fine."""
+CLIMB_ITERATIONS = 40
+"""At most this many uphill moves per step size."""
 
 
 @dataclass
@@ -56,9 +60,10 @@ class Surrogate:
     @classmethod
     def fit(cls, evidence: Evidence, pool: np.ndarray, prior: np.ndarray, config: SearchConfig,
             ensemble: bool = False, cross_validate: bool = True) -> "Surrogate":
-        predictor = fit_predictor(evidence.X, evidence.Y, evidence.targets, config, cross_validate=cross_validate)
+        predictor = fit_predictor(evidence.X, evidence.Y, evidence.targets, config, cross_validate=cross_validate, prior=prior)
         analytic = predictor.has_std and config.objective != "macro_rank"  # the composite's spread follows from the GP's
-        needs = ensemble or config.acquisition in NEEDS_ENSEMBLE or (config.acquisition == "ei" and not analytic)
+        acquisition = ACQUISITIONS[config.acquisition]
+        needs = ensemble or acquisition.ensemble or (acquisition.uncertainty and not analytic)
         members = fit_ensemble(evidence.X, evidence.Y, predictor, config) if needs else []
         prior_predicted = predictor.predict(prior[None, :])[0]
         unknown = sorted(set(config.domain_floors) - set(evidence.targets))
@@ -103,7 +108,39 @@ class Surrogate:
             local = space.around(centres, self.config.local_candidates, rng)
             rows, values = np.concatenate([pool, local]), np.concatenate([values, self.predictor.predict(local)])
             scores = np.where(self.feasible(values), self.score(values), -np.inf)
+        if self.config.climb_starts:
+            starts = rows[np.argsort(-scores, kind="stable")[: self.config.climb_starts]]
+            climbed = np.unique(self.climb(starts, space), axis=0)
+            climbed_values = self.predictor.predict(climbed)
+            rows, values = np.concatenate([rows, climbed]), np.concatenate([values, climbed_values])
+            scores = np.concatenate([scores, np.where(self.feasible(climbed_values), self.score(climbed_values), -np.inf)])
         return rows, values, scores
+
+    def climb(self, starts: np.ndarray, space: MixtureSpace) -> np.ndarray:
+        """Each start moved uphill on the predicted composite by exchanges of share between two candidates
+        (coarse steps first, down to the grid): the pool is drawn around the prior, so an optimum at 3-4x a
+        small dataset's prior share is rarely in it (1 draw in 3,000 within 10% of the optimum at six
+        candidates), while the surrogate can say which way is up."""
+        rows = starts.copy()
+        units = round(1 / self.config.granularity)
+        best = self._feasible_score(rows)
+        for step in CLIMB_STEPS:
+            step = max(round(step * units), 1) / units
+            for _ in range(CLIMB_ITERATIONS):
+                neighbours, origin = space.exchanges(rows, step)
+                scores = self._feasible_score(neighbours)
+                order = np.lexsort((-scores, origin))  # per origin, best first
+                first = order[np.r_[True, origin[order][1:] != origin[order][:-1]]]
+                better = first[scores[first] > best[origin[first]] + 1e-12]
+                if not len(better):
+                    break
+                rows[origin[better]] = neighbours[better]
+                best[origin[better]] = scores[better]
+        return np.round(rows * units) / units
+
+    def _feasible_score(self, rows: np.ndarray) -> np.ndarray:
+        values = self.predictor.predict(rows)
+        return np.where(self.feasible(values), self.score(values), -np.inf)
 
     @cached_property
     def learned_noise(self) -> np.ndarray:
@@ -142,10 +179,10 @@ def propose(surrogate: Surrogate, pool: np.ndarray, space: MixtureSpace, size: i
     fitted_scores = np.where(surrogate.feasible(fitted), surrogate.score(fitted), -np.inf)
     ensemble_scores = (np.stack([surrogate.score(m.predict(rows)) for m in surrogate.members])
                        if surrogate.members else None)
-    std = surrogate.score_std(rows) if config.acquisition == "ei" else None
+    std = surrogate.score_std(rows) if ACQUISITIONS[config.acquisition].uncertainty else None
     candidates = Candidates(rows, scores, ensemble_scores, evaluated_mask(rows, evidence.X) | ~np.isfinite(scores),
                             evidence.X, score_std=std, incumbent=float(fitted_scores.max()) if np.isfinite(fitted_scores).any() else None)
-    chosen = ACQUISITIONS[config.acquisition](candidates, size, rng, config)
+    chosen = ACQUISITIONS[config.acquisition].pick(candidates, size, rng, config)
     return rows[chosen], values[chosen], scores[chosen]
 
 

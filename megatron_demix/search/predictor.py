@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.stats import spearmanr
 
-from megatron_demix.search.config import SearchConfig
 from megatron_demix.search.tree_tables import TreeTables
+
+if TYPE_CHECKING:  # search/config.py takes its choices from MODELS below
+    from megatron_demix.search.config import SearchConfig
 
 
 def lightgbm_params(n: int, config: SearchConfig, seed: int) -> dict:
@@ -37,19 +39,19 @@ def lightgbm_params(n: int, config: SearchConfig, seed: int) -> dict:
                 min_data_in_bin=1, n_jobs=1, verbose=-1)
 
 
-def _lightgbm(n: int, config: SearchConfig, seed: int):
+def _lightgbm(n: int, config: SearchConfig, seed: int, prior: np.ndarray | None):
     from lightgbm import LGBMRegressor
 
     return LGBMRegressor(**lightgbm_params(n, config, seed))
 
 
-def _ridge(n: int, config: SearchConfig, seed: int):
+def _ridge(n: int, config: SearchConfig, seed: int, prior: np.ndarray | None):
     from sklearn.linear_model import Ridge
 
     return Ridge(alpha=config.ridge_alpha)  # the reference code's small-n model
 
 
-def _quadratic(n: int, config: SearchConfig, seed: int):
+def _quadratic(n: int, config: SearchConfig, seed: int, prior: np.ndarray | None):
     """Scheffe's quadratic mixture model (the usual response surface for mixture experiments): the shares
     and their pairwise products, so an optimum can sit inside the simplex (a little of a second dataset
     helping), which a linear model always puts on an edge and trees cannot place beyond the last
@@ -101,16 +103,70 @@ class GaussianProcess:
         return float(np.sqrt(self.model.kernel_.k2.noise_level) * self.y_scale)
 
 
-def _gp(n: int, config: SearchConfig, seed: int):
+def _gp(n: int, config: SearchConfig, seed: int, prior: np.ndarray | None):
     return GaussianProcess(seed)
 
 
-MODELS = {"lightgbm": _lightgbm, "ridge": _ridge, "quadratic": _quadratic, "gp": _gp}
-"""Regressor kinds: name -> factory(n points, config, seed) of an sklearn-style estimator."""
+class MixingLaw:
+    """A data-mixing law per target: score = c + b exp(x . w) - sum_i q_i max(0, x_i - m p_i)^2.
+
+    The exponential of a linear function of the shares is the law of Ye et al. (2024): diminishing
+    returns that extrapolate toward an untried corner the way a domain's loss does (a GP reverts to
+    the mean there, trees stay flat). The second term is repetition (Muennighoff et al., 2023): a
+    candidate's share beyond m times its token share p_i (m, q_i >= 0 learned; without a prior, p = 1/k)
+    costs quadratically, which is what stops an optimum short of a small dataset's cap. 3 + 2k parameters,
+    fitted by least squares from several starts of m, with a small ridge on w (exp(x.w + a) = e^a exp(x.w):
+    without it c, b and w trade off freely)."""
+
+    penalty = 1e-3
+    repeat_starts = (0.0, 1.0, 2.0, 3.0)
+
+    def __init__(self, prior: np.ndarray | None = None):
+        self.prior = prior
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> "MixingLaw":
+        from scipy.optimize import least_squares
+
+        k = X.shape[1]
+        self.p = np.full(k, 1.0 / k) if self.prior is None else np.asarray(self.prior, dtype=np.float64)
+        self.centre, self.scale = float(np.mean(y)), float(np.std(y)) or 1.0
+        z = (y - self.centre) / self.scale
+        slope = np.linalg.lstsq(np.c_[np.ones(len(X)), X - X.mean(axis=0)], z, rcond=None)[0][1:]
+
+        def residuals(theta):
+            return np.r_[self._value(theta, X) - z, np.sqrt(self.penalty) * theta[2:2 + k]]  # w only: it and c, b trade off
+
+        lower = np.r_[-np.inf, -np.inf, np.full(k, -np.inf), np.zeros(k), 0.0]
+        best = None
+        for sign in (1.0, -1.0):  # exp(x.w) rising (b > 0) or the score saturating (b < 0)
+            w0 = sign * slope  # c + b(1 + x.w) ~ the linear fit for small w when b = sign
+            for m in self.repeat_starts:
+                start = np.r_[-sign * (1 + X.mean(axis=0) @ w0), sign, w0, np.full(k, 1e-3), m]
+                found = least_squares(residuals, start, bounds=(lower, np.inf), method="trf")
+                if best is None or found.cost < best.cost:
+                    best = found
+        self.theta = best.x
+        return self
+
+    def _value(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
+        k = X.shape[1]
+        c, b, w, q, m = theta[0], theta[1], theta[2:2 + k], theta[2 + k:2 + 2 * k], theta[-1]
+        return c + b * np.exp(np.clip(X @ w, -50, 50)) - np.maximum(0.0, X - m * self.p) ** 2 @ q
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.centre + self.scale * self._value(self.theta, X)
 
 
-def _fit(kind: str, X: np.ndarray, y: np.ndarray, config: SearchConfig, seed: int):
-    model = MODELS[kind](len(X), config, seed)
+def _law(n: int, config: SearchConfig, seed: int, prior: np.ndarray | None):
+    return MixingLaw(prior)
+
+
+MODELS = {"lightgbm": _lightgbm, "ridge": _ridge, "quadratic": _quadratic, "gp": _gp, "law": _law}
+"""Regressor kinds: name -> factory(n points, config, seed, token prior or None) of an sklearn-style estimator."""
+
+
+def _fit(kind: str, X: np.ndarray, y: np.ndarray, config: SearchConfig, seed: int, prior: np.ndarray | None = None):
+    model = MODELS[kind](len(X), config, seed, prior)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # sklearn's feature-name chatter
         model.fit(X, y)
@@ -136,17 +192,20 @@ def folds(n: int, config: SearchConfig, seed: int) -> list[np.ndarray]:
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman rho; 0.0 when either side is constant (no ranking information), so it never wins a choice."""
+    from scipy.stats import spearmanr
+
     if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return 0.0
     return float(spearmanr(a, b).statistic)
 
 
-def cross_validated_spearman(kind: str, X: np.ndarray, y: np.ndarray, config: SearchConfig, seed: int) -> float:
+def cross_validated_spearman(kind: str, X: np.ndarray, y: np.ndarray, config: SearchConfig, seed: int,
+                             prior: np.ndarray | None = None) -> float:
     """Spearman between out-of-fold predictions and measured y (every point predicted by a model that never saw it)."""
     predicted = np.empty(len(y))
     for test in folds(len(y), config, seed):
         train = np.setdiff1d(np.arange(len(y)), test)
-        predicted[test] = _predict(_fit(kind, X[train], y[train], config, seed), X[test])
+        predicted[test] = _predict(_fit(kind, X[train], y[train], config, seed, prior), X[test])
     return spearman(predicted, y)
 
 
@@ -158,6 +217,8 @@ class Predictor:
     kinds: list[str]
     models: list = field(repr=False)
     cv_spearman: dict[str, dict[str, float]] = field(default_factory=dict)
+    prior: np.ndarray | None = field(default=None, repr=False)
+    """The candidates' token shares the fit was given (the `law` kind's repetition term needs them)."""
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """[rows, targets]; from TABLE_ROWS rows, the LightGBM targets go through one TreeTables."""
@@ -185,20 +246,22 @@ class Predictor:
         return np.array([m.noise_std for m in self.models]) if self.has_std else None
 
 
-def fit_predictor(X: np.ndarray, Y: np.ndarray, targets: list[str], config: SearchConfig, cross_validate: bool = True) -> Predictor:
-    """One regressor per target column of Y; with `auto`, the kind with the best cross-validated Spearman."""
+def fit_predictor(X: np.ndarray, Y: np.ndarray, targets: list[str], config: SearchConfig, cross_validate: bool = True,
+                  prior: np.ndarray | None = None) -> Predictor:
+    """One regressor per target column of Y; with `auto`, the kind with the best cross-validated Spearman.
+    `prior`: the candidates' token shares, where repetition starts (the `law` kind; None: equal shares)."""
     kinds, models, table = [], [], {}
     candidates = list(config.auto_kinds) if config.predictor == "auto" else [config.predictor]
     for t, name in enumerate(targets):
         y = Y[:, t]
         if cross_validate or len(candidates) > 1:
-            table[name] = {kind: cross_validated_spearman(kind, X, y, config, config.seed + t) for kind in candidates}
+            table[name] = {kind: cross_validated_spearman(kind, X, y, config, config.seed + t, prior) for kind in candidates}
             kind = max(candidates, key=lambda k: table[name][k])
         else:
             kind = candidates[0]
         kinds.append(kind)
-        models.append(_fit(kind, X, y, config, config.seed + t))
-    return Predictor(list(targets), kinds, models, table)
+        models.append(_fit(kind, X, y, config, config.seed + t, prior))
+    return Predictor(list(targets), kinds, models, table, prior)
 
 
 def fit_ensemble(X: np.ndarray, Y: np.ndarray, predictor: Predictor, config: SearchConfig) -> list[Predictor]:
@@ -207,6 +270,7 @@ def fit_ensemble(X: np.ndarray, Y: np.ndarray, predictor: Predictor, config: Sea
     members = []
     for b in range(config.ensemble_size):
         rows = rng.integers(0, len(X), size=len(X))
-        models = [_fit(kind, X[rows], Y[rows, t], config, config.seed + 100 * b + t) for t, kind in enumerate(predictor.kinds)]
-        members.append(Predictor(predictor.targets, predictor.kinds, models))
+        models = [_fit(kind, X[rows], Y[rows, t], config, config.seed + 100 * b + t, predictor.prior)
+                  for t, kind in enumerate(predictor.kinds)]
+        members.append(Predictor(predictor.targets, predictor.kinds, models, prior=predictor.prior))
     return members

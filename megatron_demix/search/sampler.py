@@ -135,6 +135,20 @@ class MixtureSpace:
         grid = self._to_grid(self._dirichlet(alpha, rng), units)
         return np.unique(grid, axis=0).astype(np.float64) / units
 
+    def exchanges(self, rows: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray]:
+        """Every move of `step` share from one candidate to another, for each row: (neighbours [m, k], the
+        index of the row each came from). Moves that would leave the bounds are left out; rows on the grid
+        stay on it when `step` is a multiple of the granularity."""
+        k = len(self.names)
+        giver, taker = np.array([(i, j) for i in range(k) for j in range(k) if i != j]).T
+        moves = np.zeros((len(giver), k))
+        moves[np.arange(len(giver)), giver] -= step
+        moves[np.arange(len(giver)), taker] += step
+        neighbours = (rows[:, None, :] + moves[None, :, :]).reshape(-1, k)
+        origin = np.repeat(np.arange(len(rows)), len(moves))
+        inside = np.all((neighbours >= self.lower - 1e-12) & (neighbours <= self.upper + 1e-12), axis=1)
+        return np.clip(neighbours[inside], 0.0, 1.0), origin[inside]
+
     def _draw_on_grid(self, n: int, rng: np.random.Generator, units: int) -> np.ndarray:
         c = self.config
         strengths = np.geomspace(c.strengths[0], c.strengths[1], c.strength_steps)

@@ -34,6 +34,26 @@ def synthetic_experiment(tmp_path: Path, search: dict | None = None, noise: floa
     return path
 
 
+def checkpoint_experiment(tmp_path: Path, executor: str = "local") -> Path:
+    """The synthetic experiment with saved component checkpoints and an `eval.command` naming {checkpoint}: its
+    harness reports the merged proxy's tracker iteration as `quality`, proof that it saw a complete merge of
+    2 MPI ranks."""
+    from tests.conftest import run_torchrun
+
+    config = synthetic_experiment(tmp_path, executor=executor)
+    data = yaml.safe_load(config.read_text())
+    args = ["save", "--tp", 1, "--pp", 1]
+    for seed, name in enumerate(PRIOR, start=1):
+        args += ["--seed", seed, "--out", Path(data["work_dir"]) / "checkpoints" / name]
+    saved = run_torchrun(1, Path(__file__).resolve().parents[1] / "merge" / "model_tool.py", args)
+    assert saved.returncode == 0, saved.stderr[-3000:]
+    data["eval"]["command"] = ("python -c \"import json,sys; it=open(sys.argv[1]+'/latest_checkpointed_iteration.txt').read();"
+                               " json.dump({'quality': float(it), 'closeness': 1.0}, open(sys.argv[2], 'w'))\" {checkpoint} {output}")
+    data["merge"] = {"ranks": 2}
+    config.write_text(yaml.safe_dump(data))
+    return config
+
+
 def evaluations(tmp_path: Path) -> list[str]:
     counter = tmp_path / "evaluations.txt"
     return counter.read_text().splitlines() if counter.exists() else []

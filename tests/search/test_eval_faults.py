@@ -17,7 +17,7 @@ from megatron_demix.commands.evaluate import evaluate_batch
 from megatron_demix.search.evaluate import EvaluationFailed
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import PRIOR, REPO, evaluations, synthetic_experiment  # noqa: E402
+from conftest import REPO, checkpoint_experiment, evaluations, synthetic_experiment  # noqa: E402
 
 MIXTURE = {"web": 0.2, "math": 0.5, "code": 0.3}
 
@@ -69,20 +69,8 @@ def test_a_checkpoint_proxy_is_merged_inside_its_slurm_task(slurm_cluster, tmp_p
     from megatron_demix.cluster.executor import SlurmExecutor
     from megatron_demix.cluster.tasks import Call, TaskArray, Watcher
     from megatron_demix.experiment import load_experiment
-    from tests.conftest import run_torchrun
 
-    config = synthetic_experiment(tmp_path, executor="slurm")
-    data = yaml.safe_load(config.read_text())
-    args = ["save", "--tp", 1, "--pp", 1]
-    for seed, name in enumerate(PRIOR, start=1):
-        args += ["--seed", seed, "--out", Path(data["work_dir"]) / "checkpoints" / name]
-    saved = run_torchrun(1, REPO / "tests/merge/model_tool.py", args)
-    assert saved.returncode == 0, saved.stderr[-3000:]
-    # The harness proves it saw the merged checkpoint: it reports the tracker's iteration and the merge's world size.
-    data["eval"]["command"] = ("python -c \"import json,sys; it=open(sys.argv[1]+'/latest_checkpointed_iteration.txt').read();"
-                               " json.dump({'quality': float(it), 'closeness': 1.0}, open(sys.argv[2], 'w'))\" {checkpoint} {output}")
-    data["merge"] = {"ranks": 2}
-    config.write_text(yaml.safe_dump(data))
+    config = checkpoint_experiment(tmp_path, executor="slurm")
     executor = SlurmExecutor(load_experiment(config).cluster, tmp_path / "logs")
     results = tmp_path / "results"
     array = TaskArray.create(tmp_path / "attempt-0", "eval-ckpt", [Call(

@@ -34,7 +34,7 @@ def test_each_kind_of_failed_evaluation_is_an_error_naming_the_mixture(tmp_path,
     results = tmp_path / "results"
     with pytest.raises(EvaluationFailed, match="1 of 2 mixture") as error:
         evaluate_batch(str(config), [{"id": "m0", "mixture": mixture}, {"id": "m1", "mixture": mixture}], str(results))
-    assert f"m1: " in str(error.value) and reason in str(error.value)
+    assert "m1: " in str(error.value) and reason in str(error.value)
     assert json.loads((results / "m0.json").read_text())["domains"]["general"] > 0  # the good one is kept
     assert not (results / "m1.json").exists()
     # Re-running the batch evaluates only what has no result.

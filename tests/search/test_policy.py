@@ -112,3 +112,26 @@ def test_a_top_k_piled_on_a_corner_gives_the_best_predicted_not_their_grid_mean(
     answer = choose_answer(Surrogate.fit(evidence, pool, space.prior, config), pool, space, np.random.default_rng(0))
     assert answer.rule == "argmax" and "sit on one spot" in answer.reason
     assert 0.9 < answer.mixture[0] < 0.99 and abs(answer.mixture.sum() - 1) < 1e-9
+
+
+def test_the_climb_reaches_an_optimum_beyond_the_pool_and_stays_within_the_bounds_on_the_grid():
+    """A surrogate that fits exactly (quadratic on noise-free quadratic domains) and a sparse pool: the climb's
+    best candidate reaches the true optimum within the caps, which no pool mixture does, on the grid."""
+    config = SearchConfig(predictor="quadratic", final="argmax", pool_size=4000, climb_starts=8)  # caps 1, 1, 0.8
+    space, pool, evidence, truth = _setting(config, n=40, noise=0.0)
+    evidence.stderr, pool = None, pool[:100]
+    surrogate = Surrogate.fit(evidence, pool, space.prior, config)
+    rows, _, scores = surrogate.candidates(pool, space, np.random.default_rng(0))
+    climbed = rows[len(pool):]
+    assert len(climbed) and np.all(climbed <= space.upper + 1e-12) and np.all(climbed >= -1e-12)
+    units = np.round(climbed / config.granularity)
+    assert np.allclose(units * config.granularity, climbed) and np.allclose(units.sum(axis=1), 1 / config.granularity)
+    grid = np.array([[a, b, 1 - a - b] for a in np.arange(0, 1.0001, 0.002) for b in np.arange(0, 1.0001 - a, 0.002)
+                     if 1 - a - b <= 0.8])
+    predicted = lambda rows: surrogate.score(surrogate.predictor.predict(rows))  # noqa: E731
+    assert predicted(climbed).max() >= predicted(grid).max() - 1e-6  # the climb finds the surrogate's own maximum
+    optimum = truth(np.array([[0.1, 0.45, 0.45]])).mean()  # midway between the two domains' optima
+    best_pool, best_climbed = truth(pool).mean(axis=1).max(), truth(climbed).mean(axis=1).max()
+    assert optimum - best_climbed < (optimum - best_pool) / 3
+    answer = choose_answer(surrogate, pool, space, np.random.default_rng(0)).mixture
+    assert any(np.allclose(answer, row) for row in climbed)

@@ -103,7 +103,7 @@ def test_acquisitions_pick_distinct_unevaluated_mixtures(name):
     evaluated[np.argsort(-score)[:3]] = True
     ensemble = score[None, :] + rng.normal(0, 0.01, (4, len(pool)))
     config = SearchConfig(acquisition_top=64, min_distance=0.05)
-    picks = ACQUISITIONS[name](Candidates(pool, score, ensemble, evaluated, pool[evaluated]), 8, rng, config)
+    picks = ACQUISITIONS[name].pick(Candidates(pool, score, ensemble, evaluated, pool[evaluated]), 8, rng, config)
     assert len(picks) == len(set(picks)) == 8 and not evaluated[picks].any()
     assert np.median(score[picks]) > np.quantile(score, 0.9)  # exploits the prediction
     if name != "top_random":
@@ -200,3 +200,21 @@ def test_standardized_objective_respects_magnitudes_where_ranks_do_not():
     standardized = composite(values, measured, ["code", "math"], "standardized", {}, measured=measured)
     assert ranks[0] == pytest.approx(ranks[1], abs=0.13)
     assert standardized[1] > standardized[0] + 0.5  # b: 0.48 vs a: -0.17 (domain spreads as units)
+
+
+def test_the_mixing_law_finds_where_repetition_stops_a_saturating_gain():
+    """score = -(1 + exp(-4 x0 - 2 x1)) - 3 max(0, x0 - 2 p0)^2: more of x0 helps with diminishing returns until
+    its share passes twice its token share p0. The law, given the prior, places the best x0 where the truth has
+    it; the linear ridge, the reference's small-n model, runs to the end of the line."""
+    rng = np.random.default_rng(0)
+    prior = np.array([0.1, 0.3, 0.6])
+    truth = lambda X: -(1 + np.exp(-4 * X[:, 0] - 2 * X[:, 1])) - 3 * np.maximum(0, X[:, 0] - 2 * prior[0]) ** 2  # noqa: E731
+    X = rng.dirichlet(prior * 10, 28)
+    y = truth(X) + rng.normal(0, 0.002, len(X))
+    share = np.linspace(0.05, 0.6, 56)
+    line = np.stack([share, np.full(56, 0.3), 0.65 - share], axis=1)
+    best = {kind: share[np.argmax(fit_predictor(X, y[:, None], ["s"], SearchConfig(predictor=kind), cross_validate=False,
+                                                prior=prior).predict(line)[:, 0])] for kind in ("law", "ridge")}
+    best_true = share[np.argmax(truth(line))]
+    assert 0.25 < best_true < 0.35
+    assert abs(best["law"] - best_true) < 0.03 and best["ridge"] > best_true + 0.2

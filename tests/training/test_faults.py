@@ -11,8 +11,7 @@ import subprocess
 import sys
 
 import pytest
-import yaml
-from train_helpers import LAUNCH, REPO, train_records
+from train_helpers import LAUNCH, REPO, train_records, with_training
 
 from tests.filesystems import tmpfs
 
@@ -22,15 +21,6 @@ def _launch(config, *args) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, str(LAUNCH), "--config", str(config), *map(str, args)],
                           capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
-
-
-def _with_training(tiny_config, tmp_path, **training):
-    """The tiny experiment with `training:` keys set through the YAML (as a user would)."""
-    data = yaml.safe_load(tiny_config.read_text())
-    data["training"] = {**data["training"], **training}
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def _all_finite(checkpoint) -> bool:
@@ -70,7 +60,7 @@ def test_divergence_stops_without_saving_the_bad_state(tiny_config, tmp_path):
 
 def test_nan_check_can_be_turned_off(tiny_config, tmp_path):
     """training.check_for_nan_in_loss_and_grad: false (Megatron-LM's --no-check-for-nan-in-loss-and-grad) trains on."""
-    config = _with_training(tiny_config, tmp_path, check_for_nan_in_loss_and_grad=False)
+    config = with_training(tiny_config, tmp_path, check_for_nan_in_loss_and_grad=False)
     result = _launch(config, "--component", "base", "--lr", "1e6", "--min-lr", 0, "--train-iters", 6,
                      "--save", tmp_path / "save", "--log-dir", tmp_path / "save")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -80,7 +70,7 @@ def test_nan_check_can_be_turned_off(tiny_config, tmp_path):
 def test_keep_checkpoints_and_incomplete_iter_dirs_removed_at_start(tiny_config, tmp_path):
     from megatron_demix.training.run_state import remove_incomplete_checkpoints
 
-    config = _with_training(tiny_config, tmp_path, keep_checkpoints=2, save_interval=1)
+    config = with_training(tiny_config, tmp_path, keep_checkpoints=2, save_interval=1)
     save = tmp_path / "save"
     # A save root with no tracker: every iter_* in it is a save that never finished.
     (save / "iter_0000003").mkdir(parents=True)

@@ -15,8 +15,7 @@ import warnings
 import numpy
 import pytest
 import torch
-import yaml
-from train_helpers import REPO, check, torchrun, train_records
+from train_helpers import REPO, check, torchrun, train_records, with_training
 
 from megatron_demix.config.base import build, replace
 from megatron_demix.model.config import ModelConfig, expand_preset
@@ -125,18 +124,10 @@ layer_spec(build(ModelConfig, {}, "model"), gpu=True)
     assert "GPU host without Transformer Engine" in out.stderr and "model.transformer_impl: local" in out.stderr
 
 
-def _with_training(tiny_config, tmp_path, **training):
-    data = yaml.safe_load(tiny_config.read_text())
-    data["training"] = {**data["training"], **training}
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 def test_no_host_sync_between_log_intervals_and_workers_read_the_same_batches(tiny_config, tmp_path):
     """DP=2, 8 iterations, log every 4, two loader workers: every device-to-host read of a step falls on a
     log iteration; the losses equal those of the same run read without workers."""
-    config = _with_training(tiny_config, tmp_path, log_interval=4, num_workers=2)
+    config = with_training(tiny_config, tmp_path, log_interval=4, num_workers=2)
     out = tmp_path / "syncs.json"
     check(torchrun(2, "syncs", "--config", config, "--save", tmp_path / "w2", "--out", out, script=TOOL))
     report = json.loads(out.read_text())
@@ -144,7 +135,7 @@ def test_no_host_sync_between_log_intervals_and_workers_read_the_same_batches(ti
     assert report["num_workers"] == 2 and sorted(reads) == list(range(1, 9))
     assert {it: n for it, n in reads.items() if it % 4} == dict.fromkeys((1, 2, 3, 5, 6, 7), 0), reads
     assert reads[4] > 0 and reads[8] > 0  # the log (and at 8 validation and the save) reads the loss
-    check(torchrun(2, "--config", _with_training(tiny_config, tmp_path, log_interval=4, num_workers=0),
+    check(torchrun(2, "--config", with_training(tiny_config, tmp_path, log_interval=4, num_workers=0),
                    "--component", "base", "--save", tmp_path / "w0", "--log-dir", tmp_path / "w0"))
     with_workers, without = train_records(tmp_path / "w2" / "logs"), train_records(tmp_path / "w0")
     assert [r["iteration"] for r in with_workers] == [r["iteration"] for r in without] == [4, 8]
@@ -176,7 +167,7 @@ def test_rng_state_restores_across_host_kinds():
 
 def test_checkpoint_of_a_gpu_host_resumes_on_a_cpu_host(tiny_config, tmp_path):
     """Saved with a GPU host's RNG state (label and CUDA Philox format), resumed by a plain launch here."""
-    config = _with_training(tiny_config, tmp_path, save_interval=2)
+    config = with_training(tiny_config, tmp_path, save_interval=2)
     save = tmp_path / "save"
     check(torchrun(1, "save-as-gpu", "--config", config, "--save", save, "--stop-after", 4, script=TOOL))
     assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == "4"

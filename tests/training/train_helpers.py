@@ -93,3 +93,12 @@ def start_requeued_task(task: str) -> None:
     one-second resolution, so a restart inside that second is killed ("Job credential revoked") and
     the task ends FAILED. Three seconds is past that, and still short for a test."""
     subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now+3"], check=True)
+
+
+def with_training(tiny_config, tmp_path, **training):
+    """The tiny experiment with `training:` keys set through the YAML (as a user would)."""
+    data = yaml.safe_load(tiny_config.read_text())
+    data["training"] = {**data["training"], **training}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
