@@ -55,6 +55,6 @@ setup(
     entry_points={"console_scripts": [
         "demix=megatron_demix.cli:main",
         # lm-eval's own command line with the megatron-demix model registered (lm_eval imports no plugins).
-        "demix-lm-eval=megatron_demix.eval.__main__:main",
+        "demix-lm-eval=megatron_demix.commands.lm_eval:main",
     ]},
 )

@@ -91,7 +91,7 @@ def mixtures(experiment, count: int) -> list[dict]:
 def time_paths(config: Path, entries: list[dict], scratch: Path) -> dict[str, float]:
     """Seconds per proxy of (a), (b), (c); checks that the three give the same scores."""
     from megatron_demix.experiment import load_experiment
-    from megatron_demix.eval.model import MegatronDemixLM
+    from megatron_demix.commands.lm_eval import MegatronDemixLM
     from megatron_demix.eval.proxies import evaluate_mixtures, simple_evaluate, task_manager, task_plan
 
     experiment = load_experiment(config)
@@ -142,7 +142,7 @@ def time_generation(config: Path, new_tokens: int, size: str, repeats: int = 2) 
     from megatron_demix.model.inference import inference_model
     from megatron_demix.config.base import build
     from megatron_demix.eval.generate import greedy_generate
-    from megatron_demix.eval.model import MegatronDemixLM
+    from megatron_demix.commands.lm_eval import MegatronDemixLM
     from megatron_demix.model.config import ModelConfig
 
     lm = MegatronDemixLM(pretrained=load_checkpoint_path(config), batch_size=4)

@@ -1,28 +1,10 @@
-"""`megatron-demix`: an lm-eval model backed by this project's megatron-core GPTModel.
-
-    python -m megatron_demix.eval --model megatron-demix --model_args pretrained=runs/demo/checkpoints/base \
-        --tasks demix_code_choice --include_path runs/demo/eval/tasks
-
-model_args (one of the three sources of weights):
-- `pretrained=DIR`: a save root, an `iter_*` directory or a merged proxy, saved at any TP/PP;
-  loaded by resharding into a TP = PP = 1 model (evaluation runs in one process).
-- `components=D1;D2;...,weights=w1;w2;...`: merge-on-load, linear, weights normalised to sum 1.
-- `experiment=X.yaml,mixture=M.json` (or `mixture={"code":0.3,...}` in Python): merge-on-load of
-  the experiment's components with its `merge:` section (method, scale, normalize, dtype: the values
-  `tools/merge/run.py` writes for that mixture); nothing is written in either case.
-and `experiment=` (architecture and tokenizer when the checkpoint's common state lacks them),
-`tokenizer=` (default: the experiment's), `batch_size` (default 8), `max_length` (default: the
-model's seq_length), `max_gen_toks` (256), `dtype` (bf16 on GPU hosts, fp32 on CPU), `device`
-(the default device; `cpu` forces the CPU), `kv_cache` (true).
+"""lm-eval's TemplateLM over a megatron-core GPTModel already in memory: the many-mixtures loop (eval/proxies.py)
+refills its weights in place; `megatron-demix` (commands/lm_eval.py) loads them from model_args first.
 
 Scores: log-probabilities are taken over the tokenizer's vocabulary (the padded rows of the
 embedding excluded), at the continuation positions only (see eval/forward.py), in fp32.
 """
 from __future__ import annotations
-
-import difflib
-import json
-import logging
 
 import torch
 from lm_eval.api.model import TemplateLM
@@ -33,26 +15,6 @@ from tqdm import tqdm
 from megatron_demix.eval.config import EvalInputError
 from megatron_demix.eval.forward import selected_logits, target_log_probs
 from megatron_demix.eval.generate import greedy_generate
-
-log = logging.getLogger(__name__)
-
-
-def _split(value) -> list[str]:
-    return [v for v in str(value).split(";") if v.strip()]
-
-
-MODEL_ARGS = ("pretrained", "components", "weights", "experiment", "mixture", "tokenizer", "batch_size", "max_batch_size",
-              "max_length", "max_gen_toks", "dtype", "device", "kv_cache")
-"""Every model_arg `megatron-demix` takes (`max_batch_size`: lm-eval's flag, for batch_size=auto only: ignored)."""
-
-
-def _check_names(names) -> None:
-    """An unknown model_arg (`dtpye=`) is refused with the closest valid name, not silently ignored."""
-    for name in names:
-        close = difflib.get_close_matches(name, MODEL_ARGS, n=1)
-        hint = f"did you mean {close[0]}=?" if close else f"valid: {', '.join(MODEL_ARGS)}"
-        raise EvalInputError(f"model_args {name}=: unknown argument of megatron-demix; {hint}")
-
 
 def _as_bool(name: str, value) -> bool:
     if isinstance(value, bool):
@@ -72,7 +34,8 @@ def _positive_int(name: str, value, hint: str = "") -> int:
     return number
 
 
-def _dtype(value) -> torch.dtype | None:
+def parse_dtype(value) -> torch.dtype | None:
+    """A model_args or eval.dtype spelling as a torch dtype; None (auto) leaves the host's default."""
     if value in (None, "auto"):
         return None
     from megatron_demix.runtime.dtypes import SPELLINGS, torch_dtype
@@ -82,107 +45,16 @@ def _dtype(value) -> torch.dtype | None:
     return torch_dtype(str(value))
 
 
-def _mixture(value) -> dict:
-    if isinstance(value, dict):
-        return value
-    text = str(value)
-    if not text.lstrip().startswith("{"):
-        return text  # a file path: read_mixture reads it
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise EvalInputError(f"model_args mixture={text!r}: not a JSON object ({error.msg}); give"
-                             ' {"candidate": share, ...} or a JSON file') from None
+class GPTModelLM(TemplateLM):
+    """lm-eval's TemplateLM over a megatron-core GPTModel; `experiment` gives the default max_length (its seq_length)."""
 
-
-def build_from_args(pretrained=None, components=None, weights=None, experiment=None, mixture=None,
-                    tokenizer=None, dtype=None):
-    """(model, tokenizer, experiment) for the model_args; errors name the argument."""
-    from megatron_demix.data.tokenizer import load_tokenizer
-    from megatron_demix.experiment import checkpoint_experiment, load_experiment
-    from megatron_demix.merge.proxy import checkpoints_proxy
-    from megatron_demix.merge.sources import fill_model
-    from megatron_demix.model.inference import inference_model, load_for_inference
-
-    sources = [name for name, value in (("pretrained", pretrained), ("components", components), ("mixture", mixture)) if value]
-    if len(sources) != 1:
-        raise EvalInputError(
-            f"model_args: give exactly one of pretrained=DIR, components=D1;D2,weights=w1;w2 or"
-            f" experiment=X.yaml,mixture=M.json (got {', '.join(sources) or 'none'})"
-        )
-    params_dtype, mixture = _dtype(dtype), _mixture(mixture) if mixture else mixture
-    config = load_experiment(experiment) if experiment else None
-    if mixture and config is None:
-        raise EvalInputError("model_args mixture= needs experiment=X.yaml (it names the component checkpoints)")
-    if pretrained:
-        config = config or checkpoint_experiment(pretrained)
-        tok = load_tokenizer(tokenizer or config.paths.tokenizer)
-        model = load_for_inference(pretrained, config.model, tok.vocab_size, seed=config.training.seed, dtype=params_dtype)
-        return model, tok, config
-    if components:
-        paths = _split(components)
-        try:
-            given = [float(w) for w in _split(weights or "")]
-        except ValueError:
-            raise EvalInputError(f"model_args weights={weights!r}: expected numbers separated by ';' (e.g. 0.3;0.7)") from None
-        if len(given) != len(paths):
-            raise EvalInputError(
-                f"model_args weights={weights!r} gives {len(given)} weight(s) for the {len(paths)} components"
-                f" ({'; '.join(paths)}); give one weight per component, separated by ';'"
-            )
-        proxy = checkpoints_proxy(paths, given)  # linear, normalised: MergeConfig's defaults
-        config = config or checkpoint_experiment(paths[0])
-    else:
-        proxy = config.proxy(mixture)
-    tok = load_tokenizer(tokenizer or config.paths.tokenizer)
-    weights, source = proxy.weights, proxy.open()
-    try:
-        model = inference_model(config.model, tok.vocab_size, seed=config.training.seed, dtype=params_dtype)
-        fill_model(model, source, weights)
-    finally:
-        source.close()
-    return model, tok, config
-
-
-def _select_device(device) -> None:
-    """`device=cuda:N` picks the GPU; `cpu` is only honoured where no GPU is visible (device choice is
-    process-wide in runtime/device.py: hide the GPUs with CUDA_VISIBLE_DEVICES= to evaluate on the CPU)."""
-    if device is None:
-        return
-    device = str(device)
-    gpu = torch.cuda.is_available()
-    if device.startswith("cuda"):
-        if not gpu:  # lm-eval's CLI passes --device cuda:0 by default, also on CPU hosts
-            log.warning("device=%s: this host has no CUDA device; evaluating on the CPU", device)
-            return
-        torch.cuda.set_device(torch.device(device))
-    elif device == "cpu" and gpu:
-        raise EvalInputError("model_args device=cpu on a GPU host: run with CUDA_VISIBLE_DEVICES= to evaluate on the CPU")
-    elif device not in ("cpu",):
-        raise EvalInputError(f"model_args device={device!r}: give cpu, cuda or cuda:N")
-
-
-class MegatronDemixLM(TemplateLM):
-    """lm-eval's TemplateLM over a megatron-core GPTModel (see the module docstring for model_args)."""
-
-    def __init__(self, pretrained=None, components=None, weights=None, experiment=None, mixture=None,
-                 tokenizer=None, batch_size=8, max_length=None, max_gen_toks=256, dtype=None, device=None,
-                 kv_cache=True, max_batch_size=None, model=None, **unknown):
+    def __init__(self, model, tokenizer, experiment, batch_size=8, max_length=None, max_gen_toks=256, kv_cache=True):
         super().__init__()
-        _check_names(unknown)
-        _select_device(device)
-        if model is None:
-            model, tokenizer, experiment = build_from_args(pretrained, components, weights, experiment, mixture, tokenizer, dtype)
         self.model, self.tokenizer, self.experiment = model, tokenizer, experiment
         self.batch_size = _positive_int("batch_size", batch_size, " ('auto' is not supported)")
         self._max_length = _positive_int("max_length", max_length) if max_length else experiment.model.seq_length
         self.max_gen_toks = _positive_int("max_gen_toks", max_gen_toks)
         self.kv_cache = _as_bool("kv_cache", kv_cache)
-
-    @classmethod
-    def from_model(cls, model, tokenizer, experiment, **kwargs) -> "MegatronDemixLM":
-        """Wrap a model already in memory (the many-mixtures loop refills its weights in place)."""
-        return cls(model=model, tokenizer=tokenizer, experiment=experiment, **kwargs)
 
     # --- tokenizer ---------------------------------------------------------------------------
     @property

@@ -99,7 +99,7 @@ def task_manager(plan: TaskPlan):
         if unknown:
             raise EvalInputError(
                 f"eval.tasks.{domain}: unknown lm-eval task(s) {', '.join(unknown)}; check the name with"
-                f" `python -m megatron_demix.eval ls tasks`, or put its YAML in eval.include_path"
+                f" `demix-lm-eval ls tasks`, or put its YAML in eval.include_path"
                 f" (searched: {', '.join(plan.include_paths) or 'lm-eval only'})"
             )
     return manager
@@ -350,7 +350,7 @@ class ProxyEvaluator:
     def __init__(self, experiment, mixtures: list[dict], plan: TaskPlan | None = None, log: Callable[[str], None] = print):
         from megatron_demix.checkpoint.tensors import model_regions
         from megatron_demix.data.tokenizer import load_tokenizer
-        from megatron_demix.eval.model import MegatronDemixLM, _dtype
+        from megatron_demix.eval.model import GPTModelLM, parse_dtype
         from megatron_demix.model.inference import inference_model
 
         self.experiment, self.settings = experiment, experiment.eval
@@ -361,10 +361,10 @@ class ProxyEvaluator:
             self.source = experiment.proxy(mixtures[0]["mixture"]).open()
         tokenizer = load_tokenizer(experiment.paths.tokenizer)
         self.model = inference_model(experiment.model, tokenizer.vocab_size, seed=experiment.training.seed,
-                                     dtype=_dtype(self.settings.dtype))
+                                     dtype=parse_dtype(self.settings.dtype))
         self.regions = model_regions(self.model)
-        self.lm = MegatronDemixLM.from_model(self.model, RememberingTokenizer(tokenizer), experiment,
-                                             batch_size=self.settings.batch_size, max_length=self.settings.max_length)
+        self.lm = GPTModelLM(self.model, RememberingTokenizer(tokenizer), experiment,
+                             batch_size=self.settings.batch_size, max_length=self.settings.max_length)
         if self.source is not None:
             self.components = hold_components(self.source, self.settings.cache_components, log)
 

@@ -8,7 +8,7 @@ import pytest
 @pytest.fixture(scope="session")
 def base_lm(eval_experiment):
     """The TP=2 base loaded in this process at TP=PP=1, batch size 3."""
-    from megatron_demix.eval.model import MegatronDemixLM
+    from megatron_demix.commands.lm_eval import MegatronDemixLM
 
     _, experiment = eval_experiment
     return MegatronDemixLM(pretrained=experiment.paths.checkpoint("base"), batch_size=3)

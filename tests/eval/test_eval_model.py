@@ -27,7 +27,7 @@ def test_cli_evaluates_tp2_checkpoint_on_builtin_task(eval_experiment, tmp_path)
     tasks = experiment.paths.root / "eval" / "tasks"
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(
-        [sys.executable, "-m", "megatron_demix.eval", "--model", "megatron-demix",
+        [sys.executable, "-m", "megatron_demix.commands.lm_eval", "--model", "megatron-demix",
          "--model_args", f"pretrained={experiment.paths.checkpoint('base')}", "--batch_size", "2",
          "--tasks", "demix_code_choice", "--include_path", str(tasks), "--output_path", str(tmp_path / "out")],
         capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
@@ -56,9 +56,9 @@ def test_loglikelihood_equals_log_softmax_including_first_continuation_token(bas
 
 
 def test_loglikelihood_rolling_longer_than_max_length(eval_experiment, base_lm):
-    from megatron_demix.eval.model import MegatronDemixLM
+    from megatron_demix.eval.model import GPTModelLM
 
-    lm = MegatronDemixLM.from_model(base_lm.model, base_lm.tokenizer, base_lm.experiment, batch_size=2, max_length=16)
+    lm = GPTModelLM(base_lm.model, base_lm.tokenizer, base_lm.experiment, batch_size=2, max_length=16)
     text = "the cat sat on the mat under the big red house and the dog ran " * 6
     ids = lm.tokenizer.tokenize(text)
     length = lm.max_length

@@ -46,7 +46,7 @@ def _scores(lm, experiment):
 
 
 def test_merged_to_disk_scores_equal_merge_on_load(eval_experiment, tmp_path):
-    from megatron_demix.eval.model import MegatronDemixLM
+    from megatron_demix.commands.lm_eval import MegatronDemixLM
 
     _, experiment = eval_experiment
     code, math = (experiment.paths.checkpoint(n) for n in ("code", "math"))
@@ -69,7 +69,7 @@ def test_merged_to_disk_scores_equal_merge_on_load(eval_experiment, tmp_path):
 
 
 def test_many_mixtures_equal_separate_runs_and_killed_job_resumes(eval_experiment, tmp_path):
-    from megatron_demix.eval.model import MegatronDemixLM
+    from megatron_demix.commands.lm_eval import MegatronDemixLM
 
     config, experiment = eval_experiment
     manifest = _manifest(tmp_path / "round.jsonl", MIXTURES)
@@ -149,7 +149,7 @@ def test_manifest_line_that_is_not_a_mixture_of_the_experiment(eval_experiment, 
 
 
 def test_components_with_different_shapes(eval_experiment, tmp_path):
-    from megatron_demix.eval.model import MegatronDemixLM
+    from megatron_demix.commands.lm_eval import MegatronDemixLM
     from megatron_demix.merge.io import MergeError
 
     _, experiment = eval_experiment
@@ -166,7 +166,7 @@ def test_components_with_different_shapes(eval_experiment, tmp_path):
 
 def test_weights_that_do_not_match_the_components(eval_experiment):
     from megatron_demix.eval.config import EvalInputError
-    from megatron_demix.eval.model import MegatronDemixLM
+    from megatron_demix.commands.lm_eval import MegatronDemixLM
 
     _, experiment = eval_experiment
     with pytest.raises(EvalInputError, match=r"weights='1' gives 1 weight\(s\) for the 2 components"):

@@ -18,7 +18,7 @@ from tests.conftest import REPO
 
 def test_misspelled_model_arg_exits_2_with_the_closest_name():
     result = subprocess.run(
-        [sys.executable, "-m", "megatron_demix.eval", "--model", "megatron-demix",
+        [sys.executable, "-m", "megatron_demix.commands.lm_eval", "--model", "megatron-demix",
          "--model_args", "pretrained=/nonexistent,dtpye=bf16", "--tasks", "arc_easy"],
         cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
     assert result.returncode == 2, result.stderr[-3000:]
@@ -30,22 +30,31 @@ def test_misspelled_model_arg_exits_2_with_the_closest_name():
 @pytest.mark.parametrize("args, message", [
     ({"batch_sise": 2}, r"batch_sise=: unknown argument of megatron-demix; did you mean batch_size=\?"),
     ({"colour": 1}, r"colour=: unknown argument .*valid: pretrained, components"),
+])
+def test_unknown_model_args_are_refused_before_loading(args, message):
+    from megatron_demix.commands.lm_eval import MegatronDemixLM
+
+    with pytest.raises(EvalInputError, match=message):
+        MegatronDemixLM(pretrained="/nonexistent", **args)
+
+
+@pytest.mark.parametrize("args, message", [
     ({"batch_size": "auto"}, r"batch_size='auto': give a positive integer"),
     ({"max_length": "long"}, r"max_length='long': give a positive integer"),
     ({"kv_cache": "maybe"}, r"kv_cache='maybe': give true or false"),
 ])
-def test_bad_model_args_name_the_argument(args, message):
-    from megatron_demix.eval.model import MegatronDemixLM
+def test_bad_settings_name_the_argument(args, message):
+    from megatron_demix.eval.model import GPTModelLM
 
     experiment = type("Experiment", (), {"model": type("Model", (), {"seq_length": 8})()})()
     with pytest.raises(EvalInputError, match=message):
-        MegatronDemixLM(model=torch.nn.Linear(1, 1), tokenizer=None, experiment=experiment, **args)
+        GPTModelLM(torch.nn.Linear(1, 1), None, experiment, **args)
 
 
 @pytest.mark.parametrize("value, message", [("fp8", r"dtype='fp8': choose one of auto"),
                                             ('{"code": ', r"mixture='\{\"code\": ': not a JSON object")])
 def test_bad_weights_args_name_the_argument(value, message):
-    from megatron_demix.eval.model import build_from_args
+    from megatron_demix.commands.lm_eval import build_from_args
 
     args = {"dtype": value, "pretrained": "/nonexistent"} if value == "fp8" else {"mixture": value, "experiment": "x.yaml"}
     with pytest.raises(EvalInputError, match=message):
@@ -53,7 +62,7 @@ def test_bad_weights_args_name_the_argument(value, message):
 
 
 def test_truncated_distcp_is_named_with_the_offset(tmp_path):
-    from megatron_demix.eval.model import MegatronDemixLM
+    from megatron_demix.commands.lm_eval import MegatronDemixLM
 
     directory = tmp_path / "ckpt" / "iter_0000001"
     dcp.save({"embedding.word_embeddings.weight": torch.randn(64, 32)}, checkpoint_id=directory, no_dist=True)

@@ -22,7 +22,7 @@ def _loglikelihoods(lm) -> list[tuple[float, bool]]:
 
 def test_merge_on_load_in_bf16_scores_the_proxy_the_merge_tool_writes(eval_experiment, mpiexec, tmp_path):
     from megatron_demix.config.base import replace
-    from megatron_demix.eval.model import MegatronDemixLM
+    from megatron_demix.commands.lm_eval import MegatronDemixLM
     from megatron_demix.experiment import dump_experiment
     from megatron_demix.merge.sources import read_tensor
 
