@@ -188,10 +188,15 @@ def mixture_quality_csv(quality: list[dict], domains: list[str]) -> str:
                   r["macro_rank"], *(r["macro_band"] or ("", ""))] for r in quality])
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path: Path, title: str | None = None) -> None:
+    """Lay out, write the PNG atomically, and free the figure."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     atomic_write_bytes(path, buffer.getvalue())
+    _pyplot().close(fig)
 
 
 def plot_proxy_vs_reference(ev: Evaluations, records: list[dict], path: Path) -> None:
@@ -207,10 +212,7 @@ def plot_proxy_vs_reference(ev: Evaluations, records: list[dict], path: Path) ->
             ax.set_xlabel(f"reference {domain}", fontsize=7)
             ax.set_ylabel(method, fontsize=7)
             ax.tick_params(labelsize=6)
-    fig.suptitle("Proxy score against the trained reference score, per mixture")
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    _save(fig, path, "Proxy score against the trained reference score, per mixture")
 
 
 def plot_rho_vs_compute(result: dict, path: Path) -> None:
@@ -236,9 +238,7 @@ def plot_rho_vs_compute(result: dict, path: Path) -> None:
     ax.set_ylabel("macro Spearman rho (95% paired bootstrap)")
     ax.set_title("Fidelity against compute")
     ax.legend(fontsize=7)
-    fig.tight_layout()
     _save(fig, path)
-    plt.close(fig)
 
 
 def plot_replicates(ev: Evaluations, path: Path) -> None:
@@ -258,10 +258,7 @@ def plot_replicates(ev: Evaluations, path: Path) -> None:
         ax.set_xticks(range(len(ids)), ids, fontsize=7)
         ax.set_title(domain, fontsize=9)
         ax.legend(fontsize=6)
-    fig.suptitle("Two trainings of the same mixture (data-order seeds) against the references' spread")
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    _save(fig, path, "Two trainings of the same mixture (data-order seeds) against the references' spread")
 
 
 def write_report(root: Path, ev: Evaluations, settings, tokens: dict[str, int]) -> dict:
