@@ -85,23 +85,23 @@ def speed(repeat: int) -> None:
 
 
 REFERENCE = dict(predictor="lightgbm", acquisition="top_random", objective="macro_rank", final="top_k_mean", top_k=128,
-                 local_candidates=0, evaluate_final=False)
+                 local_candidates=0, climb_starts=0, evaluate_final=False)
 """The DeMix reference code's search (with LightGBM's leaves sized to the points: its own defaults fit constants)."""
 METHODS = {
     "reference": REFERENCE,
     "default": {},
-    "default/local candidates": dict(local_candidates=4096),
+    "previous default": dict(predictor="lightgbm", climb_starts=0, final="top_k_mean"),
+    "default/no climb": dict(climb_starts=0),
+    "default/top_k_mean": dict(final="top_k_mean"),
+    "default/top_spread": dict(acquisition="top_spread"),
     "default/no check": dict(evaluate_final=False),
     "default/macro_rank": dict(objective="macro_rank"),
     "gp": dict(predictor="gp"),
     "quadratic": dict(predictor="quadratic"),
-    "ridge": dict(predictor="ridge"),
-    "auto": dict(predictor="auto"),
-    "ei (gp)": dict(predictor="gp", acquisition="ei", local_candidates=4096),
-    "ei (lightgbm ensemble)": dict(acquisition="ei"),
-    "top_spread": dict(acquisition="top_spread"),
+    "lightgbm": dict(predictor="lightgbm"),
+    "auto": dict(predictor="auto", auto_kinds=["gp", "quadratic", "law", "lightgbm"]),
+    "ei (gp)": dict(predictor="gp", acquisition="ei"),
     "ucb": dict(acquisition="ucb"),
-    "argmax (gp+ei)": dict(predictor="gp", acquisition="ei", final="argmax", local_candidates=4096),
 }
 """Search settings compared: name -> SearchConfig fields over the defaults."""
 

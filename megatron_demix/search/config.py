@@ -1,11 +1,13 @@
 """The `search:` section: sampling mixtures, rounds of proxies, the predictor, the objective and the answer.
 
-The sampling, the rounds and the predictor follow the DeMix reference code (shared/notes/demix-method.md):
-a Dirichlet pool around the token prior (prior^0.7, 15 strengths in [0.5, 5], caps 4 x prior, grid 2e-4),
-rounds n, n/2, n/4, LightGBM per target (300 iterations, learning rate 0.02, seed 42; leaves sized to the
-points) and the mean of the top-k predicted mixtures. Beyond it: the `standardized` objective (magnitudes
-count), per-domain floors, token-budget caps (`target_tokens`, `max_epochs`), the Gaussian-process and
-quadratic predictors, the `ei` acquisition, and the answer's check against the best evaluated mixture.
+The sampling and the rounds follow the DeMix reference code (shared/notes/demix-method.md): a Dirichlet pool
+around the token prior (prior^0.7, 15 strengths in [0.5, 5], caps 4 x prior, grid 2e-4), rounds n, n/2,
+n/4; its LightGBM predictor (300 iterations, learning rate 0.02, seed 42; leaves sized to the points) and
+its answer, the mean of the top-k predicted mixtures, are options. By default: a data-mixing-law predictor
+per target, the pool's best climbed uphill on it, its best predicted as the answer (benchmarks/RESULTS-search.md
+measures why). Beyond the reference too: the `standardized` objective (magnitudes count), per-domain floors,
+token-budget caps (`target_tokens`, `max_epochs`), Gaussian-process and quadratic predictors, the `ei`
+acquisition, and the answer's check against the best evaluated mixture.
 """
 from __future__ import annotations
 
@@ -56,13 +58,12 @@ class SearchConfig:
     zero_below: float = 2e-4
     """Shares below this become 0 before rounding (the reference's 2e-4)."""
 
-    predictor: Literal[("auto", *MODELS)] = "lightgbm"
-    """`lightgbm` (the paper's; leaves sized to the points), `gp` (a Gaussian process with a learned noise
+    predictor: Literal[("auto", *MODELS)] = "law"
+    """`law` (the default: a data-mixing law, c + b exp(x . w) minus a learned repetition cost beyond m x a
+    candidate's token share; it extrapolates toward an untried corner with diminishing returns, which the
+    pool-bound kinds cannot: benchmarks/RESULTS-search.md), `lightgbm` (the paper's; leaves sized to the points), `gp` (a Gaussian process with a learned noise
     level: smooth, uncertainty-aware, cautious away from the data), `quadratic` (Scheffe's mixture model,
-    penalty chosen by leave-one-out), `law` (a data-mixing law: c + b exp(x . w) minus a learned repetition
-    cost beyond m x a candidate's token share; extrapolates toward an untried corner with diminishing returns),
-    `ridge` (the reference's small-n model), or `auto`: per target,
-    whichever of `auto_kinds` has the higher cross-validated Spearman. benchmarks/RESULTS-search.md compares them."""
+    penalty chosen by leave-one-out), `ridge` (the reference's small-n model), or `auto`: per target, whichever of `auto_kinds` has the higher cross-validated Spearman. benchmarks/RESULTS-search.md compares them."""
     auto_kinds: list[str] = field(default_factory=lambda: ["gp", "quadratic", "lightgbm"])
     """The kinds `predictor: auto` chooses among."""
     ridge_alpha: float = 0.5
@@ -88,10 +89,11 @@ class SearchConfig:
     can land between the pool's points (e.g. 4096). 0: the pool only (the reference), the default: with
     `top_random` they crowd its draws around the current best (benchmarks/RESULTS-search.md: 0.62 vs 0.79
     at six candidates)."""
-    climb_starts: int = 0
+    climb_starts: int = 32
     """Besides the pool, this many of the best predicted candidates climbed uphill on the surrogate by
-    exchanges of share between two candidates, within the bounds (0: none). Their tops join the candidates
-    that the acquisition and `argmax` choose from."""
+    exchanges of share between two candidates, within the bounds (0: none, the reference). Their tops join
+    the candidates that the acquisition and `argmax` choose from: the pool is drawn around the prior and
+    rarely holds an optimum at 3-4 x a small dataset's share."""
     local_concentration: float = 200.0
     """How tightly the local candidates sit around their centre (about 1/sqrt of it per share, relative)."""
     objective: str = "standardized"
@@ -109,10 +111,10 @@ class SearchConfig:
     `max_epochs` times)."""
     max_epochs: float | None = None
     """Most passes over any candidate in the next stage (with `target_tokens`; practitioners use about 4)."""
-    final: Literal["argmax", "top_k_mean"] = "top_k_mean"
-    """The answer before its check: `top_k_mean` (the reference: the mean of the top-k predicted feasible pool
-    mixtures; averaging many good mixtures damps the surrogate's noise, which in six dimensions beats
-    taking its single best) or `argmax` (the best predicted feasible mixture of the pool and the local candidates)."""
+    final: Literal["argmax", "top_k_mean"] = "argmax"
+    """The answer before its check: `argmax` (the default: the best predicted feasible candidate, the climbed
+    ones included) or `top_k_mean` (the reference: the mean of the top-k predicted feasible pool mixtures;
+    it damps a noisy surrogate such as LightGBM's, but pulls an optimum on a cap back toward the prior)."""
     final_tolerance: float = 2.0
     """The evaluated answer must not measure below the best evaluated mixture by more than this many
     standard errors of their difference; otherwise the best evaluated mixture is the answer (the report says so)."""
@@ -165,8 +167,8 @@ class SearchConfig:
             fail("target_tokens", f"{self.target_tokens} and max_epochs {self.max_epochs} must be > 0")
         if any(not math.isfinite(v) or v < 0 for v in self.domain_floors.values()):
             fail("domain_floors", f"{self.domain_floors}: each floor is a drop (>= 0) below the prior's predicted score")
-        if self.local_candidates < 0 or self.local_concentration <= 0 or self.final_tolerance < 0:
-            fail("local_candidates", "local_candidates and final_tolerance must be >= 0, local_concentration > 0")
+        if min(self.local_candidates, self.climb_starts, self.final_tolerance) < 0 or self.local_concentration <= 0:
+            fail("local_candidates", "local_candidates, climb_starts and final_tolerance must be >= 0, local_concentration > 0")
 
     def _validate_sampler(self):
         if not 0 < self.temperature <= 10:

@@ -217,7 +217,7 @@ def choose_answer(surrogate: Surrogate, pool: np.ndarray, space: MixtureSpace, r
         return Answer(surrogate.evidence.X[best], "best_evaluated",
                       "no candidate meets the domain floors: the evaluated mixture the predictor rates highest")
     tied = np.flatnonzero(scores >= scores.max() - 1e-12)  # a tree's flat top: its centre, not one end of it
-    where = f"{len(rows)} candidate mixtures ({len(pool)} pool, {len(rows) - len(pool)} local)"
+    where = f"{len(rows)} candidate mixtures ({len(pool)} pool, {len(rows) - len(pool)} local or climbed)"
     if len(tied) > 1:
         return Answer(rows[tied].mean(axis=0), "argmax", f"the centre of the {len(tied)} of {where} tied for the best prediction{why}")
     return Answer(rows[tied[0]], "argmax", f"the best predicted of {where}{why}")

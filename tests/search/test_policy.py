@@ -104,7 +104,7 @@ def test_a_top_k_piled_on_a_corner_gives_the_best_predicted_not_their_grid_mean(
     """Two candidates, a score rising toward the corner: the top 32 grid points there average to 0.9969
     (fixed by top_k x granularity); the answer is the region the predictor points at (LightGBM is flat
     beyond its last split: the centre of that flat top)."""
-    config = SearchConfig(predictor="lightgbm", top_k=32, pool_size=5001, local_candidates=0)
+    config = SearchConfig(predictor="lightgbm", final="top_k_mean", top_k=32, pool_size=5001, climb_starts=0)
     space = MixtureSpace.build({"code": 0.5, "math": 0.5}, SearchConfig(cap_multiple=2.0, top_k=32))
     pool = np.stack([np.arange(5001) * 2e-4, 1 - np.arange(5001) * 2e-4], axis=1)
     X = pool[np.linspace(0, 5000, 20).astype(int)]

@@ -84,8 +84,8 @@ def test_final_mixture_file_report_and_status(searches):
     for name in ("summary.md", "predicted_vs_measured.png", "final_vs_prior.png", "scores_by_round.png"):
         assert (root / "report" / name).stat().st_size > 0
     summary = (root / "report" / "summary.md").read_text()
-    assert "rank" in summary and "lightgbm" in summary and "## The answer, checked" in summary and "## Next stage" in summary
-    assert written["rule"] in ("top_k_mean", "best_evaluated") and written["check"]["noise"] > 0
+    assert "rank" in summary and "law" in summary and "## The answer, checked" in summary and "## Next stage" in summary
+    assert written["rule"] in ("argmax", "best_evaluated") and written["check"]["noise"] > 0
     # The answer as the next stage takes it: Megatron-LM's weighted prefixes, and this trainer's run file.
     pairs = (root / "data_args.txt").read_text().split()
     weights, prefixes = [float(w) for w in pairs[0::2]], pairs[1::2]
