@@ -59,8 +59,10 @@ def test_an_installed_package_searches_with_built_in_evaluation_outside_the_chec
     # The venv sees this environment's requirements (torch, lm-eval, ...) but not its editable megatron_demix:
     # a path in a .pth file is added alone, its own .pth files (the editable finder) are not read.
     (site / "requirements.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # --ignore-installed: with --prefix alone pip uninstalls this environment's own (editable) megatron-demix first.
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                              "--no-index", "--disable-pip-version-check", "--prefix", str(venv), str(source)],
+                              "--no-index", "--ignore-installed", "--disable-pip-version-check", "--prefix", str(venv),
+                              str(source)],
                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stderr[-3000:]
     python = venv / "bin" / "python"
