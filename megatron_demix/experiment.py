@@ -24,7 +24,6 @@ from pathlib import Path
 
 import yaml
 
-from megatron_demix.checkpoint.weights import checkpoint_config
 from megatron_demix.cluster.config import ClusterConfig
 from megatron_demix.config.base import ConfigError, build, fail
 from megatron_demix.config.paths import WorkPaths
@@ -181,4 +180,6 @@ def dump_experiment(config: ExperimentConfig, path: str | os.PathLike) -> None:
 
 def checkpoint_experiment(path: str | os.PathLike) -> ExperimentConfig:
     """The experiment a checkpoint was trained in (its common state's `config`)."""
+    from megatron_demix.checkpoint.weights import checkpoint_config  # torch: not for reading an experiment file
+
     return experiment_from_dict(checkpoint_config(path), f"{path}: common state config")
