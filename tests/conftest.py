@@ -146,12 +146,14 @@ def sbatch_and_wait(args: list, timeout: float = 600, **kwargs) -> tuple[subproc
     """`sbatch --parsable ARGS`, then poll every 0.5 s until no task of the job is pending or running; returns
     the submission and {task: 'STATE exit'}. (`sbatch --wait` polls at 2, 4, 8, then every 10 s: up to 10 s
     idle per job.)"""
-    from megatron_demix.cluster.executor import wait_for_slurm_job
+    from megatron_demix.cluster.config import ClusterConfig
+    from megatron_demix.cluster.executor import SlurmExecutor
 
     submit = subprocess.run(["sbatch", "--parsable", *map(str, args)], capture_output=True, text=True, timeout=60, **kwargs)
     if submit.returncode != 0:
         return submit, {}
-    return submit, wait_for_slurm_job(submit.stdout.strip().split(";")[0], timeout, max_delay=0.5)
+    poller = SlurmExecutor(ClusterConfig(), log_dir=REPO)  # the executor's poller; it submits nothing here
+    return submit, poller.wait_job(submit.stdout.strip().split(";")[0], timeout, max_delay=0.5)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,10 @@ executor interface with a SLURM and a local backend, but the scripts stay plain 
 can read and `sbatch` by hand):
 - `SlurmExecutor` submits it with `sbatch --array`, with the resources of the job's stage from the
   `cluster:` section (cluster/config.py; a key the experiment leaves unset is not passed, so the
-  script's own #SBATCH line holds), and polls all of the job's tasks with one `scontrol` call.
+  script's own #SBATCH line holds). It is the project's one SLURM poller: `task_states` reads every task
+  of any number of jobs with one `squeue` call, `final_states` asks `sacct` (where accounting exists)
+  about tasks the controller forgot, and `poll_until` is the one back-off loop; `Job.wait` and the
+  task arrays' `Watcher` (cluster/tasks.py) both wait through them.
 - `LocalExecutor` runs the same script with bash, once per array task and one task at a time,
   setting `DEMIX_TASK_ID` / `DEMIX_NTASKS`; without `SLURM_JOB_ID` the scripts start their ranks
   with torchrun / mpiexec instead of srun.
@@ -25,6 +28,7 @@ import ctypes
 import glob
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -35,6 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from megatron_demix.cluster.config import ClusterConfig
 from megatron_demix.runtime.errors import FAILED
@@ -46,6 +51,7 @@ package submits the same scripts an operator reads."""
 log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 30.0
 """While a job runs, a waiting `demix` logs its state and the last line of its log this often."""
+T = TypeVar("T")
 RUNNING_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
 
 
@@ -136,6 +142,60 @@ class Executor:
 
 
 class SlurmExecutor(Executor):
+    def __init__(self, cluster: ClusterConfig, log_dir: Path):
+        super().__init__(cluster, log_dir)
+        self._accounting: bool | None = None  # does sacct answer? (None: not asked yet)
+
+    @staticmethod
+    def task_states(job_ids: list[str]) -> dict[str, str] | None:
+        """{"<job>_<task>" ("<job>" for a plain job): "STATE exit:signal"} of every task of `job_ids`, from one
+        `squeue` call; None when the controller did not answer (busy or down: ask again later).
+
+        squeue lists live tasks and, for MinJobAge seconds, finished ones; a task absent from it has left the
+        controller's memory (`final_states` may still know it).
+        """
+        if not job_ids:
+            return {}
+        out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(job_ids),
+                              "-O", "JobArrayID:|,State:|,exit_code:|"], capture_output=True, text=True)
+        if out.returncode and "Invalid job id" not in out.stderr:
+            log.warning("squeue failed (%s); polling again", out.stderr.strip()[:200])
+            return None
+        return parse_task_states(out.stdout)
+
+    def final_states(self, job_ids: list[str]) -> dict[str, str]:
+        """States of finished tasks the controller forgot, from `sacct` where accounting exists (else {})."""
+        if not job_ids or self._accounting is False:
+            return {}
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State,ExitCode", "-j", ",".join(job_ids)],
+                             capture_output=True, text=True)
+        self._accounting = out.returncode == 0 and "disabled" not in out.stdout + out.stderr
+        return parse_task_states(out.stdout) if self._accounting else {}
+
+    def wait_job(self, job_id: str, timeout: float | None = None, progress=None, max_delay: float = 10.0) -> dict[str, str]:
+        """Poll until no task of `job_id` is pending or running; {task: "STATE exit:signal"}. `progress(summary)`
+        is called after each poll; past `timeout` seconds the job is cancelled and JobFailed raised."""
+        states: dict[str, str] = {}
+
+        def ended() -> dict[str, str] | None:
+            nonlocal states
+            answer = self.task_states([job_id])
+            states = (answer or self.final_states([job_id])) if answer is not None else states
+            if states and not any(s.split()[0] in RUNNING_STATES for s in states.values()):
+                return states
+            if progress is not None:
+                counts: dict[str, int] = {}
+                for state in states.values():
+                    counts[state.split()[0]] = counts.get(state.split()[0], 0) + 1
+                progress(", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())))
+            return None
+
+        try:
+            return poll_until(ended, timeout, max_delay, what=f"SLURM job {job_id}")
+        except TimeoutError:
+            subprocess.run(["scancel", job_id])
+            raise JobFailed(f"SLURM job {job_id} still running after {timeout:.0f}s (cancelled): {states}") from None
+
     def sbatch_args(self, spec: JobSpec) -> list[str]:
         """sbatch flags for `spec`: its rank count, and its stage's resources where the experiment sets them.
 
@@ -170,7 +230,7 @@ class SlurmExecutor(Executor):
         return Job(job_id, spec, pattern)
 
     def _wait(self, job: Job, timeout: float | None) -> dict[str, str]:
-        return wait_for_slurm_job(job.id, timeout, progress=_job_progress(job))
+        return self.wait_job(job.id, timeout, progress=_job_progress(job))
 
 
 def _job_progress(job: Job) -> Callable[[str], None]:
@@ -194,36 +254,46 @@ def _last_line(path: str) -> str:
 
 
 def slurm_job_states(job_id: str) -> dict[str, str]:
-    """{task id: 'STATE exit'} of every task of a job, from one `scontrol` call (no accounting needed)."""
-    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True).stdout
+    """{task: "STATE exit:signal"} of one job now; {} when the controller forgot it or did not answer."""
+    return SlurmExecutor.task_states([job_id]) or {}
+
+
+def parse_task_states(text: str) -> dict[str, str]:
+    """`JOBID|STATE[|EXIT]` lines (squeue -r, sacct) into {"<job>_<task>": "STATE exit:signal"}; expands sacct's
+    `123_[4-7%2]`. squeue's exit_code is the wait status (code << 8, or the signal), sacct's is `code:signal`."""
     states = {}
-    for line in out.splitlines():
-        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-        task = fields.get("ArrayTaskId")
-        key = f"{fields.get('ArrayJobId')}_{task}" if task and task.isdigit() else fields.get("JobId", "?")
-        states[key] = f"{fields.get('JobState')} {fields.get('ExitCode')}"
+    for line in text.splitlines():
+        if "|" not in line:
+            continue
+        job, state, code = ([part.strip() for part in line.split("|")] + [""])[:3]
+        state = state.split()[0] if state else "UNKNOWN"  # sacct writes "CANCELLED by 0"
+        if code.isdigit():
+            code = f"0:{int(code) & 0x7F}" if int(code) & 0x7F else f"{int(code) >> 8}:0"
+        if code:
+            state = f"{state} {code}"
+        ranges = re.fullmatch(r"(\d+)_\[([\d,\-]+)(?:%\d+)?\]", job)
+        if ranges:
+            for part in ranges.group(2).split(","):
+                low, _, high = part.partition("-")
+                for task in range(int(low), int(high or low) + 1):
+                    states[f"{ranges.group(1)}_{task}"] = state
+        else:
+            states[job] = state
     return states
 
 
-def wait_for_slurm_job(job_id: str, timeout: float | None = None, progress=None, max_delay: float = 10.0) -> dict[str, str]:
-    """Poll until no task of `job_id` is pending or running (0.5 s, backing off to `max_delay`);
-    `progress(summary)` is called after each poll."""
+def poll_until(poll: Callable[[], T | None], timeout: float | None, max_delay: float, first_delay: float = 0.5,
+               what: str = "the jobs") -> T:
+    """`poll()` until it answers something other than None: at once, then after `first_delay` s, backing off 1.5x
+    to `max_delay` s (a large array's driver must not keep a busy controller busier); TimeoutError past `timeout`."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    delay = 0.5
-    while True:
-        states = slurm_job_states(job_id)
-        if states and not any(s.split()[0] in RUNNING_STATES for s in states.values()):
-            return states
-        if progress is not None:
-            counts = {}
-            for state in states.values():
-                counts[state.split()[0]] = counts.get(state.split()[0], 0) + 1
-            progress(", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())))
+    delay = first_delay
+    while (answer := poll()) is None:
         if deadline is not None and time.monotonic() > deadline:
-            subprocess.run(["scancel", job_id])
-            raise JobFailed(f"SLURM job {job_id} still running after {timeout:.0f}s (cancelled): {states}")
+            raise TimeoutError(f"{what} still running after {timeout:.0f}s")
         time.sleep(delay)
         delay = min(delay * 1.5, max_delay)
+    return answer
 
 
 class LocalExecutor(Executor):

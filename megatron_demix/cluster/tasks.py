@@ -9,10 +9,11 @@ submitit's design on the project's own scripts: the job script runs
 named by `module:function` plus JSON keyword arguments: readable, no pickles), calls it, and
 writes `results/<task>.json` atomically: `{"state": "success", "outputs": ...}` or
 `{"state": "error", "error": ..., "traceback": ..., "log": ...}`. `TaskPaths` names every file of
-an array. One `Watcher` reads the states of every task of every watched array with a single
-`squeue` call, backing off; a task that left the queue without a record (killed, out of time) gets
-an error record naming its scheduler state (from `sacct`, where accounting exists, once squeue has
-forgotten the job) and its log. The
+an array. One `Watcher` reads the states of every task of every watched array with one call of the
+executor's poller (`SlurmExecutor.task_states`: one `squeue`), in the executor's back-off loop
+(`poll_until`); a task that left the queue without a record (killed, out of time) gets an error
+record naming its scheduler state (from `sacct`, where accounting exists, once squeue has forgotten
+the job) and its log. The
 submission is recorded (`submission.json`) before and after `sbatch`, so a driver that died can
 re-attach to a job still queued or running instead of submitting it again. A task stopped by SIGTERM
 (scancel, or the end of the local driver that started it) ends its own child processes first and
@@ -24,7 +25,6 @@ import importlib
 import json
 import logging
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -33,7 +33,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from megatron_demix.cluster.executor import RUNNING_STATES, Executor, Job, JobSpec, SlurmExecutor, Terminated, terminate_on_sigterm
+from megatron_demix.cluster.executor import (RUNNING_STATES, Executor, Job, JobSpec, SlurmExecutor, Terminated, poll_until,
+                                             terminate_on_sigterm)
 from megatron_demix.runtime.files import atomic_write_json, atomic_write_text, read_json, read_json_lines
 
 TASKS_FIX = "delete that attempt's folder and resume: its tasks are submitted again"
@@ -143,62 +144,20 @@ def job_ids_by_name(name: str) -> list[str]:
 
 # --------------------------------------------------------------------------------------- the watcher
 
-def parse_task_states(text: str) -> dict[str, str]:
-    """`JOBID|STATE` lines from squeue -r or sacct into {"<job>_<task>": STATE}; expands sacct's `123_[4-7%2]`."""
-    states = {}
-    for line in text.splitlines():
-        if "|" not in line:
-            continue
-        job, state = (part.strip() for part in line.split("|")[:2])
-        state = state.split()[0] if state else "UNKNOWN"  # sacct writes "CANCELLED by 0"
-        ranges = re.fullmatch(r"(\d+)_\[([\d,\-]+)(?:%\d+)?\]", job)
-        if ranges:
-            for part in ranges.group(2).split(","):
-                low, _, high = part.partition("-")
-                for task in range(int(low), int(high or low) + 1):
-                    states[f"{ranges.group(1)}_{task}"] = state
-        else:
-            states[job] = state
-    return states
-
-
 class Watcher:
-    """Polls every task of every watched array in one scheduler call per poll, backing off to `max_delay` s."""
+    """Polls every task of every watched array with one scheduler call per poll, backing off to `max_delay` s."""
 
     def __init__(self, executor: Executor, max_delay: float = 10.0, first_delay: float = 0.5):
         self.executor = executor
         self.max_delay = max_delay
         self.first_delay = first_delay
-        self._accounting: bool | None = None  # does sacct answer? (None: not asked yet)
-
-    def scheduler_states(self, job_ids: list[str]) -> dict[str, str] | None:
-        """{"<job>_<task>": STATE} of the given SLURM jobs from one `squeue` call; None when the scheduler did not answer.
-
-        squeue lists live tasks and, for MinJobAge seconds, finished ones; a task absent from it has
-        left the scheduler's memory (its record, if any, is on disk).
-        """
-        if not job_ids or not isinstance(self.executor, SlurmExecutor):
-            return {}
-        out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(job_ids)],
-                             capture_output=True, text=True)
-        if out.returncode and "Invalid job id" not in out.stderr:  # busy or down controller: ask again later
-            log.warning("squeue failed (%s); polling again", out.stderr.strip()[:200])
-            return None
-        return parse_task_states(out.stdout)
-
-    def final_states(self, job_ids: list[str]) -> dict[str, str]:
-        """States of finished tasks the controller forgot, from `sacct` where accounting exists (else {})."""
-        if not job_ids or not isinstance(self.executor, SlurmExecutor) or self._accounting is False:
-            return {}
-        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)], capture_output=True, text=True)
-        self._accounting = out.returncode == 0 and "disabled" not in out.stdout + out.stderr
-        return parse_task_states(out.stdout) if self._accounting else {}
 
     def poll(self, arrays: list[TaskArray]) -> dict[Path, dict[int, dict | None]]:
         """Each array's {task: record, or None while it is queued or running}; lost tasks get an error record."""
         submitted = [a for a in arrays if a.submission["state"] == "submitted"]
+        slurm = self.executor if isinstance(self.executor, SlurmExecutor) else None
         slurm_ids = sorted({a.job_id for a in submitted if not a.job_id.startswith("local-")})
-        states = self.scheduler_states(slurm_ids)
+        states = slurm.task_states(slurm_ids) if slurm and slurm_ids else {}
         # Read results only after the scheduler answered: a task writes its record before it leaves the queue.
         polled, lost = {}, []
         for array in arrays:
@@ -208,28 +167,26 @@ class Watcher:
                 if record is not None or submission["state"] != "submitted" or states is None:
                     continue
                 key = f"{submission['job_id']}_{task}"
-                state = states.get(key) or (submission.get("local_states") or {}).get(key, "GONE").split()[0]
-                if state not in RUNNING_STATES:
+                state = states.get(key) or (submission.get("local_states") or {}).get(key, "GONE")
+                if state.split()[0] not in RUNNING_STATES:
                     lost.append((array, task, key, state))
             polled[array.folder] = records
-        final = self.final_states(sorted({a.job_id for a, _, _, state in lost if state == "GONE"}))
+        gone = sorted({a.job_id for a, _, _, state in lost if state == "GONE"})
+        final = slurm.final_states(gone) if slurm else {}
         for array, task, key, state in lost:
             polled[array.folder][task] = write_lost_record(array, task, final.get(key, state))
         return polled
 
     def wait(self, arrays: list[TaskArray], progress=None, timeout: float | None = None) -> dict[Path, dict[int, dict]]:
         """Poll until every task of every array has a record; `progress(polled)` is called after each poll."""
-        delay, deadline = self.first_delay, None if timeout is None else time.monotonic() + timeout
-        while True:
+        def finished() -> dict[Path, dict[int, dict]] | None:
             polled = self.poll(arrays)
             if progress:
                 progress(polled)
-            if all(r is not None for records in polled.values() for r in records.values()):
-                return polled
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"tasks still running after {timeout:.0f}s: {', '.join(str(a.folder) for a in arrays)}")
-            time.sleep(delay)
-            delay = min(delay * 1.5, self.max_delay)
+            return polled if all(r is not None for records in polled.values() for r in records.values()) else None
+
+        return poll_until(finished, timeout, self.max_delay, self.first_delay,
+                          what=f"tasks of {', '.join(str(a.folder) for a in arrays)}")
 
 
 def write_lost_record(array: TaskArray, task: int, state: str) -> dict:

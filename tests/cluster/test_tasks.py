@@ -8,8 +8,8 @@ import subprocess
 import pytest
 
 from megatron_demix.cluster.config import ClusterConfig
-from megatron_demix.cluster.executor import JobSpec, LocalExecutor, SlurmExecutor
-from megatron_demix.cluster.tasks import Call, TaskArray, Watcher, parse_task_states
+from megatron_demix.cluster.executor import JobSpec, LocalExecutor, SlurmExecutor, parse_task_states
+from megatron_demix.cluster.tasks import Call, TaskArray, Watcher
 
 SCRIPT = "slurm/eval_proxy.sh"
 
@@ -65,7 +65,7 @@ def test_one_poll_reads_every_task_of_every_job_and_reattaches(slurm_cluster, tm
     for array in arrays:
         array.submit(executor, SCRIPT)
     watcher = Watcher(executor, max_delay=1.0)
-    states = watcher.scheduler_states([a.job_id for a in arrays])
+    states = executor.task_states([a.job_id for a in arrays])
     assert {f"{a.job_id}_{t}" for a in arrays for t in range(3)} <= set(states)
     # A second driver (fresh objects from disk) re-attaches instead of resubmitting.
     again = [TaskArray(a.folder) for a in arrays]
@@ -94,6 +94,21 @@ def test_sacct_and_squeue_lines_are_parsed_per_task():
     text = "41_0|COMPLETED\n41_[2-4%2]|PENDING\n41_1|CANCELLED by 0\n42|RUNNING\nnoise\n"
     assert parse_task_states(text) == {"41_0": "COMPLETED", "41_2": "PENDING", "41_3": "PENDING", "41_4": "PENDING",
                                        "41_1": "CANCELLED", "42": "RUNNING"}
+    # Exit codes: sacct's `code:signal` as given, squeue's wait status (code << 8, or the signal) decoded.
+    assert parse_task_states("7_0|FAILED|3:0\n7_1|FAILED|768|\n7_2|CANCELLED|9|\n7_3|COMPLETED|0|") == {
+        "7_0": "FAILED 3:0", "7_1": "FAILED 3:0", "7_2": "CANCELLED 0:9", "7_3": "COMPLETED 0:0"}
+
+
+@pytest.mark.slurm
+def test_a_job_the_controller_forgot_is_not_waited_for_forever(slurm_cluster, tmp_path):
+    """An id squeue no longer knows answers {} (not None: the controller did answer); with no accounting the wait
+    gives up at its timeout and says so, naming the job."""
+    from megatron_demix.cluster.executor import JobFailed
+
+    executor = SlurmExecutor(ClusterConfig(), log_dir=tmp_path)
+    assert executor.task_states(["999999"]) == {}
+    with pytest.raises(JobFailed, match="SLURM job 999999 still running after 1s"):
+        executor.wait_job("999999", timeout=1, max_delay=0.2)
 
 
 def test_the_runner_refuses_to_run_outside_an_array(tmp_path):
