@@ -5,6 +5,8 @@
     srun --mpi=pmi2 -n 4 python -m megatron_demix.commands.merge ...                # inside a SLURM allocation
     python -m megatron_demix.commands.merge --method task_arithmetic --base ckpt/base --scale 0.8 --inputs A:1 B:1 --output OUT
     python -m megatron_demix.commands.merge --config experiment.yaml --mixture mixture.json --output OUT
+    mpiexec -n 2 python -m megatron_demix.commands.merge --config experiment.yaml --mixtures mixtures.jsonl --output proxies/
+    mpiexec -n 2 python -m megatron_demix.commands.merge --inputs A B C --mixtures mixtures.jsonl --output proxies/
     python -m megatron_demix.commands.merge --run-dir SAVE_ROOT --start-iteration 600 --schedule minus-sqrt --output OUT
     torchrun --nproc-per-node 2 -m megatron_demix.commands.merge ...                  # gloo instead of MPI, same output
 
@@ -14,7 +16,10 @@ naming every candidate dataset of the experiment; component checkpoints, the bas
 method/scale/dtype/normalize defaults then come from the experiment file. `--run-dir` averages
 the `iter_*` checkpoints of one training run in [--start-iteration, --end-iteration] (default:
 all) with the `--schedule` weights (megatron_demix/merge/run_average.py); the output is named
-after the newest one. Exit status 2 on every rank for bad input, 1 for a failure while running,
+after the newest one. `--mixtures` (a JSON list or JSON lines of {"id", "weights"}: merge/proxy.py)
+writes one proxy per mixture to OUTPUT/<id>, reading each component region once for all of them;
+with `--inputs DIR ...` (no weights) a mixture's weights are a list in their order. A proxy already
+merged the same way is kept, so a re-run finishes a killed one. Exit status 2 on every rank for bad input, 1 for a failure while running,
 with the error on rank 0's stderr.
 """
 import argparse
@@ -25,9 +30,12 @@ from pathlib import Path
 from megatron_demix.merge.mpi import LaunchError, keep_freed_memory, world  # light: no torch
 
 
-def parse_input(text: str) -> tuple[str, float]:
+def parse_input(text: str) -> tuple[str, float | None]:
+    """DIR:WEIGHT, or a bare DIR (weight None: the weights come from --mixtures)."""
     path, sep, weight = text.rpartition(":")
-    if not sep or not path:
+    if not sep:
+        return text, None
+    if not path:
         raise argparse.ArgumentTypeError(f"{text!r}: expected DIR:WEIGHT, e.g. ckpt/code:0.5")
     try:
         return path, float(weight)
@@ -40,11 +48,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     from megatron_demix.merge.config import MergeConfig
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--inputs", nargs="+", type=parse_input, metavar="DIR:WEIGHT", help="checkpoints and their weights")
+    parser.add_argument("--inputs", nargs="+", type=parse_input, metavar="DIR:WEIGHT",
+                        help="checkpoints and their weights (with --mixtures: the checkpoints alone, DIR ...)")
     parser.add_argument("--run-dir", help="average the iter_* checkpoints of this training run's save root")
     parser.add_argument("--start-iteration", type=int, help="with --run-dir: the oldest iteration to include (default: the first)")
     parser.add_argument("--end-iteration", type=int, help="with --run-dir: the newest iteration to include (default: the last)")
-    parser.add_argument("--output", required=True, help="save root to create (iter_* + tracker)")
+    parser.add_argument("--output", required=True, help="save root to create (iter_* + tracker); with --mixtures the"
+                        " folder of the proxies, one save root OUTPUT/<id> each")
     parser.add_argument("--output-iteration", type=int, help="the output's iteration (iter_* name, tracker, common state);"
                         " default: the first input's (with --run-dir: the newest selected)")
     parser.add_argument("--base", help="base checkpoint for task_arithmetic")
@@ -54,12 +64,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     parser.add_argument("--json-summary", metavar="FILE", help="write the profile (time, bytes, MB/s per phase; peak RSS per rank) as JSON")
     parser.add_argument("--mixture", help="mixture JSON {component: weight}; needs --config")
-    parser.add_argument("--config", help="experiment YAML (with --mixture)")
+    parser.add_argument("--mixtures", metavar="FILE", help="many proxies from one read: JSON list or JSON lines of"
+                        ' {"id": NAME, "weights": {component: weight}}, with --config or --inputs DIR ...')
+    parser.add_argument("--config", help="experiment YAML (with --mixture or --mixtures)")
     args = parser.parse_args(argv)
-    if bool(args.mixture) != bool(args.config):
+    if args.mixture and args.mixtures:
+        parser.error("give --mixture FILE (one proxy) or --mixtures FILE (many), not both")
+    if bool(args.mixture) != bool(args.config) and not args.mixtures:
         parser.error("--mixture and --config go together (the experiment names the component checkpoints)")
-    if sum(map(bool, (args.inputs, args.mixture, args.run_dir))) != 1:
-        parser.error("give one of --inputs DIR:WEIGHT ..., --mixture FILE --config FILE, or --run-dir SAVE_ROOT")
+    if args.mixtures and bool(args.config) == bool(args.inputs):
+        parser.error("--mixtures takes the components from --config FILE or from --inputs DIR ..., one of them")
+    if sum(map(bool, (args.inputs and not args.mixtures, args.mixture, args.mixtures, args.run_dir))) != 1:
+        parser.error("give one of --inputs DIR:WEIGHT ..., --mixture FILE --config FILE, --mixtures FILE, or --run-dir SAVE_ROOT")
+    weighted = [text for text, weight in args.inputs or () if weight is not None]
+    if args.inputs and args.mixtures and weighted:
+        parser.error(f"--inputs {weighted[0]}: with --mixtures give the checkpoints alone (DIR); the weights come from the mixtures")
+    if args.inputs and not args.mixtures and len(weighted) < len(args.inputs):
+        bare = next(text for text, weight in args.inputs if weight is None)
+        parser.error(f"--inputs {bare!r}: expected DIR:WEIGHT, e.g. ckpt/code:0.5")
     if not args.run_dir and (args.start_iteration is not None or args.end_iteration is not None):
         parser.error("--start-iteration and --end-iteration select checkpoints of --run-dir")
     return args
@@ -75,13 +97,15 @@ def merge_call(args):
     from megatron_demix.merge.run_average import average_run
 
     experiment = None
-    if args.mixture:
+    if args.mixture or args.config:
         from megatron_demix.cli import load_experiment_file
 
         experiment = load_experiment_file(args.config)
     settings = replace(experiment.merge if experiment else MergeConfig(), where="command line",
                        **flag_overrides(args, args.merge_fields))
     common = dict(output=args.output, verify=args.verify, overwrite=args.overwrite, output_iteration=args.output_iteration)
+    if args.mixtures:
+        return batch_call(args, experiment, settings, common)
     if args.run_dir:
         return average_run, dict(run_dir=args.run_dir, settings=settings, start_iteration=args.start_iteration,
                                  end_iteration=args.end_iteration, base=args.base, **common)
@@ -92,6 +116,30 @@ def merge_call(args):
     else:
         proxy = checkpoints_proxy([p for p, _ in args.inputs], [w for _, w in args.inputs], settings, base=args.base)
     return proxy.write, common
+
+
+def batch_call(args, experiment, settings, common):
+    """`write_proxies` of --mixtures over the experiment's components (weights by name) or --inputs (weights listed)."""
+    from megatron_demix.merge.io import MergeInputError
+    from megatron_demix.merge.proxy import checkpoints_proxy, read_mixture_list, write_proxies
+
+    proxies = {}
+    for ident, weights in read_mixture_list(args.mixtures):
+        try:
+            if isinstance(weights, dict) != bool(experiment):
+                raise MergeInputError("give its weights as {candidate: weight} with --config, as a list in the order of"
+                                      " the inputs with --inputs")
+            if experiment:
+                proxy = experiment.proxy(weights, settings)
+            else:
+                proxy = checkpoints_proxy([p for p, _ in args.inputs], weights, settings, base=args.base)
+        except (MergeInputError, TypeError, ValueError) as error:
+            raise MergeInputError(f"--mixtures {args.mixtures}, mixture {ident}: {error}") from None
+        if experiment and args.base is not None:
+            proxy = checkpoints_proxy(proxy.inputs, proxy.given, settings, base=args.base, names=proxy.names)
+        proxies[ident] = proxy
+    folder = common.pop("output")
+    return (lambda **options: write_proxies(proxies, folder, **options)), common
 
 
 def main(argv=None) -> int:

@@ -4,17 +4,20 @@
     merge(["ckpt/code", "ckpt/math"], [0.3, 0.7], "proxies/p0")               # one process, MergeConfig()'s defaults
     merge(inputs, weights, "proxies/p1", experiment.merge, base=...)          # the experiment's `merge:` section
     mpiexec -n 4 python tools/merge/run.py --inputs ckpt/code:0.3 ckpt/math:0.7 --output proxies/p0
+    merge_many(inputs, [Target("proxies/p0", (0.3, 0.7)), Target("proxies/p1", (0.5, 0.5))])   # one read, many proxies
 
 Memory per rank is bounded by the largest output chunk, not by the model: with n its elements,
 peak ~ 8n (fp32 accumulator + fp32 term) + the largest stored chunk overlapping it + n x output
 itemsize (+ 4n for the base of task arithmetic), on top of the interpreter and torch (~300 MB).
-The plan logs this bound. Only the plan, write records, errors and statistics travel over MPI.
+The plan logs this bound. `merge_many` (M proxies from one read) holds one chunk's K input regions
+at a time, in their stored dtype, on top of that: the bound grows with K, not with M. Only the plan, write records, errors and statistics travel over MPI.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import datetime
+import json
 import math
 import os
 import random
@@ -31,7 +34,7 @@ from megatron_demix.checkpoint.layout import CheckpointError, iteration_dir, res
 from megatron_demix.merge import legacy, mpi
 from megatron_demix.checkpoint.torch_dist import METADATA_FILE, ChunkReader, read_metadata
 from megatron_demix.merge.io import DataFileWriter, MergeError, MergeInputError, merge_failure, output_failure, write_checkpoint_files
-from megatron_demix.merge.items import compute_item, regions
+from megatron_demix.merge.items import compute_item, held_regions, regions, replay
 from megatron_demix.merge.methods import Method, get_method
 from megatron_demix.merge.config import MergeConfig
 from megatron_demix.merge.plan import Plan, build_plan
@@ -63,17 +66,32 @@ class RankStats:
 PHASES = ("start-up", "planning", "reading", "combining", "writing", "verifying", "metadata")
 
 
+@dataclass(frozen=True)
+class Target:
+    """One output of `merge_many`: its save root, its weights as given (one per input), more provenance."""
+
+    output: Path
+    given: tuple[float, ...]
+    provenance: dict = field(default_factory=dict)
+
+
 @dataclass
 class Summary:
-    output: Path
+    outputs: list[Path]
+    """The save roots written (in the order asked); `skipped`: those already merged the same way (`merge_many`)."""
     seconds: float
-    """merge() on rank 0, from its call to the published output."""
+    """merge() on rank 0, from its call to the published output(s)."""
     bytes_read: int
     bytes_written: int
     ranks: list[RankStats] = field(default_factory=list)
     phases: dict[str, dict] = field(default_factory=dict)
     """Phase -> {seconds, bytes, mb_per_s}: the slowest rank's time for the per-rank phases (they run
     in parallel), rank 0's for planning and metadata; bytes over all ranks."""
+    skipped: list[Path] = field(default_factory=list)
+
+    @property
+    def output(self) -> Path:
+        return self.outputs[0]
 
     @property
     def process_seconds(self) -> float:
@@ -83,7 +101,9 @@ class Summary:
     def to_json(self) -> dict:
         peak = max(self.ranks, key=lambda s: s.peak_rss)
         return {
-            "output": str(self.output), "ranks": len(self.ranks), "merge_seconds": round(self.seconds, 4),
+            **({"output": str(self.output)} if len(self.outputs) == 1 and not self.skipped else
+               {"outputs": list(map(str, self.outputs)), "skipped": list(map(str, self.skipped))}),
+            "ranks": len(self.ranks), "merge_seconds": round(self.seconds, 4),
             "process_seconds": round(self.process_seconds, 4), "bytes_read": self.bytes_read,
             "bytes_written": self.bytes_written, "phases": self.phases,
             "max_peak_rss_bytes": peak.peak_rss, "max_peak_rss_rank": peak.rank,
@@ -149,36 +169,46 @@ def _legacy_share(comm, plan: legacy.LegacyPlan, out_dir: Path, weights, method,
     return {}, stats
 
 
-def _merge_share(comm, plan: Plan, out_dir: Path, weights, method, scale, verify: bool, log):
-    """This rank's items -> its own data file. Returns (write records, RankStats)."""
+def _merge_share(comm, plan: Plan, out_dirs: list[Path], mixtures: list[list[float]], method, scale, verify: bool, log):
+    """This rank's items -> its own data file in each output directory (one per mixture). One output streams
+    each item's regions (two fp32 regions at a time); several read them once (`held_regions`) and combine
+    them once per mixture. Returns (write records per output, RankStats)."""
     start = time.perf_counter()
     stats = RankStats(comm.rank)
     share = plan.assignment[comm.rank] if comm.rank < len(plan.assignment) else []
     readers = [ChunkReader(d, read_metadata(d).storage_data, name) for d, name in zip(plan.dirs, plan.names)]
-    writer = DataFileWriter(out_dir, comm.rank)
-    progress = _share_progress(plan.rank_bytes(comm.rank), log) if comm.rank == 0 else None
+    writers = [DataFileWriter(out_dir, comm.rank) for out_dir in out_dirs]
+    inputs = len(mixtures[0])
+    progress = _share_progress(plan.rank_bytes(comm.rank, len(writers)), log) if comm.rank == 0 else None
     try:
         for i in share:
             item = plan.items[i]
-            result = compute_item(item, regions(readers, item, method, len(weights)), plan.names, weights, method, scale)
-            (writer.raw if item.kind == "object" else writer.tensor)(item.index, result)
-            del result
+            held = held_regions(readers, item, method, inputs) if len(writers) > 1 else None
+            for writer, weights in zip(writers, mixtures):
+                next_region = regions(readers, item, method, inputs) if held is None else replay(held, item)
+                result = compute_item(item, next_region, plan.names, weights, method, scale)
+                (writer.raw if item.kind == "object" else writer.tensor)(item.index, result)
+                del result
+            del held
             if progress:
-                progress.add(item.read_bytes + item.write_bytes)
-        writer.close()
-        stats.reading, stats.writing = sum(r.seconds for r in readers), writer.seconds
+                progress.add(item.read_bytes + len(writers) * item.write_bytes)
+        for writer in writers:
+            writer.close()
+        stats.reading, stats.writing = sum(r.seconds for r in readers), sum(w.seconds for w in writers)
         if verify:
             verify_start = time.perf_counter()
-            stats.verified = _verify(plan, share, writer, readers, weights, method, scale, out_dir)
+            stats.verified = sum(_verify(plan, share, writer, readers, weights, method, scale, out_dir)
+                                 for writer, weights, out_dir in zip(writers, mixtures, out_dirs))
             stats.verifying = time.perf_counter() - verify_start
-        stats.items, stats.bytes_written = len(share), writer.bytes_written
+        stats.items, stats.bytes_written = len(share), sum(w.bytes_written for w in writers)
         stats.bytes_read = sum(r.bytes_read for r in readers)
     finally:
-        writer.close()
+        for writer in writers:
+            writer.close()
         for reader in readers:
             reader.close()
     stats.seconds, stats.peak_rss = time.perf_counter() - start, mpi.peak_rss_bytes()
-    return writer.records, stats
+    return [w.records for w in writers], stats
 
 
 def _verify(plan: Plan, share, writer, readers, weights, method, scale, out_dir: Path) -> int:
@@ -242,8 +272,10 @@ def _tool_version() -> str:
         return "unknown"
 
 
-def _prepare(inputs, given, output, settings: MergeConfig, base, overwrite, ranks, output_iteration, provenance_extra):
-    """Rank 0: check the arguments, resolve the inputs, plan. Returns (plan, weights, iteration, provenance)."""
+def _prepare(inputs, targets: list[Target], settings: MergeConfig, base, overwrite, ranks, output_iteration,
+             provenance_extra, keep_done: bool):
+    """Rank 0: check the arguments, resolve the inputs, plan. Returns (plan, weights per target, iteration,
+    provenance per target, the targets to write: all but those `keep_done` finds already merged the same way)."""
     method, extra_state_source = get_method(settings.method), settings.extra_state_source
     if method.needs_base and base is None:
         raise MergeInputError(f"--method {method.name} needs --base DIR (the checkpoint the components were trained from)")
@@ -251,15 +283,23 @@ def _prepare(inputs, given, output, settings: MergeConfig, base, overwrite, rank
         raise MergeInputError(f"--base is only used by --method task_arithmetic, not {method.name}")
     if not inputs:
         raise MergeInputError("no inputs: give at least one --inputs DIR:WEIGHT")
+    if not targets:
+        raise MergeInputError("no outputs: give at least one mixture")
     names = [f"input {i + 1} ({p})" for i, p in enumerate(inputs)]
-    weights = check_weights(given, names, method, settings.normalize)
+    mixtures = []
+    for target in targets:
+        try:
+            mixtures.append(check_weights(target.given, names, method, settings.normalize))
+        except MergeInputError as error:
+            label = f"mixture {target.provenance['mixture_id']}" if "mixture_id" in target.provenance else target.output
+            raise MergeInputError(f"{label}: {error}" if len(targets) > 1 or label != target.output else str(error)) from None
     if not 1 <= extra_state_source <= len(inputs):
         raise MergeInputError(f"--extra-state-source {extra_state_source}: give an input number from 1 to {len(inputs)}")
     if output_iteration is not None and output_iteration != "release" and (not isinstance(output_iteration, int) or output_iteration < 0):
         raise MergeInputError(f"--output-iteration {output_iteration!r}: give an iteration number >= 0 (or 'release')")
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise MergeInputError(f"--output {output} already exists; remove it or pass --overwrite")
+    outputs = [Path(t.output) for t in targets]
+    if len({o.resolve() for o in outputs}) < len(outputs):
+        raise MergeInputError(f"two mixtures have the same output ({', '.join(sorted({str(o) for o in outputs if outputs.count(o) > 1}))}); give each its own")
     paths = list(inputs) + ([base] if base is not None else [])
     names += [f"base ({base})"] if base is not None else []
     found = []
@@ -268,8 +308,9 @@ def _prepare(inputs, given, output, settings: MergeConfig, base, overwrite, rank
             found.append(resolve_checkpoint(path))
         except CheckpointError as error:
             raise MergeInputError(f"{name}: {error}") from None
-        if output.resolve() in (Path(path).resolve(), found[-1].path.resolve()):
-            raise MergeInputError(f"--output {output} is also {name}; write the merge somewhere else")
+        for output in outputs:
+            if output.resolve() in (Path(path).resolve(), found[-1].path.resolve()):
+                raise MergeInputError(f"--output {output} is also {name}; write the merge somewhere else")
         if found[-1].format != found[0].format:
             raise MergeInputError(
                 f"{name} is a {found[-1].format} checkpoint but {names[0]} is {found[0].format}; all inputs must have"
@@ -277,20 +318,44 @@ def _prepare(inputs, given, output, settings: MergeConfig, base, overwrite, rank
             )
     dirs = [f.path for f in found]
     copy_from = extra_state_source - 1
-    if found[0].format == "legacy":
-        plan = legacy.build_legacy_plan(dirs, names, ranks, copy_from)
-    else:
-        plan = build_plan(dirs, names, dtype=settings.dtype, ranks=ranks, has_base=base is not None, copy_from=copy_from)
+    if found[0].format == "legacy" and len(targets) > 1:
+        raise MergeInputError(f"{names[0]}: legacy mp_rank_* inputs merge one mixture at a time (--inputs DIR:WEIGHT);"
+                              " convert them to torch_dist to merge many mixtures from one read")
     iteration = _iteration(dirs[0]) if output_iteration is None else output_iteration
-    provenance = {
+    common = {
         "tool": "megatron_demix.merge", "tool_version": _tool_version(), "method": method.name,
-        "scale": settings.scale if method.needs_base else None,
-        "inputs": [str(d.resolve()) for d in dirs[: len(inputs)]], "weights": weights, "given_weights": list(given),
+        "scale": settings.scale if method.needs_base else None, "inputs": [str(d.resolve()) for d in dirs[: len(inputs)]],
         "base": str(dirs[-1].resolve()) if base is not None else None, "dtype": settings.dtype, "ranks": ranks,
         "iteration": iteration, "extra_state_source": str(dirs[copy_from].resolve()), **(provenance_extra or {}),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    return plan, weights, iteration, provenance
+    provenances = [{**common, "weights": w, "given_weights": list(t.given), **t.provenance} for t, w in zip(targets, mixtures)]
+    todo = []
+    for i, output in enumerate(outputs):
+        if output.exists() and not overwrite:
+            if not (keep_done and _merged_as(output, provenances[i])):
+                raise MergeInputError(f"--output {output} already exists" + (" and is not this mixture's merge" if keep_done else "")
+                                      + "; remove it or pass --overwrite")
+        else:
+            todo.append(i)
+    if found[0].format == "legacy":
+        plan = legacy.build_legacy_plan(dirs, names, ranks, copy_from)
+    else:
+        plan = build_plan(dirs, names, dtype=settings.dtype, ranks=ranks, has_base=base is not None, copy_from=copy_from)
+    return plan, mixtures, iteration, provenances, todo
+
+
+MATCHED = ("tool", "method", "scale", "inputs", "base", "dtype", "iteration", "extra_state_source", "weights")
+"""The `merge.json` fields that say a finished output is this merge (`merge_many` keeps it)."""
+
+
+def _merged_as(output: Path, provenance: dict) -> bool:
+    """Whether `output` is a published merge with the same inputs, weights and settings as `provenance`."""
+    try:
+        recorded = json.loads((resolve_checkpoint(output).path / "merge.json").read_text())
+    except (CheckpointError, OSError, ValueError):
+        return False
+    return all(recorded.get(key) == provenance[key] for key in MATCHED)
 
 
 def merge(
@@ -315,18 +380,45 @@ def merge(
     normalize, extra_state_source; its `ranks` are the launcher's business). `base`: the checkpoint of
     task arithmetic. `output_iteration`: the output's `iter_*` name, tracker and common-state
     `iteration` (default: the first input's); `provenance`: more fields for `merge.json` and the
-    common state (e.g. the schedule). Steps:
-    1. Rank 0 checks the arguments (weights, method and base, dtype, output), resolves each input
-       (save root, `iter_*` or bare torch_dist dir) and plans from the inputs' `.metadata`
+    common state (e.g. the schedule). An existing `output` is an error unless `overwrite`.
+    The steps are `merge_many`'s, with one target.
+    """
+    return merge_many(inputs, [Target(Path(output), tuple(float(w) for w in weights))], settings, base=base, verify=verify,
+                      overwrite=overwrite, output_iteration=output_iteration, provenance=provenance, comm=comm, log=log,
+                      keep_done=False)
+
+
+def merge_many(
+    inputs: Sequence[str | Path],
+    targets: Sequence[Target],
+    settings: MergeConfig = MergeConfig(),
+    *,
+    base: str | Path | None = None,
+    verify: bool = False,
+    overwrite: bool = False,
+    output_iteration: int | str | None = None,
+    provenance: dict | None = None,
+    comm=None,
+    log: Callable[[str], None] | None = None,
+    keep_done: bool = True,
+) -> Summary:
+    """Write one proxy per target (its weights over `inputs`), reading every input region once for all of them.
+
+    Arguments as `merge()`'s. Each output is published on its own (temporary name, then rename), all at the
+    end. An existing output is kept when `keep_done` finds its `merge.json` the same merge (a killed or
+    re-run batch finishes the rest), else it is an error unless `overwrite`. Steps:
+    1. Rank 0 checks the arguments (weights of every target, method and base, dtype, outputs), resolves
+       each input (save root, `iter_*` or bare torch_dist dir) and plans from the inputs' `.metadata`
        (`plan.build_plan`: keys, shapes, dtypes, data files; items balanced by bytes); all ranks
        receive the plan, or the error.
-    2. Rank 0 creates a temporary directory next to `output` (`atomic_directory`).
-    3. Every rank merges its items chunk by chunk into its own `__{rank}_0.distcp`, and with
-       `verify` re-reads a sample of them and compares with a recomputation.
+    2. Rank 0 creates a temporary directory next to each output (`atomic_directory`).
+    3. Every rank merges its items chunk by chunk into its own `__{rank}_0.distcp` of each output (with
+       several, each item's regions are read once and combined once per target), and with `verify`
+       re-reads a sample of them and compares with a recomputation.
     4. Write records, errors and statistics go to rank 0. On any error rank 0 removes the
-       temporary directory and every rank raises `MergeError`.
-    5. Rank 0 writes `.metadata`, `metadata.json`, `common.pt`, `merge.json` and the tracker,
-       renames the temporary directory to `output`, logs the summary; every rank returns it.
+       temporary directories and every rank raises `MergeError`.
+    5. Rank 0 writes each output's `.metadata`, `metadata.json`, `common.pt`, `merge.json` and tracker,
+       renames each temporary directory to its output, logs the summary; every rank returns it.
     """
     comm = comm or mpi.world()
     startup = mpi.process_seconds()
@@ -337,30 +429,45 @@ def merge(
     root_log = log if comm.rank == 0 else (lambda line: None)
     start = time.perf_counter()
     method_, scale, extra_state_source = get_method(settings.method), settings.scale, settings.extra_state_source
-    output = Path(output)
+    targets = [dataclasses.replace(t, output=Path(t.output), given=tuple(float(w) for w in t.given)) for t in targets]
 
-    plan, weights, iteration, provenance = _on_root(
-        comm, lambda: _prepare(list(inputs), [float(w) for w in weights], output, settings, base, overwrite, comm.size,
-                               output_iteration, provenance)
+    plan, mixtures, iteration, provenances, todo = _on_root(
+        comm, lambda: _prepare(list(inputs), targets, settings, base, overwrite, comm.size, output_iteration, provenance,
+                               keep_done)
     )
+    outputs, skipped = [targets[i].output for i in todo], [t.output for i, t in enumerate(targets) if i not in todo]
     planning = (time.perf_counter() - start, _metadata_bytes(plan.dirs) if isinstance(plan, Plan) else 0)
     root_log(f"[merge] {plan.describe()}, {comm.size} rank(s)")
+    if skipped:
+        root_log(f"[merge] {len(skipped)} of {len(targets)} output(s) already merged, kept: {', '.join(map(str, skipped))}")
+    if not todo:
+        return Summary([], time.perf_counter() - start, 0, 0, [RankStats(comm.rank)], {}, skipped)
+    if len(todo) > 1:
+        root_log(f"[merge] {len(todo)} proxies from one read: each chunk's input regions held once"
+                 f" (up to {max(item.read_bytes for item in plan.items) / MB:.1f} MB more per rank)")
     stack = contextlib.ExitStack()
     try:
-        tmp = _on_root(comm, _writing(output, lambda: stack.enter_context(atomic_directory(output, overwrite))))
-        out_dir = iteration_dir(tmp, iteration)
-        _on_root(comm, _writing(output, out_dir.mkdir))
+        def open_outputs() -> tuple[list[Path], list[Path]]:
+            tmps = [stack.enter_context(atomic_directory(output, overwrite)) for output in outputs]
+            for tmp in tmps:
+                iteration_dir(tmp, iteration).mkdir()
+            return tmps, [iteration_dir(tmp, iteration) for tmp in tmps]
+
+        tmps, out_dirs = _on_root(comm, _writing(outputs[0], open_outputs))
+        weights = [mixtures[i] for i in todo]
         try:
             if isinstance(plan, legacy.LegacyPlan):
-                records, stats = _legacy_share(comm, plan, out_dir, weights, method_, scale, settings.dtype, verify, provenance, root_log)
+                records, stats = _legacy_share(comm, plan, out_dirs[0], weights[0], method_, scale, settings.dtype, verify,
+                                               provenances[todo[0]], root_log)
+                records = [records]
             else:
-                records, stats = _merge_share(comm, plan, out_dir, weights, method_, scale, verify, root_log)
+                records, stats = _merge_share(comm, plan, out_dirs, weights, method_, scale, verify, root_log)
             stats.startup = startup
             outcome = (records, stats, None)
         except Exception as error:
             error = merge_failure(error)
             message = f"rank {comm.rank}: {error}" if comm.size > 1 else str(error)
-            outcome = ({}, RankStats(comm.rank), (message, isinstance(error, MergeInputError)))
+            outcome = ([], RankStats(comm.rank), (message, isinstance(error, MergeInputError)))
         gathered = comm.gather(outcome)
         finish_start = time.perf_counter()
 
@@ -368,24 +475,26 @@ def merge(
             errors = [e for _, _, e in gathered if e]
             if errors:  # bad input only when every failing rank says so (a NaN input), else a failure (a write)
                 raise (MergeInputError if all(bad for _, bad in errors) else MergeError)("; ".join(m for m, _ in errors))
-            records = {k: v for r, _, _ in gathered for k, v in r.items()}
-            provenance["seconds"] = round(time.perf_counter() - start, 3)
-            if isinstance(plan, legacy.LegacyPlan):
-                atomic_write_json(out_dir / "merge.json", provenance)
-            else:
-                write_checkpoint_files(out_dir, plan.state_dict_metadata, records, plan.dirs[0], plan.dirs[extra_state_source - 1],
-                                       provenance)
-            write_tracker(tmp, iteration)
-            return [s for _, s, _ in gathered], _metadata_bytes([out_dir], ("merge.json", "common.pt"))
+            seconds = round(time.perf_counter() - start, 3)
+            for n, (i, tmp, out_dir) in enumerate(zip(todo, tmps, out_dirs)):
+                provenance_ = {**provenances[i], "seconds": seconds}
+                if isinstance(plan, legacy.LegacyPlan):
+                    atomic_write_json(out_dir / "merge.json", provenance_)
+                else:
+                    records_ = {k: v for r, _, _ in gathered for k, v in r[n].items()}
+                    write_checkpoint_files(out_dir, plan.state_dict_metadata, records_, plan.dirs[0],
+                                           plan.dirs[extra_state_source - 1], provenance_)
+                write_tracker(tmp, iteration)
+            return [s for _, s, _ in gathered], _metadata_bytes(out_dirs, ("merge.json", "common.pt"))
 
-        rank_stats, metadata_bytes = _on_root(comm, _writing(output, finish))
+        rank_stats, metadata_bytes = _on_root(comm, _writing(outputs[0], finish))
     except BaseException:
-        stack.__exit__(*sys.exc_info())  # rank 0: removes the temporary directory
+        stack.__exit__(*sys.exc_info())  # rank 0: removes the temporary directories
         raise
-    _on_root(comm, _writing(output, stack.close))  # rank 0: the rename that publishes the output
+    _on_root(comm, _writing(outputs[0], stack.close))  # rank 0: the renames that publish the outputs
     metadata = (time.perf_counter() - finish_start, metadata_bytes)
-    summary = Summary(output, time.perf_counter() - start, sum(s.bytes_read for s in rank_stats),
-                      sum(s.bytes_written for s in rank_stats), rank_stats, _phases(rank_stats, planning, metadata))
+    summary = Summary(outputs, time.perf_counter() - start, sum(s.bytes_read for s in rank_stats),
+                      sum(s.bytes_written for s in rank_stats), rank_stats, _phases(rank_stats, planning, metadata), skipped)
     _log_summary(summary, root_log)
     return summary
 
@@ -397,7 +506,8 @@ def _metadata_bytes(dirs, names=(METADATA_FILE,)) -> int:
 
 def _log_summary(summary: Summary, log) -> None:
     rate = (summary.bytes_read + summary.bytes_written) / max(summary.seconds, 1e-9)
-    log(f"[merge] wrote {summary.output} in {summary.seconds:.2f} s: read {summary.bytes_read / MB:.1f} MB,"
+    what = summary.output if len(summary.outputs) == 1 else f"{len(summary.outputs)} proxies ({summary.outputs[0].parent})"
+    log(f"[merge] wrote {what} in {summary.seconds:.2f} s: read {summary.bytes_read / MB:.1f} MB,"
         f" wrote {summary.bytes_written / MB:.1f} MB ({rate / MB:.1f} MB/s)")
     for s in summary.ranks:
         log(f"[merge]   rank {s.rank}: {s.items} chunks, read {s.bytes_read / MB:.1f} MB, wrote {s.bytes_written / MB:.1f} MB,"

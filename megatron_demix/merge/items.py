@@ -2,6 +2,8 @@
 
     for item in items:
         result = compute_item(item, regions(readers, item, method, inputs), names, weights, method, scale)
+    held = held_regions(readers, item, method, inputs)         # many mixtures: read each region once
+    results = [compute_item(item, replay(held, item), names, w, method, scale) for w in mixtures]
 
 The regions of an item are loaded lazily, in a fixed order (`region_order`: the base first for
 task arithmetic, then input 0, 1, ...), so a region is read only when the method is ready for
@@ -59,6 +61,26 @@ def regions(readers: list[ChunkReader], item: Item, method: Method, inputs: int)
     """`next_region` for `compute_item`: each call loads the item's next region."""
     lazy = (load(readers, item, r) for r in region_order(item, inputs, method))
     return lambda: next(lazy)
+
+
+def held_regions(readers: list[ChunkReader], item: Item, method: Method, inputs: int) -> list:
+    """Every region of `item` in `region_order`, read once and kept in the stored dtype, for `replay`."""
+    return [readers[r].raw(item.index) if item.kind == "object" else read_region(readers[r], item.sources[r], item, as_fp32=False)
+            for r in region_order(item, inputs, method)]
+
+
+def replay(held: list, item: Item) -> Callable[[], object]:
+    """`next_region` for `compute_item` from `held_regions`: each call hands out a fresh copy (fp32 for a
+    merged item, as `read_region` gives it), since merge methods work in place; the held regions stay intact."""
+    floating = item.kind == "float"
+    tensors = iter(held)
+    return lambda: _fresh(next(tensors), floating)
+
+
+def _fresh(region, floating: bool):
+    if not floating:
+        return region  # bytes, or an exact tensor that compute_item only compares and returns
+    return region.clone() if region.dtype == torch.float32 else region.float()
 
 
 def compute_item(item: Item, next_region: Callable[[], object], names: list[str], weights: list[float], method: Method, scale: float):

@@ -90,8 +90,9 @@ class Plan:
             " + interpreter and torch"
         )
 
-    def rank_bytes(self, rank: int) -> int:
-        return sum(self.items[i].read_bytes + self.items[i].write_bytes for i in self.assignment[rank])
+    def rank_bytes(self, rank: int, outputs: int = 1) -> int:
+        """Bytes a rank reads and writes: its items' inputs once, their output once per output (`merge_many`)."""
+        return sum(self.items[i].read_bytes + outputs * self.items[i].write_bytes for i in self.assignment[rank])
 
 
 def _merged_keys(metadata: Metadata) -> dict:

@@ -4,6 +4,7 @@
     proxy.write("proxies/p0", comm=comm)          # tools/merge/run.py: to disk, on the MPI ranks
     source = proxy.open()                         # merge-on-load, the many-mixtures loop, the HF export
     fill_model(model, source, proxy.weights)
+    write_proxies({"p0": proxy, "p1": other}, "proxies", comm=comm)   # proxies/p0, proxies/p1 from one read
 
 Every way of making a proxy goes through `Proxy`, so they agree on the inputs, the checked and
 normalised weights, the method, scale and output dtype (`merge.dtype`): a proxy filled in memory
@@ -12,10 +13,15 @@ holds the bytes `tools/merge/run.py` writes for the same mixture.
 mixture.json:  {"code": 0.3, "math": 0.5, "prose": 0.2}   (or {"weights": {...}, ...}, as the search writes it)
 Every candidate must have a weight (0 is allowed), and no other name: a proxy built from a partial
 mixture would silently answer a different question.
+
+mixtures file (`--mixtures`, many proxies from one read): a JSON list, or JSON lines, of
+{"id": "p0", "weights": {"code": 0.3, ...}} (or "mixture" for "weights", as the search writes them); with
+`--inputs` instead of an experiment, "weights" is a list in the order of the inputs.
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,3 +103,48 @@ def read_mixture(source: str | Path | dict) -> dict[str, float]:
     if not isinstance(data, dict) or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in data.values()):
         raise MergeInputError(f"{where}: expected a JSON object {{component: weight}} with numeric weights")
     return {str(k): float(v) for k, v in data.items()}
+
+
+MIXTURE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+"""A mixture id names its proxy's directory: no path separators, no leading dot."""
+
+
+def read_mixture_list(path: str | Path) -> list[tuple[str, dict | list]]:
+    """[(id, weights)] from a mixtures file (module docstring); a MergeInputError naming the file and the entry."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise MergeInputError(f"--mixtures {path}: unreadable ({error})") from None
+    try:
+        entries = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as error:
+        raise MergeInputError(f"--mixtures {path}: not a JSON list nor JSON lines ({error})") from None
+    found, seen = [], set()
+    for n, entry in enumerate(entries, start=1):
+        where = f"--mixtures {path}, entry {n}"
+        weights = entry.get("weights", entry.get("mixture")) if isinstance(entry, dict) else None
+        ident = entry.get("id") if isinstance(entry, dict) else None
+        if not isinstance(ident, str) or not MIXTURE_ID.fullmatch(ident) or not isinstance(weights, (dict, list)):
+            raise MergeInputError(f'{where}: expected {{"id": NAME, "weights": {{component: weight}}}} with NAME of letters,'
+                                  " digits, '.', '_', '-' (it names the proxy's directory)")
+        if ident in seen:
+            raise MergeInputError(f"{where}: id {ident!r} appears twice; each proxy needs its own")
+        seen.add(ident)
+        found.append((ident, weights))
+    if not found:
+        raise MergeInputError(f"--mixtures {path}: no mixtures")
+    return found
+
+
+def write_proxies(proxies: dict[str, Proxy], folder: str | Path, **options):
+    """`merge_many`: every proxy to `folder/<id>`, reading each component region once for all of them (options as
+    `Proxy.write`'s, and `keep_done`). The proxies must share their components, base and `merge:` settings."""
+    from megatron_demix.merge.engine import Target, merge_many
+
+    first = next(iter(proxies.values()))
+    for ident, proxy in proxies.items():
+        if (proxy.inputs, proxy.base, proxy.settings) != (first.inputs, first.base, first.settings):
+            raise MergeInputError(f"mixture {ident}: other components or merge settings than the first; a batch merges"
+                                  " one set of components")
+    targets = [Target(Path(folder) / ident, proxy.given, {"mixture_id": ident}) for ident, proxy in proxies.items()]
+    return merge_many(first.inputs, targets, first.settings, base=first.base, **options)

@@ -28,7 +28,7 @@ from megatron_demix.checkpoint.layout import CheckpointError, resolve_checkpoint
 from megatron_demix.checkpoint.tensors import copy_overlap, model_regions, overlap
 from megatron_demix.checkpoint.torch_dist import ChunkReader, read_metadata
 from megatron_demix.merge.io import MergeInputError
-from megatron_demix.merge.items import compute_item, read_region, region_order, regions
+from megatron_demix.merge.items import compute_item, held_regions, region_order, regions, replay
 from megatron_demix.merge.methods import Method, get_method
 from megatron_demix.merge.plan import Item, Plan, build_plan
 
@@ -119,8 +119,7 @@ class ComponentSource(_Merged):
         store = {}
         for item in self.plan.items:
             if item.kind != "object":
-                store[item.index] = [read_region(self._readers[r], item.sources[r], item, as_fp32=False)
-                                 for r in region_order(item, self.inputs, self.method)]
+                store[item.index] = held_regions(self._readers, item, self.method, self.inputs)
         return CachedSource(self.plan, self.method, self.scale, self.inputs, store)
 
     @property
@@ -148,8 +147,7 @@ class CachedSource(_Merged):
     """Item index (`MetadataIndex`) -> its regions in `region_order`, in the stored dtype."""
 
     def regions(self, item: Item) -> Callable[[], object]:
-        tensors = iter(self.store[item.index])
-        return lambda: _fresh(next(tensors), item.kind == "float")
+        return replay(self.store[item.index], item)
 
     @property
     def bytes(self) -> int:
@@ -157,13 +155,6 @@ class CachedSource(_Merged):
 
     def close(self) -> None:
         self.store.clear()
-
-
-def _fresh(tensor: torch.Tensor, floating: bool) -> torch.Tensor:
-    """What `read_region(as_fp32=...)` returns, from a cached region: merge methods modify it in place."""
-    if not floating:
-        return tensor
-    return tensor.clone() if tensor.dtype == torch.float32 else tensor.float()
 
 
 def read_tensor(path: str | Path, key: str, offsets: tuple[int, ...] | None = None, sizes: tuple[int, ...] | None = None) -> torch.Tensor:
