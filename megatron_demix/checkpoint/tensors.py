@@ -25,16 +25,24 @@ def overlap(dst_offsets, dst_sizes, src_offsets, src_sizes) -> list[tuple[int, i
     return ranges
 
 
+def overlap_views(dst: torch.Tensor, dst_offsets, src: torch.Tensor, src_offsets) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(view of `dst`, view of `src`) over the part of the global tensor both regions hold; None when none."""
+    ranges = overlap(dst_offsets, dst.shape, src_offsets, src.shape)
+    if ranges is None:
+        return None
+    for dim, ((lo, hi), do, so) in enumerate(zip(ranges, dst_offsets, src_offsets)):
+        dst, src = dst.narrow(dim, lo - do, hi - lo), src.narrow(dim, lo - so, hi - lo)
+    return dst, src
+
+
 def copy_overlap(dst: torch.Tensor, dst_offsets, src: torch.Tensor, src_offsets) -> int:
     """Copy the part of `src` (a region at `src_offsets` of a global tensor) that overlaps `dst`
     (the region at `dst_offsets`); returns the elements copied (0 when they do not overlap)."""
-    ranges = overlap(dst_offsets, dst.shape, src_offsets, src.shape)
-    if ranges is None:
+    views = overlap_views(dst, dst_offsets, src, src_offsets)
+    if views is None:
         return 0
-    for dim, ((lo, hi), do, so) in enumerate(zip(ranges, dst_offsets, src_offsets)):
-        dst, src = dst.narrow(dim, lo - do, hi - lo), src.narrow(dim, lo - so, hi - lo)
-    dst.copy_(src)
-    return dst.numel()
+    views[0].copy_(views[1])
+    return views[0].numel()
 
 
 @dataclass

@@ -6,8 +6,8 @@ An entry with a `checkpoint` (a save root, an iter_* or torch_dist directory) ev
 model instead of a merge (`demix validate` scores its reference models through the same path).
 
 For each mixture the model's parameters are recomputed in place, sum_i w_i * Theta_i in fp32
-(the merge library's arithmetic, `merge/sources.fill_model`), cast to merge.dtype, then
-to the model's; the proxy never touches the disk. When the components do not fit in memory
+(the merge library's arithmetic, over every tensor at once: eval/refill.py), cast to merge.dtype,
+then to the model's; the proxy never touches the disk. When the components do not fit in memory
 together (`eval.cache_components: auto` compares their size with half the available memory), each
 mixture is merged-on-load from disk instead, chunk by chunk; the log says which, with the numbers.
 
@@ -321,18 +321,22 @@ def result_path(output_dir: Path, ident: str) -> Path:
     return Path(output_dir) / f"{ident}.json"
 
 
-def hold_components(source, mode: str, log) -> object:
-    """The cached components, or `source` itself (merge-on-load per mixture) when they do not fit."""
+def components_refill(model, source, regions_by_key: dict, mode: str, log) -> Callable[[list[float]], None]:
+    """`refill(weights)` for `model`: from the components held in memory, laid out flat (eval/refill.py), or
+    merged on load from `source`, chunk by chunk, for each mixture when they do not fit."""
     import psutil
+
+    from megatron_demix.eval.refill import FlatRefill
+    from megatron_demix.merge.sources import fill_model
 
     need, available = source.bytes_to_cache, psutil.virtual_memory().available
     fits = need < 0.5 * available
     if mode == "always" or (mode == "auto" and fits):
         log(f"[eval] holding the components in memory: {need / GB:.3f} GB ({available / GB:.1f} GB available)")
-        return source.cached()
+        return FlatRefill(regions_by_key, source.cached())
     log(f"[eval] components need {need / GB:.3f} GB in memory, {available / GB:.1f} GB available"
         f" (eval.cache_components={mode}): merging on load from disk for each mixture")
-    return source
+    return lambda weights: fill_model(model, source, weights, regions_by_key)
 
 
 class ProxyEvaluator:
@@ -356,7 +360,7 @@ class ProxyEvaluator:
         self.experiment, self.settings = experiment, experiment.eval
         self.plan = plan or task_plan(experiment)
         self.suite = TaskSuite(self.plan, task_manager(self.plan), self.settings.limit)
-        self.components = self.source = None
+        self.source = self.fill = None
         if any(not entry.get("checkpoint") for entry in mixtures):  # the components of every mixture's proxy
             self.source = experiment.proxy(mixtures[0]["mixture"]).open()
         tokenizer = load_tokenizer(experiment.paths.tokenizer)
@@ -366,7 +370,7 @@ class ProxyEvaluator:
         self.lm = GPTModelLM(self.model, RememberingTokenizer(tokenizer), experiment,
                              batch_size=self.settings.batch_size, max_length=self.settings.max_length)
         if self.source is not None:
-            self.components = hold_components(self.source, self.settings.cache_components, log)
+            self.fill = components_refill(self.model, self.source, self.regions, self.settings.cache_components, log)
 
     def refill(self, entry: dict) -> None:
         """The model's weights become the entry's proxy: sum_i w_i * Theta_i of the components, or its own
@@ -380,7 +384,7 @@ class ProxyEvaluator:
             finally:
                 trained.close()
         else:
-            fill_model(self.model, self.components, self.experiment.proxy(entry["mixture"]).weights, self.regions)
+            self.fill(self.experiment.proxy(entry["mixture"]).weights)
 
     def evaluate(self, entry: dict) -> dict:
         """The entry's result record (eval/proxies.py's fields, "models" included); nothing is written."""
@@ -391,9 +395,8 @@ class ProxyEvaluator:
                 "models": model_identity(self.experiment, entry)}
 
     def close(self) -> None:
-        for held in (self.components, self.source):
-            if held is not None:
-                held.close()
+        if self.source is not None:
+            self.source.close()
 
     def __enter__(self) -> "ProxyEvaluator":
         return self
