@@ -8,6 +8,7 @@
     demix status --config X                       # stage, jobs, search rounds, best mixture so far
     demix validate --config X                     # proxy fidelity against trained reference models
     demix run --config X --dry-run                # the jobs it would submit and the compute they need
+    demix run --config X --rounds-more 2          # a finished search, 2 more rounds and a new answer
     demix export --checkpoint DIR --output HF     # a Hugging Face model directory (hf/export.py); import-hf: back
 
 Stages register themselves in `COMMANDS` (name -> (help, add_arguments, run)); a new stage adds
@@ -142,11 +143,20 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
                       help="submit the whole chain to SLURM at once (afterok dependencies) and return; follow it with demix status")
     mode.add_argument("--dry-run", action="store_true",
                       help="print every job it would submit (sbatch flags, dependencies) and the compute estimate; submit nothing")
+    from megatron_demix.commands.search import add_extension_arguments
+
+    add_extension_arguments(parser)
 
 
 def _run_run(args) -> None:
+    from megatron_demix.commands.search import check_extension_arguments
     from megatron_demix.pipeline import plan_pipeline, run_pipeline, submit_pipeline
 
+    check_extension_arguments(args)
+    if args.rounds_more and (args.submit or args.dry_run):
+        from megatron_demix.config.base import fail
+
+        fail("--rounds-more", "extends a search in the foreground: leave out --submit / --dry-run")
     experiment, resolved, executor = _experiment_for_jobs(args, write=not args.dry_run)
     if args.dry_run:
         _print_plan(plan_pipeline(experiment, resolved, executor, args.ranks))
@@ -157,7 +167,7 @@ def _run_run(args) -> None:
             print(f"submitted {job['name']:<12} job {job['id']}{after}")
         print(f"follow it with: demix status --config {args.config}")
         return
-    result = run_pipeline(experiment, resolved, executor, args.ranks)
+    result = run_pipeline(experiment, resolved, executor, args.ranks, args.rounds_more, args.round_size)
     answer, prior = result["answer"], result["answer"]["prior"]
     print("\nfinal mixture (vs the token prior):")
     for name, share in answer["mixture"].items():

@@ -91,12 +91,19 @@ def model_complete(experiment, name: str) -> bool:
 
 
 def train_models(experiment, config_path: Path, executor: Executor, ranks: int) -> None:
-    """The base (general data), then one component per candidate as an array job; finished models are skipped."""
+    """The base (general data), then one component per candidate as an array job; finished models are skipped.
+    When only some are unfinished (a candidate added to the experiment, a task that failed) only those are
+    submitted, one job each: the finished ones' checkpoints are not touched."""
     if not model_complete(experiment, "base"):
         executor.submit(base_spec(experiment, config_path, ranks)).wait()
-    if not all(model_complete(experiment, d.name) for d in experiment.candidates):
-        # Tasks of finished components resume at their last iteration, validate and end.
+    missing = [d.name for d in experiment.candidates if not model_complete(experiment, d.name)]
+    if len(missing) == len(experiment.candidates):
         executor.submit(components_spec(experiment, config_path, ranks)).wait()
+    elif missing:
+        jobs = [executor.submit(JobSpec(f"train-{name}", TRAIN_SCRIPT, [str(config_path)], ntasks=ranks,
+                                        env={"DEMIX_COMPONENT": name}, stage="train")) for name in missing]
+        for job in jobs:
+            job.wait()
 
 
 @dataclass
@@ -114,8 +121,10 @@ class StageClock:
         log.info("stage %s done in %.1fs", name, self.seconds[name])
 
 
-def run_pipeline(experiment, config_path: Path, executor: Executor, ranks: int) -> dict:
-    """prepare -> base -> components -> search, each stage skipped when complete; returns the final answer."""
+def run_pipeline(experiment, config_path: Path, executor: Executor, ranks: int, more_rounds: int = 0,
+                 round_size: int | None = None) -> dict:
+    """prepare -> base -> components -> search, each stage skipped when complete; returns the final answer.
+    A finished search goes on when `more_rounds` are asked for or candidates were added (search/driver.py)."""
     from megatron_demix.search.driver import run_search
 
     clock = StageClock()
@@ -125,8 +134,9 @@ def run_pipeline(experiment, config_path: Path, executor: Executor, ranks: int) 
         train_models(experiment, config_path, executor, ranks)
     with clock.stage("search"):
         final = experiment.paths.search / "final_mixture.json"
-        answer = (read_json(final, "the search's final mixture", FINAL_FIX) if final.exists()
-                  else run_search(experiment, config_path, executor, resume=True))
+        answer = read_json(final, "the search's final mixture", FINAL_FIX) if final.exists() else None
+        if answer is None or more_rounds or set(answer["mixture"]) != {d.name for d in experiment.candidates}:
+            answer = run_search(experiment, config_path, executor, resume=True, more_rounds=more_rounds, round_size=round_size)
     return {"answer": answer, "seconds": clock.seconds, "report": str(final.parent / "report")}
 
 
@@ -293,9 +303,18 @@ def stage_outputs(experiment, stage: str) -> list:
     return [p for p in found if p.exists()]
 
 
+def _by_name(value):
+    """A list of named settings (the datasets) as {name: settings}, else the value as it is."""
+    if isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value):
+        return {v["name"]: v for v in value}
+    return value
+
+
 def changes(old, new, where: str = "") -> list[str]:
     """`key: old -> new` for every setting that differs; keys only one side has (a field added or removed by a newer
-    release) are not changes."""
+    release) are not changes, nor is a dataset only one side lists: a candidate added to an experiment leaves what
+    was made from the others valid (the search refuses a removed one: search/state.py)."""
+    old, new = _by_name(old), _by_name(new)
     if isinstance(old, dict) and isinstance(new, dict):
         return [c for k in old if k in new for c in changes(old[k], new[k], f"{where}.{k}" if where else k)]
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new) and any(isinstance(v, dict) for v in old):

@@ -13,6 +13,12 @@ Steps, in order (each one's output is on disk before the next starts, so `resume
 4. refit on everything; the answer is the predicted best mixture; its own proxy is evaluated like any
    other and checked against the best evaluated mixture; write final_mixture.json, the next stage's
    data blend (next_stage.py) and the report.
+
+A search goes on after it finished or while it runs (`Search.extend`, state.py `SearchPlan`): `more_rounds`
+adds rounds; a candidate added to the experiment starts a phase on the enlarged simplex (its own pool, its
+first round drawn at random from it, then the configured rounds after the first), with every earlier
+evaluation as data at the added candidates' share 0: results are read by candidate name. An answer already
+evaluated becomes data too (answer-<i>/), and the answer is chosen and evaluated again.
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ from megatron_demix.search.objective import composite, target_stderrs, target_va
 from megatron_demix.search.policy import Evidence, Surrogate, check_answer, choose_answer, propose
 from megatron_demix.search.rounds import Runner, failures_by_mixture, evaluate_round
 from megatron_demix.search.sampler import MixtureSpace, resolve_prior, token_caps
-from megatron_demix.search.state import RoundPaths, SearchPaths, check_settings, settings_of
+from megatron_demix.search.state import RoundPaths, SearchPaths, SearchPlan, check_settings, settings_of
 
 log = logging.getLogger(__name__)
 MIN_FIT_POINTS = 3
@@ -54,28 +60,61 @@ class Search:
         self.space = MixtureSpace.build(self.prior, self.config, self.caps)
         self.names = self.space.names
         self.paths = SearchPaths.of(experiment)
+        self.plan = SearchPlan.read(self.paths, self.config.sizes, self.names)
 
     def pool(self) -> np.ndarray:
-        if self.paths.pool.exists():
-            return np.load(self.paths.pool)
+        """The current phase's pool (its simplex: the candidates of this phase)."""
+        phase = len(self.plan.phases) - 1
+        path = self.paths.pool_of(phase)
+        if path.exists():
+            return np.load(path)
         start = time.perf_counter()
-        pool = self.space.sample(self.config.pool_size, np.random.default_rng(self.config.seed))
+        pool = self.space.sample(self.config.pool_size, np.random.default_rng([self.config.seed, phase] if phase else self.config.seed))
         log.info("pool: %d candidate mixtures of %d datasets in %.1fs", len(pool), len(self.names), time.perf_counter() - start)
-        _save_array(self.paths.pool, pool)
+        _save_array(path, pool)
         return pool
 
     def rounds(self) -> list[RoundPaths]:
-        return [self.paths.round(r) for r in range(len(self.config.sizes))]
+        return [self.paths.round(r) for r in range(len(self.plan.rounds))]
+
+    def data_rounds(self) -> list[RoundPaths]:
+        """Every folder of evaluations the fits use: the rounds, then the earlier answers' own evaluations."""
+        return self.rounds() + self.paths.answers()
 
     def results(self, include_final: bool = False) -> list[dict]:
         """Every successful evaluation so far, each with its round's name."""
         found = []
-        for round_paths in self.rounds() + ([self.paths.final] if include_final else []):
+        for round_paths in self.data_rounds() + ([self.paths.final] if include_final else []):
             found += [{**result, "round": round_paths.name} for result in round_paths.read_results().values()]
         return found
 
+    def extend(self, more_rounds: int = 0, round_size: int | None = None) -> None:
+        """Record in plan.json what this run adds: the experiment's new candidates (a phase, state.py SearchPlan)
+        and `more_rounds` rounds of `round_size` (default: the last configured round's). When it adds rounds to a
+        finished search, its answer is void: its evaluation becomes data (answer-<i>/) and the answer is chosen again."""
+        plan = self.plan
+        started = sum(1 for r in self.rounds() if r.proposals.exists())
+        added = plan.add_candidates(self.names, started, self.config.sizes[1:] or self.config.sizes)
+        if added:
+            log.info("candidate(s) %s added: a new phase from round %d on %d candidates, %d earlier evaluations kept"
+                     " (at share 0 of %s)", ", ".join(added), started, len(self.names), len(self.results()), ", ".join(added))
+        if more_rounds:
+            plan.rounds += [round_size or self.config.sizes[-1]] * more_rounds
+            log.info("%d more round(s) of %d: rounds %s", more_rounds, plan.rounds[-1], plan.rounds)
+        if not (added or more_rounds):
+            if not self.paths.plan.exists() and self.paths.root.exists():
+                plan.save(self.paths)
+            return
+        self.paths.final_mixture.unlink(missing_ok=True)
+        if self.paths.final.folder.exists():
+            answer = self.paths.root / f"answer-{len(self.paths.answers())}"
+            self.paths.final.folder.rename(answer)
+            log.info("the earlier answer's evaluation is kept as data in %s", answer)
+        plan.save(self.paths)
+
     def matrix(self, results: list[dict], targets: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        X = np.array([[r["mixture"][n] for n in self.names] for r in results], dtype=np.float64)
+        # By name: an evaluation made before candidates were added has them at share 0.
+        X = np.array([[r["mixture"].get(n, 0.0) for n in self.names] for r in results], dtype=np.float64)
         lower = self.experiment.eval.lower_is_better
         Y = np.array([target_values(r, targets, self.config.objective, lower) for r in results], dtype=np.float64)
         return X, Y
@@ -104,7 +143,7 @@ class Search:
 
     def propose(self, r: int, size: int, pool: np.ndarray) -> list[dict]:
         rng = np.random.default_rng([self.config.seed, r])
-        if r == 0:
+        if r == self.plan.phases[self.plan.phase_of(r)]["first_round"]:  # round 0, or a phase's: nothing known of its new candidates
             chosen = rng.choice(len(pool), size=min(size, len(pool)), replace=False)
             return [self._proposal(r, i, pool[p], int(p)) for i, p in enumerate(chosen)]
         surrogate = self.fit(self.results(), pool)
@@ -175,32 +214,39 @@ def check_resumable(experiment, resume: bool) -> Search:
     return search
 
 
-def run_search(experiment, config_path, executor: Executor, resume: bool = False) -> dict:
+def run_search(experiment, config_path, executor: Executor, resume: bool = False, more_rounds: int = 0,
+               round_size: int | None = None) -> dict:
     """Run (or with `resume`, continue) the search; returns the final_mixture.json content. A SIGTERM ends the
-    evaluations running on this machine first (SLURM jobs run on and are re-attached by --resume)."""
+    evaluations running on this machine first (SLURM jobs run on and are re-attached by --resume). Candidates added
+    to the experiment since, and `more_rounds` (rounds of `round_size`), extend it (`Search.extend`)."""
     try:
         with terminate_on_sigterm():
-            return _run_search(experiment, config_path, executor, resume)
+            return _run_search(experiment, config_path, executor, resume, more_rounds, round_size)
     except Terminated:
         raise SearchStopped("stopped by SIGTERM; its local evaluation processes were ended (SLURM jobs keep running"
                             " and are re-attached); continue with --resume") from None
 
 
-def _run_search(experiment, config_path, executor: Executor, resume: bool) -> dict:
+def _run_search(experiment, config_path, executor: Executor, resume: bool, more_rounds: int, round_size: int | None) -> dict:
     search = check_resumable(experiment, resume)
     paths = search.paths
     paths.root.mkdir(parents=True, exist_ok=True)
+    search.extend(more_rounds, round_size)
     atomic_write_json(paths.settings, settings_of(experiment, search.prior))
     pool = search.pool()
     runner = Runner.make(executor, config_path, experiment)
-    sizes = search.config.sizes
+    sizes = search.plan.rounds
     for r, size in enumerate(sizes):
         round_paths = paths.round(r)
         proposals = round_paths.read_proposals()
         if proposals is None:
             proposals = search.propose(r, size, pool)
             atomic_write_json(round_paths.proposals, proposals)
-        log.info("round %d/%d: %d mixtures (%s)", r + 1, len(sizes), len(proposals), "random from the pool" if r == 0 else search.config.acquisition)
+        # A round begun before candidates were added evaluates what is left of it with them at share 0.
+        proposals = [{**p, "mixture": {n: p["mixture"].get(n, 0.0) for n in search.names}} for p in proposals]
+        phase = search.plan.phases[search.plan.phase_of(r)]
+        log.info("round %d/%d: %d mixtures (%s)", r + 1, len(sizes), len(proposals),
+                 "random from the pool" if r == phase["first_round"] else search.config.acquisition)
         outcome = evaluate_round(round_paths, proposals, runner)
         enough_results(round_paths, outcome, size, search.config.min_results, len(search.results()))
     return finish(search, pool, runner)
@@ -216,7 +262,7 @@ def finish(search: Search, pool: np.ndarray, runner: Runner) -> dict:
     results = search.results()
     surrogate = search.fit(results, pool, ensemble=True)
     predictor, targets = surrogate.predictor, surrogate.evidence.targets
-    choice = choose_answer(surrogate, pool, search.space, np.random.default_rng([config.seed, len(config.sizes)]))
+    choice = choose_answer(surrogate, pool, search.space, np.random.default_rng([config.seed, len(search.plan.rounds)]))
     final = choice.mixture
     final_predicted = predictor.predict(final[None, :])
     # The spread of the bootstrap members at the final mixture, per target and on the composite.
@@ -245,7 +291,8 @@ def finish(search: Search, pool: np.ndarray, runner: Runner) -> dict:
         "predictor": dict(zip(targets, predictor.kinds)),
         "top_k": int(config.top_k) if choice.rule == "top_k_mean" else 1,
         "evaluations": len(results),
-        "rounds": config.sizes,
+        "rounds": search.plan.rounds,
+        "phases": search.plan.phases,
         "measured": None,
         "check": None,
     }
@@ -326,12 +373,13 @@ def search_status(experiment) -> dict:
         rounds.append({"round": r, "size": len(proposals), "done": len(results), "failed": failed,
                        "pending": len(proposals) - len(results) - failed})
         if round_paths.scores.exists():
-            latest_scores = round_paths.scores
+            latest_scores = r
     best = None
-    if latest_scores is not None and search.paths.pool.exists():
-        pool, scores = np.load(search.paths.pool), np.load(latest_scores)
+    phase = None if latest_scores is None else search.plan.phase_of(latest_scores)
+    if phase is not None and search.paths.pool_of(phase).exists():  # the pool that round's scores are of
+        pool, scores = np.load(search.paths.pool_of(phase)), np.load(search.paths.round(latest_scores).scores)
         top = np.argsort(-scores, kind="stable")[: search.config.top_k if search.config.final == "top_k_mean" else 1]
-        best = dict(zip(search.names, pool[top].mean(axis=0).tolist()))
+        best = dict(zip(search.plan.phases[phase]["candidates"], pool[top].mean(axis=0).tolist()))
     final = search.paths.final_mixture
-    return {"rounds": rounds, "planned": search.config.sizes, "best_predicted_mixture": best,
+    return {"rounds": rounds, "planned": search.plan.rounds, "best_predicted_mixture": best,
             "final": read_json(final, "the search's final mixture", "delete it and resume (--resume) to choose it again") if final.exists() else None}

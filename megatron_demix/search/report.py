@@ -90,7 +90,7 @@ def write_report(search, pool: np.ndarray, answer: dict, pool_scores: np.ndarray
     by_round: dict[str, list[float]] = {}
     for result, score in zip(everything, measured):
         by_round.setdefault(result["round"], []).append(float(score))
-    rounds = [r.name for r in search.rounds() if r.name in by_round]
+    rounds = [r.name for r in search.data_rounds() if r.name in by_round]
     final_score = answer["measured"]["score"] if answer["measured"] else None
     plot_predicted_vs_measured(search, targets, report / "predicted_vs_measured.png")
     plot_final_vs_prior(search.names, answer["mixture"], answer["prior"], report / "final_vs_prior.png")
@@ -114,17 +114,42 @@ def summary_markdown(search, answer: dict, by_round: dict, rounds: list[str]) ->
     lines += final_lines(answer, search.config.ensemble_size)
     lines += check_lines(answer)
     lines += next_stage_lines(answer)
-    lines += ["", "## Rounds", "", "| round | evaluated | best measured | median measured | CV Spearman of its predictor |", "|---|---|---|---|---|"]
+    lines += phase_lines(search)
+    lines += ["", "## Rounds", "", "| round | candidates | evaluated | best measured | median measured | CV Spearman of its predictor |",
+              "|---|---|---|---|---|---|"]
     for r in rounds:
         cv_file = search.paths.root / r / "cv.json"
         cv = json.loads(cv_file.read_text())["cv_spearman"] if cv_file.exists() else {}
         cv_text = ", ".join(f"{t}: " + "/".join(f"{k} {v:.2f}" for k, v in kinds.items()) for t, kinds in cv.items()) or "- (random)"
         values = by_round[r]
-        lines.append(f"| {r} | {len(values)} | {max(values):.3f} | {float(np.median(values)):.3f} | {cv_text} |")
+        lines.append(f"| {r} | {candidates_of(search, r)} | {len(values)} | {max(values):.3f} | {float(np.median(values)):.3f} | {cv_text} |")
     lines += ["", "Final predictor, cross-validated Spearman (out-of-fold predictions vs measured): "
               + ", ".join(f"{t}: " + "/".join(f"{k} {v:.2f}" for k, v in kinds.items()) for t, kinds in answer["cv_spearman"].items()),
               "", "Plots: predicted_vs_measured.png, final_vs_prior.png, scores_by_round.png.", ""]
     return "\n".join(lines)
+
+
+def candidates_of(search, round_name: str) -> str:
+    """How many candidates a round's mixtures were drawn over, marked when candidates were added after it."""
+    plan = search.plan
+    if not round_name.startswith("round-"):
+        return "-"  # an earlier answer: made before the rounds that follow it
+    phase = plan.phase_of(int(round_name.split("-")[1]))
+    later = [n for p in plan.phases[phase + 1:] for n in p["added"]]
+    count = len(plan.phases[phase]["candidates"])
+    return f"{count} (before {', '.join(later)} was added)" if later else str(count)
+
+
+def phase_lines(search) -> list[str]:
+    """One line per addition of candidates: where it happened and how many evaluations it kept."""
+    lines = []
+    for phase in search.plan.phases[1:]:
+        kept = sum(len(r.read_results()) for r in search.rounds()[:phase["first_round"]])
+        lines.append(f"- {', '.join(phase['added'])} added before round {phase['first_round']}: the {kept} evaluations"
+                     f" made before (and any earlier answer's) are data at {', '.join(phase['added'])} = 0 (exact: a merged"
+                     f" proxy depends only on the components and the weights); round {phase['first_round']} drew at"
+                     " random from the enlarged simplex.")
+    return ["", "## Candidates added during the search", "", *lines] if lines else []
 
 
 def final_lines(answer: dict, ensemble_size: int) -> list[str]:
