@@ -23,7 +23,7 @@ demo: setup
 # (tests/conftest.py). PYTEST_WORKERS=0 runs them in this process, one after another.
 PYTEST_WORKERS ?= 2
 test: setup
-	$(VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder tests $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=25 tests $(PYTEST_ARGS)
 
 # The compatibility subset on the oldest supported megatron-core (CI's second run): TP2 and PP2
 # training with resume and the signal save, the merge, evaluation, HF export, and checkpoints

@@ -25,8 +25,9 @@ def synthetic_experiment(tmp_path: Path, search: dict | None = None, noise: floa
         "datasets": [{"name": "general", "role": "general", "builtin": "prose"}]
                     + [{"name": n, "builtin": "prose"} for n in PRIOR],
         "eval": {"command": command, "tasks": {"general": ["quality"], "target": ["closeness"]}},
+        # cv_folds 2: with one predictor kind the cross-validated Spearman is only reported (2 refits a target and round, not 5)
         "search": {"prior": PRIOR, "pool_size": 5000, "round_sizes": [16, 8, 4], "top_k": 32, "ensemble_size": 4,
-                   "mixtures_per_task": 8, "poll_seconds": 1.0, "seed": seed, **(search or {})},
+                   "cv_folds": 2, "mixtures_per_task": 8, "poll_seconds": 1.0, "seed": seed, **(search or {})},
         "cluster": {"executor": executor},
     }
     path = tmp_path / "experiment.yaml"
