@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/merge_bench.py --work /tmp/merge_bench            # ~340M params, 4 components
     .venv/bin/python benchmarks/merge_bench.py --work /tmp/mb --layers 4 --hidden 256   # a quick smoke run
+    .venv/bin/python benchmarks/merge_bench.py batch --work /tmp/merge_bench --proxies 1 4 16   # many proxies, one read
 
 1. Makes 4 components of a GPT (random weights) saved by megatron-core at TP=2, PP=2 (torchrun,
    4 processes, gloo on CPU), unless they already exist under --work.
@@ -17,6 +18,11 @@
    (merge phases within 1.2x the floor, whole process within the floor + 2 s), met or not; the load
    average before and after; then the phase profile (time, bytes, MB/s per phase) of the median
    2-rank mpiexec run.
+
+`batch` (issue 29): for each K of --proxies, K random mixtures of the 4 components written by one
+`--mixtures` merge against K single merges, all with `mpiexec -n 2`, side by side: wall time (whole
+processes) and bytes read (the merges' own count, --json-summary), a markdown table. Each output is
+deleted once measured (the batch's K proxies exist together: K x the model's size on disk).
 """
 from __future__ import annotations
 
@@ -111,15 +117,71 @@ def timed(command: list, **kwargs) -> tuple[float, subprocess.CompletedProcess]:
     return seconds, proc
 
 
-def bench(args) -> None:
-    work = Path(args.work)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+def ensure_components(args, work: Path, env: dict) -> list[Path]:
+    """The 4 components' torch_dist directories, made first when --work lacks them."""
     if not all((work / n / "latest_checkpointed_iteration.txt").exists() for n in NAMES):
         seconds, proc = timed([Path(PYTHON).parent / "torchrun", "--nproc-per-node", 4, "--master-port", 29777, __file__,
                                "make", "--work", work, "--layers", args.layers, "--hidden", args.hidden, "--ffn", args.ffn,
                                "--heads", args.heads, "--vocab", args.vocab], env=env)
         print(f"made 4 components in {seconds:.0f} s: {proc.stdout.strip().splitlines()[-1]}", flush=True)
-    inputs = [work / n / "iter_0000100" for n in NAMES]
+    return [work / n / "iter_0000100" for n in NAMES]
+
+
+def bench_batch(args) -> None:
+    """K proxies from one `--mixtures` merge against K single merges (module docstring)."""
+    import random
+
+    work = Path(args.work)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    inputs = ensure_components(args, work, env)
+    files = [f for d in inputs for f in sorted(d.iterdir()) if f.is_file()]
+    component_bytes = sum(f.stat().st_size for f in files) / len(inputs)
+    mpiexec, summary_file, out = Path(PYTHON).parent / "mpiexec", work / "summary.json", work / "batch_out"
+    rng = random.Random(29)
+
+    def run(extra: list) -> tuple[float, dict]:
+        seconds, _ = timed([mpiexec, "-n", 2, PYTHON, REPO / "tools/merge/run.py", *extra, "--json-summary", summary_file], env=env)
+        return seconds, json.loads(summary_file.read_text())
+
+    rows, load_before = [], os.getloadavg()
+    for k in args.proxies:
+        mixtures = [{"id": f"p{i}", "weights": [rng.random() for _ in inputs]} for i in range(k)]
+        listing = work / "mixtures.jsonl"
+        listing.write_text("".join(json.dumps(m) + "\n" for m in mixtures))
+        subprocess.run(["cat", *map(str, files)], stdout=subprocess.DEVNULL, check=True)  # same warm start for both
+        shutil.rmtree(out, ignore_errors=True)
+        batch_seconds, summary = run(["--inputs", *inputs, "--mixtures", listing, "--output", out])
+        batch = (batch_seconds, summary["bytes_read"], summary["bytes_written"], summary["merge_seconds"],
+                 summary["max_peak_rss_bytes"])
+        shutil.rmtree(out)
+        subprocess.run(["cat", *map(str, files)], stdout=subprocess.DEVNULL, check=True)
+        singles = [0.0, 0, 0, 0.0, 0]
+        for mixture in mixtures:
+            seconds, summary = run(["--inputs", *[f"{d}:{w}" for d, w in zip(inputs, mixture["weights"])], "--output", out])
+            shutil.rmtree(out)
+            for i, value in enumerate((seconds, summary["bytes_read"], summary["bytes_written"], summary["merge_seconds"])):
+                singles[i] += value
+            singles[4] = max(singles[4], summary["max_peak_rss_bytes"])
+        rows.append((k, batch, singles))
+        print(f"K={k}: batch {batch_seconds:.1f} s, {k} single merges {singles[0]:.1f} s", flush=True)
+    listing.unlink()
+    summary_file.unlink()
+    print(f"\ninputs: 4 x {component_bytes / 1e6:.0f} MB (TP=2, PP=2, fp32); mpiexec -n 2; one run per row; load average"
+          f" (1, 5, 15 min) {', '.join(f'{x:.2f}' for x in load_before)} before,"
+          f" {', '.join(f'{x:.2f}' for x in os.getloadavg())} after\n")
+    print("| K proxies | batch wall s | batch merge s | batch GB read | K singles wall s | K singles merge s"
+          " | K singles GB read | GB written | wall speed-up | peak RSS per rank MB, batch / single |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for k, batch, singles in rows:
+        print(f"| {k} | {batch[0]:.1f} | {batch[3]:.1f} | {batch[1] / 1e9:.2f} | {singles[0]:.1f} | {singles[3]:.1f}"
+              f" | {singles[1] / 1e9:.2f} | {batch[2] / 1e9:.2f} | {singles[0] / batch[0]:.2f}x"
+              f" | {batch[4] / 1e6:.0f} / {singles[4] / 1e6:.0f} |")
+
+
+def bench(args) -> None:
+    work = Path(args.work)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    inputs = ensure_components(args, work, env)
     files = [f for d in inputs for f in sorted(d.iterdir()) if f.is_file()]
     read_bytes = sum(f.stat().st_size for f in files)
     metadata = pickle.loads((inputs[0] / ".metadata").read_bytes())
@@ -201,7 +263,7 @@ def bench(args) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", nargs="?", default="bench", choices=["bench", "make", "naive"])
+    parser.add_argument("command", nargs="?", default="bench", choices=["bench", "batch", "make", "naive"])
     parser.add_argument("--work", default="/tmp/merge_bench")
     parser.add_argument("--layers", type=int, default=24)
     parser.add_argument("--hidden", type=int, default=1024)
@@ -209,7 +271,8 @@ if __name__ == "__main__":
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--repeat", type=int, default=5, help="runs per row; the table shows the median")
+    parser.add_argument("--proxies", nargs="+", type=int, default=[1, 4, 16], help="batch: the K values")
     parser.add_argument("--inputs", nargs="*")
     parser.add_argument("--output")
     args = parser.parse_args()
-    {"bench": bench, "make": make_components, "naive": naive}[args.command](args)
+    {"bench": bench, "batch": bench_batch, "make": make_components, "naive": naive}[args.command](args)

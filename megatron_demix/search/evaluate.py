@@ -9,13 +9,14 @@ atomically, and skips mixtures that already have one for the same mixture and mo
 re-run task never evaluates a mixture twice). How a mixture is scored (`EVALUATORS`, chosen from the `eval:` section):
 - `command`: `eval.command` is a shell template run once per mixture with {mixture} (JSON
   {candidate: ratio}), {output} (where it writes a flat JSON {metric: number}), {workdir}, and
-  {checkpoint}: when the template names it, the proxy is merged to disk first
-  (`python -m megatron_demix.commands.merge` on `merge.ranks` MPI ranks); an entry with its own
-  `checkpoint` (a trained model, `demix validate`) passes that one, never merged nor deleted.
-  {hf_checkpoint}: when named, the proxy (or that trained model) exported as a Hugging Face model
-  directory (hf/export.py, streamed from the components, in merge.dtype), for harnesses such as
-  lm-eval's `hf` / `vllm` models or OpenCompass. Both are deleted after the evaluation unless
-  `eval.keep_proxies`. Metrics become domain scores through `eval.tasks` (each metric its own
+  {checkpoint}: when the template names it, the batch's proxies are merged to disk first, in one
+  `python -m megatron_demix.commands.merge --mixtures` on `merge.ranks` MPI ranks that reads each
+  component region once for all of them (so the task's disk holds its batch's proxies at once); should
+  that batch merge fail, each mixture is merged on its own, so one bad mixture fails alone. An entry
+  with its own `checkpoint` (a trained model, `demix validate`) passes that one, never merged nor deleted.
+  {hf_checkpoint}: when named, the proxy (merged as for {checkpoint}) or that trained model exported as
+  a Hugging Face model directory (hf/export.py, in merge.dtype), for harnesses such as lm-eval's `hf` /
+  `vllm` models or OpenCompass. Both are deleted after the evaluation unless `eval.keep_proxies`. Metrics become domain scores through `eval.tasks` (each metric its own
   domain when that is empty).
 - `lm_eval`: the built-in evaluation, in this process (eval/proxies.py: ProxyEvaluator): components and
   tasks set up once, each proxy refilled in memory; its record (lm-eval's results, standard errors) is
@@ -75,23 +76,32 @@ def _run(command: list[str], where: str, deadline: Deadline) -> None:
         raise EvaluationFailed(f"{where} exited with status {code}")
 
 
-def _merge_proxy(config: str, experiment, mixture_file: Path, output: Path, deadline: Deadline) -> None:
+def _merge(config: str, experiment, what: list[str], where: str, deadline: Deadline) -> None:
+    """`python -m megatron_demix.commands.merge --config config *what` on merge.ranks MPI ranks."""
     mpiexec = Path(sys.executable).parent / "mpiexec"
-    merge = [sys.executable, "-m", "megatron_demix.commands.merge", "--config", config, "--mixture", str(mixture_file),
-             "--output", str(output), "--overwrite"]
+    merge = [sys.executable, "-m", "megatron_demix.commands.merge", "--config", config, *what]
     launch = mpiexec_command(str(mpiexec), experiment.merge.ranks) if mpiexec.exists() else []
-    _run([*launch, *merge], "the merge (python -m megatron_demix.commands.merge)", deadline)
+    _run([*launch, *merge], where, deadline)
 
 
-def _export_proxy(experiment, item: dict, mixture_file: Path, output: Path) -> None:
-    """{hf_checkpoint}: a trained model's checkpoint, or the mixture's proxy streamed from the components, as a
-    Hugging Face model directory (in this process: it reads one tensor at a time and needs no ranks)."""
-    from megatron_demix.hf.export import export_checkpoint, export_mixture
-
-    if item.get("checkpoint"):
-        export_checkpoint(item["checkpoint"], output)
-    else:
-        export_mixture(experiment, mixture_file, output)
+def _merge_batch(config: str, experiment, items: list[dict], work_root: Path) -> None:
+    """Every item's proxy to `work_root/<id>/checkpoint` from one read of the components (`--mixtures`), within
+    eval.timeout per mixture; a failure is logged (each mixture is then merged on its own)."""
+    folder, listing = work_root / ".merge", work_root / ".merge-mixtures.jsonl"
+    shutil.rmtree(folder, ignore_errors=True)
+    listing.write_text("".join(json.dumps({"id": item["id"], "weights": item["mixture"]}) + "\n" for item in items))
+    timeout = experiment.eval.timeout
+    try:
+        _merge(config, experiment, ["--mixtures", str(listing), "--output", str(folder)],
+               f"the batch merge of {len(items)} mixtures (python -m megatron_demix.commands.merge --mixtures)",
+               Deadline(None if timeout is None else timeout * len(items)))
+        for item in items:
+            (folder / item["id"]).replace(work_root / item["id"] / "checkpoint")
+    except EvaluationFailed as error:
+        log.warning("%s; merging each mixture on its own", error)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        listing.unlink(missing_ok=True)
 
 
 def fill_placeholders(template: str, **paths: Path) -> str:
@@ -102,21 +112,33 @@ def fill_placeholders(template: str, **paths: Path) -> str:
 
 def evaluate_with_command(config: str, experiment, mixtures: list[dict], work_root: Path, record) -> None:
     """Run `eval.command` once per mixture; `record(id, result or exception)` after each one."""
+    from megatron_demix.hf.export import export_checkpoint
+
     template = experiment.eval.command
     for item in mixtures:
         workdir = work_root / item["id"]
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
+        (workdir / "mixture.json").write_text(json.dumps(item["mixture"], indent=1))
+    needs_proxy = "{checkpoint}" in template or "{hf_checkpoint}" in template
+    to_merge = [item for item in mixtures if needs_proxy and not item.get("checkpoint")]
+    if len(to_merge) > 1:
+        _merge_batch(config, experiment, to_merge, work_root)
+    for item in mixtures:
+        workdir = work_root / item["id"]
         mixture_file, output = workdir / "mixture.json", workdir / "metrics.json"
         checkpoint, hf_checkpoint = workdir / "checkpoint", workdir / "hf_checkpoint"
-        mixture_file.write_text(json.dumps(item["mixture"], indent=1))
         trained = item.get("checkpoint")
         deadline = Deadline(experiment.eval.timeout)
         try:
-            if "{checkpoint}" in template and not trained:
-                _merge_proxy(config, experiment, mixture_file, checkpoint, deadline)
+            if item in to_merge and not checkpoint.exists():
+                _merge(config, experiment, ["--mixture", str(mixture_file), "--output", str(checkpoint), "--overwrite"],
+                       "the merge (python -m megatron_demix.commands.merge)", deadline)
             if "{hf_checkpoint}" in template:
-                _export_proxy(experiment, item, mixture_file, hf_checkpoint)
+                # From the merged proxy: it reads one model, not every component (the same values: merge.dtype).
+                export_checkpoint(trained or checkpoint, hf_checkpoint)
+                if "{checkpoint}" not in template and not trained:
+                    shutil.rmtree(checkpoint)
             command = fill_placeholders(template, mixture=mixture_file, output=output, checkpoint=trained or checkpoint,
                                         hf_checkpoint=hf_checkpoint, workdir=workdir)
             _run(["bash", "-c", command], f"eval.command for mixture {item['id']}", deadline)

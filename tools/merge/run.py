@@ -2,6 +2,7 @@
 
     mpiexec -n 4 python tools/merge/run.py --inputs A:1 B:1 C:2 --output OUT --dtype bf16 --verify
     python tools/merge/run.py --config experiment.yaml --mixture mixture.json --output OUT
+    mpiexec -n 2 python tools/merge/run.py --config experiment.yaml --mixtures mixtures.jsonl --output proxies/   # one read, OUT/<id> each
 """
 import sys
 from pathlib import Path
