@@ -10,7 +10,8 @@ Memory per rank is bounded by the largest output chunk, not by the model: with n
 peak ~ 8n (fp32 accumulator + fp32 term) + the largest stored chunk overlapping it + n x output
 itemsize (+ 4n for the base of task arithmetic), on top of the interpreter and torch (~300 MB).
 The plan logs this bound. `merge_many` (M proxies from one read) holds one chunk's K input regions
-at a time, in their stored dtype, on top of that: the bound grows with K, not with M. Only the plan, write records, errors and statistics travel over MPI.
+at a time, in their stored dtype, on top of that: the bound grows with K, not with M. Only the plan,
+write records, errors and statistics travel over MPI.
 """
 from __future__ import annotations
 
@@ -299,7 +300,8 @@ def _prepare(inputs, targets: list[Target], settings: MergeConfig, base, overwri
         raise MergeInputError(f"--output-iteration {output_iteration!r}: give an iteration number >= 0 (or 'release')")
     outputs = [Path(t.output) for t in targets]
     if len({o.resolve() for o in outputs}) < len(outputs):
-        raise MergeInputError(f"two mixtures have the same output ({', '.join(sorted({str(o) for o in outputs if outputs.count(o) > 1}))}); give each its own")
+        twice = sorted({str(o) for o in outputs if outputs.count(o) > 1})
+        raise MergeInputError(f"two mixtures have the same output ({', '.join(twice)}); give each its own")
     paths = list(inputs) + ([base] if base is not None else [])
     names += [f"base ({base})"] if base is not None else []
     found = []
