@@ -6,6 +6,8 @@ embedding excluded), at the continuation positions only (see eval/forward.py), i
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import Collator, handle_stop_sequences
@@ -15,6 +17,7 @@ from tqdm import tqdm
 from megatron_demix.eval.config import EvalInputError
 from megatron_demix.eval.forward import selected_logits, target_log_probs
 from megatron_demix.eval.generate import greedy_generate
+
 
 def _as_bool(name: str, value) -> bool:
     if isinstance(value, bool):
@@ -45,16 +48,35 @@ def parse_dtype(value) -> torch.dtype | None:
     return torch_dtype(str(value))
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One forward pass of `_loglikelihood_tokens`: right-padded inputs and the positions it scores."""
+
+    order: list[int]
+    """Each row's request, as its index in the request list."""
+    tokens: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+    """(rows[i], cols[i]) predicts targets[i]; row r's targets are the next lengths[r] of them."""
+    targets: torch.Tensor
+    lengths: list[int]
+
+
 class GPTModelLM(TemplateLM):
     """lm-eval's TemplateLM over a megatron-core GPTModel; `experiment` gives the default max_length (its seq_length)."""
 
-    def __init__(self, model, tokenizer, experiment, batch_size=8, max_length=None, max_gen_toks=256, kv_cache=True):
+    def __init__(self, model, tokenizer, experiment, batch_size=8, max_length=None, max_gen_toks=256, kv_cache=True,
+                 greedy: bool = True):
+        """`greedy`: whether log-likelihood answers carry the greedy flag (else False): the many-mixtures loop asks
+        for none when no task reads it (eval/proxies.py: reads_greedy): it costs a pass over every scored logit."""
         super().__init__()
+        self.greedy = greedy
         self.model, self.tokenizer, self.experiment = model, tokenizer, experiment
         self.batch_size = _positive_int("batch_size", batch_size, " ('auto' is not supported)")
         self._max_length = _positive_int("max_length", max_length) if max_length else experiment.model.seq_length
         self.max_gen_toks = _positive_int("max_gen_toks", max_gen_toks)
         self.kv_cache = _as_bool("kv_cache", kv_cache)
+        self._prepared: dict[tuple, list[Batch]] = {}
 
     # --- tokenizer ---------------------------------------------------------------------------
     @property
@@ -72,44 +94,63 @@ class GPTModelLM(TemplateLM):
         return self.tokenizer.detokenize(tokens)
 
     # --- scoring -----------------------------------------------------------------------------
-    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
-        """(sum of log p(continuation | context), greedy?) per request, batched longest first.
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None,
+                              need_greedy: bool | None = None):
+        """(sum of log p(continuation | context), greedy?) per request, batched longest first. Without
+        `need_greedy` (default: self.greedy; rolling windows: lm-eval drops it) greedy is not computed but
+        reported False (lm-eval's multiple-choice scoring unpacks it even when no metric reads it), and no
+        answer goes to lm-eval's response cache.
 
         The model reads (context + continuation)[:-1], truncated on the left to max_length; the
         continuation's j-th token is predicted by input position len(input) - len(continuation) + j,
         so the first continuation token is scored from the context's last position.
         """
-        collator = Collator(requests, sort_fn=lambda r: (-len(r[1] + r[2]), tuple(r[1] + r[2])))
-        results = []
+        need_greedy = self.greedy if need_greedy is None else need_greedy
+        results = [None] * len(requests)
         bar = tqdm(total=len(requests), disable=disable_tqdm, desc="loglikelihood")
-        for chunk in collator.get_batched(n=override_bs or self.batch_size):
-            inputs, spans = [], []
-            for _, context, continuation in chunk:
+        for batch in self._batches(requests, override_bs or self.batch_size):
+            logits = selected_logits(self.model, batch.tokens, batch.rows, batch.cols, self.tokenizer.vocab_size)
+            picked, greedy = target_log_probs(logits, batch.targets, need_greedy)
+            pieces = zip(picked.split(batch.lengths), greedy.split(batch.lengths) if need_greedy else [None] * len(batch.order))
+            for index, (scores, flags) in zip(batch.order, pieces):
+                answer = (float(scores.sum()), flags is not None and bool(flags.all()))
+                results[index] = answer
+                if requests[index][0] is not None and flags is not None:
+                    self.cache_hook.add_partial("loglikelihood", requests[index][0], answer)
+            bar.update(len(batch.order))
+        bar.close()
+        return results
+
+    def _batches(self, requests, size: int) -> list[Batch]:
+        """The model's inputs for `requests`, in batches of `size`, longest first. Remembered for the last few
+        request lists: every proxy of the many-mixtures loop asks for the same ones, and building the inputs
+        (sorting, a tensor per batch, index lists) is Python work that does not depend on the weights."""
+        key = (size, tuple((tuple(context), tuple(continuation)) for _, context, continuation in requests))
+        if key in self._prepared:
+            return self._prepared[key]
+        collator = Collator(list(range(len(requests))),
+                            sort_fn=lambda i: (-len(requests[i][1] + requests[i][2]), tuple(requests[i][1] + requests[i][2])))
+        batches = []
+        for chunk in collator.get_batched(n=size):
+            inputs, rows, cols, targets, lengths = [], [], [], [], []
+            for row, index in enumerate(chunk):
+                _, context, continuation = requests[index]
                 if not continuation:
                     raise EvalInputError("a loglikelihood request has an empty continuation")
                 whole = (context + continuation)[-(self.max_length + 1):]
                 inputs.append(whole[:-1])
-                spans.append((len(whole) - 1 - len(continuation), continuation))
-            width = max(map(len, inputs))
-            tokens = torch.full((len(inputs), width), self.eot_token_id, dtype=torch.long)
-            rows, cols, targets = [], [], []
-            for row, (ids, (first, continuation)) in enumerate(zip(inputs, spans)):
-                tokens[row, : len(ids)] = torch.tensor(ids)
+                first = len(whole) - 1 - len(continuation)
                 rows += [row] * len(continuation)
                 cols += range(first, first + len(continuation))
                 targets += continuation
-            picked, greedy = target_log_probs(selected_logits(self.model, tokens, rows, cols, self.tokenizer.vocab_size), targets)
-            start = 0
-            for request, (_, continuation) in zip(chunk, spans):
-                end = start + len(continuation)
-                answer = (float(picked[start:end].sum()), bool(greedy[start:end].all()))
-                results.append(answer)
-                if request[0] is not None:
-                    self.cache_hook.add_partial("loglikelihood", request[0], answer)
-                start = end
-            bar.update(len(chunk))
-        bar.close()
-        return collator.get_original(results)
+                lengths.append(len(continuation))
+            width = max(map(len, inputs))
+            tokens = torch.tensor([ids + [self.eot_token_id] * (width - len(ids)) for ids in inputs], dtype=torch.long)
+            batches.append(Batch(list(chunk), tokens, torch.tensor(rows), torch.tensor(cols), torch.tensor(targets), lengths))
+        if len(self._prepared) >= 4:
+            self._prepared.clear()
+        self._prepared[key] = batches
+        return batches
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Log-likelihood of whole documents in disjoint windows of at most max_length tokens
@@ -122,7 +163,7 @@ class GPTModelLM(TemplateLM):
                     max_seq_len=self.max_length, context_len=1)):
                 windows.append((None, context, continuation))
                 owners.append(number)
-        scores = self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm)
+        scores = self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm, need_greedy=False)
         totals = [0.0] * len(requests)
         for number, (log_prob, _) in zip(owners, scores):
             totals[number] += log_prob

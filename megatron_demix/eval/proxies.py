@@ -233,7 +233,9 @@ class TaskSuite:
     document) cost lm-eval ~0.8 s per proxy on the demo, a third of a mixture's time. So they are built
     here, with the arguments lm-eval's `evaluate` passes for one process without a chat template, and
     each task's `build_all_requests` becomes emptying its instances' responses: `evaluate` then runs on the
-    same instances a fresh build gives (same documents, same seeds), with nothing left from the last proxy."""
+    same instances a fresh build gives (same documents, same seeds), with nothing left from the last proxy.
+    The documents and their targets, read again by lm-eval's scoring, are remembered too (`_remember_documents`),
+    and `reads_greedy` says whether any task scores the greedy flag (else the model skips computing it)."""
 
     def __init__(self, plan: TaskPlan, manager, limit: int | None = None):
         from lm_eval.evaluator_utils import get_sample_size
@@ -245,8 +247,11 @@ class TaskSuite:
                 task.set_config(key="num_fewshot", value=0)
         self._seed()
         for task in self.loaded["tasks"].values():
-            task.build_all_requests(limit=get_sample_size(task, limit), rank=0, world_size=1)
+            size = get_sample_size(task, limit)
+            task.build_all_requests(limit=size, rank=0, world_size=1)
             task.build_all_requests = partial(_clear_responses, task.instances)
+            _remember_documents(task, size)
+        self.reads_greedy = any(map(reads_greedy, self.loaded["tasks"].values()))
 
     def _seed(self) -> None:
         import random
@@ -267,6 +272,37 @@ class TaskSuite:
 
         self._seed()
         return plain_results(evaluate(lm=lm, task_dict=self.loaded, limit=self.limit, log_samples=True, verbosity="WARNING"))
+
+
+def reads_greedy(task) -> bool:
+    """Whether lm-eval scores `task` with the greedy flag of its log-likelihoods (lm-eval's
+    ConfigurableTask.process_results: `acc` of a loglikelihood task, `exact_match` of a multiple-choice one);
+    a task that does not say which metrics it computes is taken to read it."""
+    metrics = getattr(task, "_metric_fn_list", None)
+    if metrics is None:
+        return True
+    return (task.OUTPUT_TYPE == "loglikelihood" and "acc" in metrics) or (
+        task.OUTPUT_TYPE == "multiple_choice" and "exact_match" in metrics) or task.OUTPUT_TYPE not in (
+        "loglikelihood", "multiple_choice", "loglikelihood_rolling", "generate_until")
+
+
+def _remember_documents(task, size: int | None) -> None:
+    """The task's documents and their targets, read once: lm-eval's scoring reads the dataset again and renders
+    each target again (a Jinja template compiled per document, ~0.25 s a proxy on the demo) on every run, for
+    the same documents. Asked with other arguments, the task reads as before."""
+    read, target = task.doc_iterator, task.doc_to_target
+    documents = list(read(rank=0, limit=size, world_size=1))
+    targets = {id(doc): target(doc) for _, doc in documents}
+
+    def doc_iterator(*, rank=0, limit=None, world_size=1, samples=None):
+        if (rank, limit, world_size, samples) == (0, size, 1, None):
+            return iter(documents)
+        return read(rank=rank, limit=limit, world_size=world_size, samples=samples)
+
+    def doc_to_target(doc, *args, **kwargs):
+        return targets[id(doc)] if id(doc) in targets and not args and not kwargs else target(doc, *args, **kwargs)
+
+    task.doc_iterator, task.doc_to_target = doc_iterator, doc_to_target
 
 
 def _clear_responses(instances, **_build_arguments) -> None:
@@ -367,8 +403,8 @@ class ProxyEvaluator:
         self.model = inference_model(experiment.model, tokenizer.vocab_size, seed=experiment.training.seed,
                                      dtype=parse_dtype(self.settings.dtype))
         self.regions = model_regions(self.model)
-        self.lm = GPTModelLM(self.model, RememberingTokenizer(tokenizer), experiment,
-                             batch_size=self.settings.batch_size, max_length=self.settings.max_length)
+        self.lm = GPTModelLM(self.model, RememberingTokenizer(tokenizer), experiment, batch_size=self.settings.batch_size,
+                             max_length=self.settings.max_length, greedy=self.suite.reads_greedy)
         if self.source is not None:
             self.fill = components_refill(self.model, self.source, self.regions, self.settings.cache_components, log)
 
