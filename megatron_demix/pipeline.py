@@ -287,7 +287,9 @@ def stage_settings(experiment) -> dict[str, dict]:
     scoring = section("eval", keep=SCORING_KEYS)
     settings = {"base": base, "components": components,
                 "search": {**components, "eval": scoring, "search": section("search", RESUMABLE_KEYS)},
-                "validate": {**components, "eval": scoring, "validate": section("validate", CHANGE_NOTHING["validate"])}}
+                # validate's references sample the candidates' simplex: unlike the search, it cannot take one more later
+                "validate": {**components, "candidates": [d.name for d in experiment.candidates], "eval": scoring,
+                             "validate": section("validate", CHANGE_NOTHING["validate"])}}
     return json.loads(json.dumps(settings))  # as stages.json holds them (tuples become lists)
 
 

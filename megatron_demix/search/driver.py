@@ -95,7 +95,9 @@ class Search:
         plan = self.plan
         started = sum(1 for r in self.rounds() if r.proposals.exists())
         added = plan.add_candidates(self.names, started, self.config.sizes[1:] or self.config.sizes)
-        if added:
+        if added and not started:
+            self.paths.pool.unlink(missing_ok=True)  # drawn over the earlier list, before any round used it
+        elif added:
             log.info("candidate(s) %s added: a new phase from round %d on %d candidates, %d earlier evaluations kept"
                      " (at share 0 of %s)", ", ".join(added), started, len(self.names), len(self.results()), ", ".join(added))
         if more_rounds:

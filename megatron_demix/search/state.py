@@ -152,11 +152,14 @@ class SearchPlan:
 
     def add_candidates(self, names: list[str], started: int, sizes: list[int]) -> list[str]:
         """Candidates in `names` not in the last phase start a new one at the first round not yet proposed
-        (`started`), whose rounds are then `sizes` (rounds planned but not begun are dropped); returns them."""
+        (`started`), whose rounds are then `sizes` (rounds planned but not begun are dropped); returns them. Before
+        any round began, there is nothing to keep: the first phase takes the new list."""
         added = [n for n in names if n not in self.candidates]
-        if added:
+        if added and started:
             self.rounds = self.rounds[:started] + list(sizes)
             self.phases.append({"candidates": list(names), "first_round": started, "added": added})
+        elif added:  # nothing proposed yet: the search starts over the new list, as configured
+            self.phases = [{"candidates": list(names), "first_round": 0, "added": []}]
         return added
 
 
