@@ -38,8 +38,8 @@ def pytest_configure(config):
 # `_group_of` refuses that, so that a new test cannot silently serialise the suite. Only fixtures a test
 # names are seen: one fetched with `request.getfixturevalue` is built again on the other worker.
 SHARED_FIXTURE_GROUPS = {
+    "trained": "pipeline",               # tests/test_pipeline.py: `demix train`, 3 pipeline runs, the CI validate (~480 s)
     "trained_base": "trained-base",      # tests/training: the TP=2 base + resumes, SLURM arrays (~300 s)
-    "trained": "pipeline",               # tests/test_pipeline.py: `demix train` + 4 pipeline runs (~300 s)
     "eval_experiment": "eval-models",    # base TP=2, code PP=2, math TP=1: tests/eval, tests/hf (~250 s)
     "qwen3_checkpoint": "eval-models",
     "checkpoints": "merge-checkpoints",  # tests/merge: four saved GPTs (~130 s)

@@ -1,6 +1,6 @@
 """`demix run` end to end: in the foreground (local executor, lm-eval on the built-in tasks), the
-whole chain submitted to the real local SLURM cluster at once, a kill during the search, and the
-paper-scale dry run."""
+whole chain submitted to the real local SLURM cluster at once, a kill during the search, the
+paper-scale dry run, and `demix validate` of configs/fidelity-tiered-ci.yaml on the same trained models."""
 from __future__ import annotations
 
 import json
@@ -19,7 +19,12 @@ from tests.conftest import REPO, VENV_BIN
 from tests.search.conftest import SCRIPT as SYNTHETIC_EVAL
 
 DEMIX = str(VENV_BIN / "demix")
-TINY_TRAINING = {"base_train_iters": 12, "train_iters": 6, "eval_interval": 6, "log_interval": 6}
+CI_FIDELITY = REPO / "configs" / "fidelity-tiered-ci.yaml"
+# The training of configs/fidelity-tiered-ci.yaml (same candidates, corpora and tokenizer as the reduced demo), so
+# that its `demix validate` runs on the base and components trained once here (the stage check refuses otherwise).
+TINY_TRAINING = {**{k: yaml.safe_load(CI_FIDELITY.read_text())["training"][k]
+                    for k in ("base_train_iters", "train_iters", "lr_warmup_iters")},
+                 "eval_interval": 6, "log_interval": 6}
 
 
 def _experiment(tmp_path, demo_config_dict, trained=None, **sections) -> tuple:
@@ -31,7 +36,7 @@ def _experiment(tmp_path, demo_config_dict, trained=None, **sections) -> tuple:
     data = {**demo_config_dict, "work_dir": str(work),
             "training": {**demo_config_dict["training"], **TINY_TRAINING},
             "search": {"round_sizes": [4, 2, 1], "pool_size": 2000, "top_k": 16, "ensemble_size": 2, "poll_seconds": 1.0,
-                       "mixtures_per_task": 4},
+                       "mixtures_per_task": 4, "cv_folds": 2},  # 2 folds, not leave-one-out at 6 and 7 points
             **sections}
     config = tmp_path / "experiment.yaml"
     config.write_text(yaml.safe_dump(data))
@@ -143,57 +148,88 @@ def test_submitted_chain_runs_to_the_final_mixture_on_slurm(slurm_cluster, tmp_p
     assert status.returncode == 0 and "stage: done" in status.stdout and "final mixture" in status.stdout
 
 
-def test_validate_measures_fidelity_equal_to_scipy_from_the_raw_scores(tmp_path, demo_config_dict, trained):
-    """`demix validate` reduced: 3 reference models trained through the real jobs from the shared base, the merged
-    proxies and the references scored by the same evaluation job; its metrics recomputed here from scores.csv."""
+def test_validate_of_the_ci_fidelity_config_reports_what_scipy_computes_and_a_rerun_redoes_nothing(tmp_path, trained):
+    """configs/fidelity-tiered-ci.yaml through `demix validate` (local executor: real trainings from the shared base,
+    real merges, real lm-eval) on the trained models; every number of its report recomputed with scipy from its raw
+    files (tests/validate/fidelity_check.py), the references trained on their mixtures' blends, then run again."""
     import csv
-
-    from scipy import stats
 
     from megatron_demix.cluster.executor import make_executor
     from megatron_demix.experiment import load_experiment
     from megatron_demix.validate.run import run_validate
+    from tests.validate.fidelity_check import check_report
 
-    config, work = _experiment(tmp_path, demo_config_dict, trained, cluster={"executor": "local"},
-                               eval={"limit": 8, "batch_size": 8},
-                               search={"pool_size": 2000, "mixtures_per_task": 8, "poll_seconds": 1.0},
-                               validate={"references": 3, "proxy_budgets": [], "bootstrap_samples": 100,
-                                         "mixture_quality": False})
-    out = _demix("validate", "--config", config)
+    work = tmp_path / "work"
+    shutil.copytree(trained, work, ignore=shutil.ignore_patterns("experiment.yaml", "logs"))
+    data = yaml.safe_load(CI_FIDELITY.read_text())
+    data["training"]["eval_interval"] = data["training"]["train_iters"]  # an interval: changes no model, logs the blend
+    config = tmp_path / "experiment.yaml"
+    config.write_text(yaml.safe_dump(data))
+    out = _demix("validate", "--config", config, "--work-dir", work, timeout=1500)
     assert out.returncode == 0, out.stderr[-4000:]
+    scores = check_report(work)
     root = work / "validate"
-    for i in range(3):  # each reference trained on its mixture's blend, to a component's budget, from the base
-        save = root / "models" / f"reference-v00{i}"
+    for i in scores["reference"]:  # each reference trained on its mixture's blend, to a component's budget, from the base
+        save = root / "models" / f"reference-{i}"
         assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == str(TINY_TRAINING["train_iters"])
-        valid = [json.loads(line) for line in (work / "logs" / "train" / f"reference-v00{i}" / "train.jsonl").read_text().splitlines()
+        valid = [json.loads(line) for line in (work / "logs" / "train" / f"reference-{i}" / "train.jsonl").read_text().splitlines()
                  if '"valid"' in line]
-        assert {"general"} < {r["domain"] for r in valid} <= {d["name"] for d in demo_config_dict["datasets"]}
-    with open(root / "scores.csv") as f:
-        raw = list(csv.DictReader(f))
-    assert {r["method"] for r in raw} == {"demix", "reference", "interpolation", "prior-distance", "component"}
-    raw = [r for r in raw if r["method"] in ("demix", "reference")]
-    assert len(raw) == 6
-    with open(root / "fidelity.csv") as f:
-        table = {(r["method"], r["domain"]): r for r in csv.DictReader(f)}
-    domains = [d for d in raw[0] if d not in ("method", "mixture") and not d.startswith("share_") and "_" not in d]
-    by = {(r["method"], r["mixture"]): r for r in raw}
-    ids = sorted({r["mixture"] for r in raw})
-    for domain in domains:
-        proxy = [float(by["demix", i][domain]) for i in ids]
-        reference = [float(by["reference", i][domain]) for i in ids]
-        assert proxy != reference, "the merged proxies and the trained references are different models"
-        row = table["demix", domain]
-        assert float(row["rho"]) == pytest.approx(stats.spearmanr(proxy, reference)[0], abs=1e-12)
-        top = sorted(range(3), key=lambda i: reference[i])[-2:]  # k = min(max(2, 3 // 4), 3) = 2
-        assert float(row["top25_rho"]) == pytest.approx(stats.spearmanr([proxy[i] for i in top], [reference[i] for i in top])[0])
-        assert float(row["regret"]) == pytest.approx(max(reference) - reference[proxy.index(max(proxy))])
-    macro_rho = sum(float(table["demix", d]["rho"]) for d in domains) / len(domains)
-    assert float(table["demix", "macro"]["rho"]) == pytest.approx(macro_rho)
+        assert {"general"} < {r["domain"] for r in valid} <= {d["name"] for d in data["datasets"]}
+    with open(root / "scores.csv") as f:  # the per-mixture table agrees with the raw evaluations
+        raw = [r for r in csv.DictReader(f) if r["method"] in ("demix", "reference")]
+    assert len(raw) == 2 * len(scores["reference"])
+    for r in raw:
+        for domain, score in scores[r["method"]][r["mixture"]].items():
+            assert float(r[domain]) == pytest.approx(score), (r["method"], r["mixture"], domain)
     assert "| method | training tokens | rho | top-25% rho | Kendall tau | capability recovery | regret |" in (root / "fidelity.md").read_text()
-    assert (root / "proxy_vs_reference.png").stat().st_size > 0 and (root / "rho_vs_compute.png").stat().st_size > 0
 
     # Run again: nothing is trained or evaluated twice.
     done = {p: p.stat().st_mtime_ns for p in [*root.rglob("results/*.json"), *root.rglob("*.distcp")]}
     experiment = load_experiment(work / "experiment.yaml")
     run_validate(experiment, work / "experiment.yaml", make_executor(experiment.cluster, experiment.paths.logs), 1)
     assert {p: p.stat().st_mtime_ns for p in [*root.rglob("results/*.json"), *root.rglob("*.distcp")]} == done
+
+
+def test_a_candidate_added_to_a_finished_experiment_trains_only_its_component_and_keeps_every_evaluation(
+        tmp_path, demo_config_dict, trained):
+    """Issue 29: math_low left out of a finished 5-candidate experiment, then added to its file: `demix run` prepares
+    and trains math_low alone (from the same base), and the search goes on over 6 candidates with the earlier
+    evaluations as data (math_low at share 0), never evaluating them again; then `demix run --rounds-more 1` gives
+    it one more round and a new answer."""
+    datasets = demo_config_dict["datasets"]
+    search = {"round_sizes": [4, 2, 1], "pool_size": 2000, "top_k": 16, "ensemble_size": 2, "poll_seconds": 1.0,
+              "mixtures_per_task": 4, "predictor": "quadratic", "climb_starts": 0}  # the cheapest fits: not under test
+    config, work = _experiment(tmp_path, demo_config_dict, trained, cluster={"executor": "local"},
+                               eval=_synthetic_eval(tmp_path), datasets=datasets[:-1], search=search)
+    shutil.rmtree(work / "checkpoints" / "math_low")
+    shutil.rmtree(work / "data" / "math_low")
+    first = _demix("run", "--config", config)
+    assert first.returncode == 0, first.stderr[-4000:]
+    assert len(_evaluations(tmp_path)) == 4 + 2 + 1 + 1
+    made = {p: p.stat().st_mtime_ns for folder in ("checkpoints", "data") for p in (work / folder).rglob("*") if p.is_file()
+            and p.name != "token_prior.json"}
+    results = {p: p.stat().st_mtime_ns for p in (work / "search").glob("round-*/results/*.json")}
+
+    data = yaml.safe_load(config.read_text())
+    data["datasets"] = datasets
+    config.write_text(yaml.safe_dump(data))
+    again = _demix("run", "--config", config)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert {p: p.stat().st_mtime_ns for p in made} == made, "the other datasets and models are untouched"
+    new = sorted(str(p.relative_to(work)).split("/")[:2] for folder in ("checkpoints", "data")
+                 for p in (work / folder).rglob("*") if p.is_file() and p not in made and p.name != "token_prior.json")
+    # Besides math_low's data and model, only its blend's sample index (Megatron's index cache) is new.
+    assert {tuple(n) for n in new} - {("data", "index-cache")} == {("checkpoints", "math_low"), ("data", "math_low")}
+    assert [p.name for p in (work / "logs").glob("train-*")] and all("math_low" in p.name for p in (work / "logs").glob("train-*"))
+    assert {p: p.stat().st_mtime_ns for p in results} == results
+    names = [line.split()[0] for line in _evaluations(tmp_path)]
+    assert len(names) == 8 + 2 + 1 + 1 and len(set(names[8:])) == 4, "a random round of 2, one of 1, the new answer"
+    answer = json.loads((work / "search" / "final_mixture.json").read_text())
+    assert set(answer["mixture"]) == {d["name"] for d in datasets[1:]} and answer["measured"] is not None
+    assert answer["evaluations"] == 4 + 2 + 1 + 1 + 2 + 1 and [p["added"] for p in answer["phases"]] == [[], ["math_low"]]
+    assert "math_low added before round 3" in (work / "search" / "report" / "summary.md").read_text()
+    more = _demix("run", "--config", config, "--rounds-more", "1")
+    assert more.returncode == 0, more.stderr[-4000:]
+    assert len(_evaluations(tmp_path)) == 12 + 1 + 1, "one more round of the last configured size (1), the new answer"
+    answer = json.loads((work / "search" / "final_mixture.json").read_text())
+    assert answer["rounds"] == [4, 2, 1, 2, 1, 1] and answer["evaluations"] == 11 + 1 + 1

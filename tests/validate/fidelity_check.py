@@ -1,5 +1,5 @@
-"""configs/fidelity-tiered-ci.yaml end to end through `demix validate` (local executor, real training, real merges,
-real lm-eval), then every number of its report recomputed here with scipy from the raw files it writes
+"""The check of a `demix validate` run of configs/fidelity-tiered-ci.yaml (tests/test_pipeline.py runs it on the
+pipeline's trained models): every number of its report recomputed here with scipy from the raw files it writes
 (evaluations.csv, mixtures.json, the shares): the methods and both nulls, the paired bootstrap intervals, the
 differences, the replicates' noise and Table 3's ranks."""
 from __future__ import annotations
@@ -7,16 +7,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import subprocess
 from collections import defaultdict
 
 import numpy as np
 import pytest
 from scipy import stats
-
-from tests.conftest import REPO, VENV_BIN
-
-CONFIG = REPO / "configs" / "fidelity-tiered-ci.yaml"
 
 
 def _rows(path) -> list[dict]:
@@ -59,16 +54,9 @@ def _resampled(metric, proxy, reference, picks) -> np.ndarray:
     return np.array(out)
 
 
-def test_the_reduced_tiered_run_reports_what_scipy_computes_from_its_raw_files(tmp_path):
-    work = tmp_path / "work"
-    out = subprocess.run([str(VENV_BIN / "demix"), "validate", "--config", str(CONFIG), "--work-dir", str(work)],
-                         cwd=REPO, capture_output=True, text=True, timeout=1500)
-    assert out.returncode == 0, out.stderr[-4000:]
-    check_report(work)
-
-
-def check_report(work) -> None:
-    """Every number of <work>/validate/ against scipy on its raw files."""
+def check_report(work) -> dict:
+    """Every number of <work>/validate/ against scipy on its raw files; returns the scores recomputed from them,
+    {method: {mixture id: {domain: score}}}."""
     from megatron_demix.experiment import load_experiment
     from megatron_demix.search.sampler import resolve_prior
 
@@ -161,3 +149,4 @@ def check_report(work) -> None:
         assert line in report, line
     for plot in ("proxy_vs_reference.png", "rho_vs_compute.png", "replicates.png"):
         assert (root / plot).read_bytes()[:4] == b"\x89PNG"
+    return methods
