@@ -188,4 +188,3 @@ def test_validate_of_the_ci_fidelity_config_reports_what_scipy_computes_and_a_re
     experiment = load_experiment(work / "experiment.yaml")
     run_validate(experiment, work / "experiment.yaml", make_executor(experiment.cluster, experiment.paths.logs), 1)
     assert {p: p.stat().st_mtime_ns for p in [*root.rglob("results/*.json"), *root.rglob("*.distcp")]} == done
-
