@@ -188,3 +188,48 @@ def test_validate_of_the_ci_fidelity_config_reports_what_scipy_computes_and_a_re
     experiment = load_experiment(work / "experiment.yaml")
     run_validate(experiment, work / "experiment.yaml", make_executor(experiment.cluster, experiment.paths.logs), 1)
     assert {p: p.stat().st_mtime_ns for p in [*root.rglob("results/*.json"), *root.rglob("*.distcp")]} == done
+
+
+def test_a_candidate_added_to_a_finished_experiment_trains_only_its_component_and_keeps_every_evaluation(
+        tmp_path, demo_config_dict, trained):
+    """Issue 29: math_low left out of a finished 5-candidate experiment, then added to its file: `demix run` prepares
+    and trains math_low alone (from the same base), and the search goes on over 6 candidates with the earlier
+    evaluations as data (math_low at share 0), never evaluating them again; then `demix run --rounds-more 1` gives
+    it one more round and a new answer."""
+    datasets = demo_config_dict["datasets"]
+    search = {"round_sizes": [4, 2, 1], "pool_size": 2000, "top_k": 16, "ensemble_size": 2, "poll_seconds": 1.0,
+              "mixtures_per_task": 4, "predictor": "quadratic", "climb_starts": 0}  # the cheapest fits: not under test
+    config, work = _experiment(tmp_path, demo_config_dict, trained, cluster={"executor": "local"},
+                               eval=_synthetic_eval(tmp_path), datasets=datasets[:-1], search=search)
+    shutil.rmtree(work / "checkpoints" / "math_low")
+    shutil.rmtree(work / "data" / "math_low")
+    first = _demix("run", "--config", config)
+    assert first.returncode == 0, first.stderr[-4000:]
+    assert len(_evaluations(tmp_path)) == 4 + 2 + 1 + 1
+    made = {p: p.stat().st_mtime_ns for folder in ("checkpoints", "data") for p in (work / folder).rglob("*") if p.is_file()
+            and p.name != "token_prior.json"}
+    results = {p: p.stat().st_mtime_ns for p in (work / "search").glob("round-*/results/*.json")}
+
+    data = yaml.safe_load(config.read_text())
+    data["datasets"] = datasets
+    config.write_text(yaml.safe_dump(data))
+    again = _demix("run", "--config", config)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert {p: p.stat().st_mtime_ns for p in made} == made, "the other datasets and models are untouched"
+    new = sorted(str(p.relative_to(work)).split("/")[:2] for folder in ("checkpoints", "data")
+                 for p in (work / folder).rglob("*") if p.is_file() and p not in made and p.name != "token_prior.json")
+    # Besides math_low's data and model, only its blend's sample index (Megatron's index cache) is new.
+    assert {tuple(n) for n in new} - {("data", "index-cache")} == {("checkpoints", "math_low"), ("data", "math_low")}
+    assert [p.name for p in (work / "logs").glob("train-*")] and all("math_low" in p.name for p in (work / "logs").glob("train-*"))
+    assert {p: p.stat().st_mtime_ns for p in results} == results
+    names = [line.split()[0] for line in _evaluations(tmp_path)]
+    assert len(names) == 8 + 2 + 1 + 1 and len(set(names[8:])) == 4, "a random round of 2, one of 1, the new answer"
+    answer = json.loads((work / "search" / "final_mixture.json").read_text())
+    assert set(answer["mixture"]) == {d["name"] for d in datasets[1:]} and answer["measured"] is not None
+    assert answer["evaluations"] == 4 + 2 + 1 + 1 + 2 + 1 and [p["added"] for p in answer["phases"]] == [[], ["math_low"]]
+    assert "math_low added before round 3" in (work / "search" / "report" / "summary.md").read_text()
+    more = _demix("run", "--config", config, "--rounds-more", "1")
+    assert more.returncode == 0, more.stderr[-4000:]
+    assert len(_evaluations(tmp_path)) == 12 + 1 + 1, "one more round of the last configured size (1), the new answer"
+    answer = json.loads((work / "search" / "final_mixture.json").read_text())
+    assert answer["rounds"] == [4, 2, 1, 2, 1, 1] and answer["evaluations"] == 11 + 1 + 1
