@@ -210,9 +210,11 @@ def versus_best(answer: dict) -> str:
         return "Its own proxy is the best of all evaluated mixtures."
     if not best["difference"]:
         return f"The best evaluated mixture is {best['id']} (no standard errors to say whether the gap is noise)."
-    worst = min((d["z"] for d in best["difference"].values() if d["z"] is not None), default=0.0)
-    if worst >= -2:
-        return (f"It is within two standard errors of the best evaluated mixture ({best['id']}) on every target:"
-                " the rank gap is inside the evaluation's noise.")
+    z = {target: d["z"] for target, d in best["difference"].items() if d["z"] is not None}
+    if min(z.values(), default=0.0) >= -2:
+        ahead = [target for target, value in z.items() if value > 2]
+        return (f"It is nowhere below the best evaluated mixture ({best['id']}) by more than two standard errors"
+                + (f", and above it by more than two on {', '.join(ahead)}" if ahead else "")
+                + ": the composite's rank gap is inside the evaluation's noise.")
     return (f"The best evaluated mixture ({best['id']}) is ahead by more than two standard errors on some target:"
             " consider it, or more rounds (the predictor may be extrapolating).")
