@@ -123,6 +123,12 @@ class MixingLaw:
 
     def __init__(self, prior: np.ndarray | None = None):
         self.prior = prior
+        self.start: np.ndarray | None = None
+
+    def warm_from(self, fitted: "MixingLaw") -> None:
+        """Start from another fit's parameters only (one least-squares run, not 8): a cross-validation fold
+        refits from the full data's solution, which it differs from by a few points."""
+        self.start = fitted.theta
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "MixingLaw":
         from scipy.optimize import least_squares
@@ -146,14 +152,15 @@ class MixingLaw:
             return np.r_[rows, ridge]
 
         lower = np.r_[-np.inf, -np.inf, np.full(k, -np.inf), np.zeros(k), 0.0]
+        starts = [self.start] if self.start is not None else [
+            np.r_[-sign * (1 + X.mean(axis=0) @ (sign * slope)), sign, sign * slope, np.full(k, 1e-3), m]
+            for sign in (1.0, -1.0)  # exp(x.w) rising (b > 0) or the score saturating (b < 0); w ~ the linear fit's slope
+            for m in self.repeat_starts]
         best = None
-        for sign in (1.0, -1.0):  # exp(x.w) rising (b > 0) or the score saturating (b < 0)
-            w0 = sign * slope  # c + b(1 + x.w) ~ the linear fit for small w when b = sign
-            for m in self.repeat_starts:
-                start = np.r_[-sign * (1 + X.mean(axis=0) @ w0), sign, w0, np.full(k, 1e-3), m]
-                found = least_squares(residuals, start, jac=jacobian, bounds=(lower, np.inf), method="trf", ftol=1e-6, xtol=1e-6)
-                if best is None or found.cost < best.cost:
-                    best = found
+        for start in starts:
+            found = least_squares(residuals, start, jac=jacobian, bounds=(lower, np.inf), method="trf", ftol=1e-6, xtol=1e-6)
+            if best is None or found.cost < best.cost:
+                best = found
         self.theta = best.x
         return self
 
@@ -174,8 +181,12 @@ MODELS = {"lightgbm": _lightgbm, "ridge": _ridge, "quadratic": _quadratic, "gp":
 """Regressor kinds: name -> factory(n points, config, seed, token prior or None) of an sklearn-style estimator."""
 
 
-def _fit(kind: str, X: np.ndarray, y: np.ndarray, config: SearchConfig, seed: int, prior: np.ndarray | None = None):
+def _fit(kind: str, X: np.ndarray, y: np.ndarray, config: SearchConfig, seed: int, prior: np.ndarray | None = None,
+         warm=None):
+    """A fitted regressor of `kind`; `warm`: a fit of the same kind on more points, where the kind can start from it."""
     model = MODELS[kind](len(X), config, seed, prior)
+    if warm is not None and hasattr(model, "warm_from"):
+        model.warm_from(warm)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # sklearn's feature-name chatter
         model.fit(X, y)
@@ -209,12 +220,13 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def cross_validated_spearman(kind: str, X: np.ndarray, y: np.ndarray, config: SearchConfig, seed: int,
-                             prior: np.ndarray | None = None) -> float:
-    """Spearman between out-of-fold predictions and measured y (every point predicted by a model that never saw it)."""
+                             prior: np.ndarray | None = None, warm=None) -> float:
+    """Spearman between out-of-fold predictions and measured y (every point predicted by a model that never saw it;
+    `warm`: the kind's fit on all points, where a fold's fit can start from it)."""
     predicted = np.empty(len(y))
     for test in folds(len(y), config, seed):
         train = np.setdiff1d(np.arange(len(y)), test)
-        predicted[test] = _predict(_fit(kind, X[train], y[train], config, seed, prior), X[test])
+        predicted[test] = _predict(_fit(kind, X[train], y[train], config, seed, prior, warm), X[test])
     return spearman(predicted, y)
 
 
@@ -263,13 +275,15 @@ def fit_predictor(X: np.ndarray, Y: np.ndarray, targets: list[str], config: Sear
     candidates = list(config.auto_kinds) if config.predictor == "auto" else [config.predictor]
     for t, name in enumerate(targets):
         y = Y[:, t]
+        fitted = {kind: _fit(kind, X, y, config, config.seed + t, prior) for kind in candidates}
         if cross_validate or len(candidates) > 1:
-            table[name] = {kind: cross_validated_spearman(kind, X, y, config, config.seed + t, prior) for kind in candidates}
+            table[name] = {kind: cross_validated_spearman(kind, X, y, config, config.seed + t, prior, warm=fitted[kind])
+                           for kind in candidates}
             kind = max(candidates, key=lambda k: table[name][k])
         else:
             kind = candidates[0]
         kinds.append(kind)
-        models.append(_fit(kind, X, y, config, config.seed + t, prior))
+        models.append(fitted[kind])
     return Predictor(list(targets), kinds, models, table, prior)
 
 
