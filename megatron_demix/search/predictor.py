@@ -108,15 +108,18 @@ def _gp(n: int, config: SearchConfig, seed: int, prior: np.ndarray | None):
 
 
 class MixingLaw:
-    """A data-mixing law per target: score = c + b exp(x . w) - sum_i q_i max(0, x_i - m p_i)^2.
+    """A data-mixing law per target: score = c + b exp(x . w) - q sum_i max(0, x_i - m p_i)^2.
 
     The exponential of a linear function of the shares is the law of Ye et al. (2024): diminishing
     returns that extrapolate toward an untried corner the way a domain's loss does (a GP reverts to
     the mean there, trees stay flat). The second term is repetition (Muennighoff et al., 2023): a
-    candidate's share beyond m times its token share p_i (m, q_i >= 0 learned; without a prior, p = 1/k)
-    costs quadratically, which is what stops an optimum short of a small dataset's cap. 3 + 2k parameters,
-    fitted by least squares from several starts of m, with a small ridge on w (exp(x.w + a) = e^a exp(x.w):
-    without it c, b and w trade off freely)."""
+    candidate's share beyond m times its token share p_i (m, q >= 0 learned; without a prior, p = 1/k)
+    costs quadratically, which is what stops an optimum short of a small dataset's cap. One cost q and one
+    onset m for every candidate, as Muennighoff et al. fit one decay constant for all data: few points
+    ever pass a given candidate's onset, so a q_i per candidate is fitted from almost nothing and runs
+    to 0 (its optimum to the cap); benchmarks/RESULTS-search.md measures both, also where the true costs
+    differ per candidate. k + 4 parameters, fitted by least squares from several starts of m, with a
+    small ridge on w (exp(x.w + a) = e^a exp(x.w): without it c, b and w trade off freely)."""
 
     penalty = 1e-3
     repeat_starts = (0.0, 1.0, 2.0, 3.0)
@@ -142,18 +145,18 @@ class MixingLaw:
         def residuals(theta):
             return np.r_[self._value(theta, X) - z, np.sqrt(self.penalty) * theta[2:2 + k]]  # w only: it and c, b trade off
 
-        ridge = np.c_[np.zeros((k, 2)), np.sqrt(self.penalty) * np.eye(k), np.zeros((k, k + 1))]
+        ridge = np.c_[np.zeros((k, 2)), np.sqrt(self.penalty) * np.eye(k), np.zeros((k, 2))]
 
-        def jacobian(theta):  # analytic: a finite-difference one costs 15 evaluations a step
-            b, w, q, m = theta[1], theta[2:2 + k], theta[2 + k:2 + 2 * k], theta[-1]
+        def jacobian(theta):  # analytic: a finite-difference one costs k + 5 evaluations a step
+            b, w, q, m = theta[1], theta[2:2 + k], theta[2 + k], theta[-1]
             rising = np.exp(np.clip(X @ w, -50, 50))
             excess = np.maximum(0.0, X - m * self.p)
-            rows = np.c_[np.ones(len(X)), rising, b * rising[:, None] * X, -excess ** 2, 2 * excess @ (q * self.p)]
+            rows = np.c_[np.ones(len(X)), rising, b * rising[:, None] * X, -(excess ** 2).sum(axis=1), 2 * q * excess @ self.p]
             return np.r_[rows, ridge]
 
-        lower = np.r_[-np.inf, -np.inf, np.full(k, -np.inf), np.zeros(k), 0.0]
+        lower = np.r_[-np.inf, -np.inf, np.full(k, -np.inf), 0.0, 0.0]
         starts = [self.start] if self.start is not None else [
-            np.r_[-sign * (1 + X.mean(axis=0) @ (sign * slope)), sign, sign * slope, np.full(k, 1e-3), m]
+            np.r_[-sign * (1 + X.mean(axis=0) @ (sign * slope)), sign, sign * slope, 1e-3, m]
             for sign in (1.0, -1.0)  # exp(x.w) rising (b > 0) or the score saturating (b < 0); w ~ the linear fit's slope
             for m in self.repeat_starts]
         best = None
@@ -166,8 +169,8 @@ class MixingLaw:
 
     def _value(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
         k = X.shape[1]
-        c, b, w, q, m = theta[0], theta[1], theta[2:2 + k], theta[2 + k:2 + 2 * k], theta[-1]
-        return c + b * np.exp(np.clip(X @ w, -50, 50)) - np.maximum(0.0, X - m * self.p) ** 2 @ q
+        c, b, w, q, m = theta[0], theta[1], theta[2:2 + k], theta[2 + k], theta[-1]
+        return c + b * np.exp(np.clip(X @ w, -50, 50)) - q * (np.maximum(0.0, X - m * self.p) ** 2).sum(axis=1)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.centre + self.scale * self._value(self.theta, X)

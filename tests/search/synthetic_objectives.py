@@ -13,6 +13,7 @@
   loss a_d + b_d exp(-sum_i t_di x_i) (diminishing returns; t from each candidate's domain and quality
   tier, perturbed per seed), plus a penalty for repeating a small dataset beyond twice its token share;
   score = -loss. At 6 candidates: math and code at three tiers each, the high tiers small.
+- `law-6-uneven`: law-6 with a repetition cost and onset of its own per candidate.
 Noise: each domain's measurement carries Gaussian noise of NOISE_SPREAD x its spread over the pool
 (about 0.01 on a domain moving 0.3 across the pool, the level of the demo's evaluations).
 """
@@ -131,4 +132,21 @@ class MixingLaw6(MixingLaw):
     web_share = 0.0
 
 
-OBJECTIVES = {"quadratic-3": Quadratic, "quadratic-6": Quadratic6, "law-3": MixingLaw, "law-6": MixingLaw6}
+class MixingLaw6Uneven(MixingLaw6):
+    """law-6 where repetition costs each candidate differently: its own cost (3 x lognormal(0, 0.7)) from its own
+    onset (1.5 to 3 x its token share). Not the search law's family (one cost, one onset for all candidates): the
+    check that what the law assumes is not what makes law-6 easy."""
+
+    def build(self) -> None:
+        super().build()
+        self.repeat_cost = 3.0 * np.exp(self.rng.normal(0, 0.7, len(self.prior)))
+        self.onset = self.rng.uniform(1.5, 3.0, len(self.prior))
+
+    def domains(self, X: np.ndarray) -> np.ndarray:
+        loss = self.a + self.b * np.exp(-(X @ self.t.T))
+        repeated = np.maximum(0.0, X - self.onset * self.prior) ** 2 @ self.repeat_cost
+        return -(loss + repeated[:, None])
+
+
+OBJECTIVES = {"quadratic-3": Quadratic, "quadratic-6": Quadratic6, "law-3": MixingLaw, "law-6": MixingLaw6,
+              "law-6-uneven": MixingLaw6Uneven}
