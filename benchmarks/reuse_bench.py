@@ -1,6 +1,6 @@
 """Benchmark of a candidate added to a finished search (issue 29): evaluations reused against a fresh search.
 
-    .venv/bin/python benchmarks/reuse_bench.py                        # 20 seeds, 2 processes
+    .venv/bin/python benchmarks/reuse_bench.py                        # 20 seeds, 2 processes: 10 min on 2 quiet cores
     .venv/bin/python benchmarks/reuse_bench.py --seeds 8 --processes 2  # ~9 min a seed on 2 loaded cores
 
 The objective is search_bench.py's data-mixing law (tests/search/synthetic_objectives.py) at seven
