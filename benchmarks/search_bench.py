@@ -96,6 +96,7 @@ METHODS = {
     "default/top_spread": dict(acquisition="top_spread"),
     "default/no check": dict(evaluate_final=False),
     "default/macro_rank": dict(objective="macro_rank"),
+    "law_one_cost": dict(predictor="law_one_cost"),
     "gp": dict(predictor="gp"),
     "quadratic": dict(predictor="quadratic"),
     "lightgbm": dict(predictor="lightgbm"),

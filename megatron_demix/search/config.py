@@ -61,7 +61,9 @@ class SearchConfig:
     predictor: Literal[("auto", *MODELS)] = "law"
     """`law` (the default: a data-mixing law, c + b exp(x . w) minus a learned repetition cost beyond m x a
     candidate's token share; it extrapolates toward an untried corner with diminishing returns, which the
-    pool-bound kinds cannot: benchmarks/RESULTS-search.md), `lightgbm` (the paper's; leaves sized to the points), `gp` (a Gaussian process with a learned noise
+    pool-bound kinds cannot: benchmarks/RESULTS-search.md), `law_one_cost` (the law with one repetition cost for
+    every candidate instead of one each: fewer parameters, better on the synthetic benchmarks, worse where the
+    optimum sits at different multiples of the token shares), `lightgbm` (the paper's; leaves sized to the points), `gp` (a Gaussian process with a learned noise
     level: smooth, uncertainty-aware, cautious away from the data), `quadratic` (Scheffe's mixture model,
     penalty chosen by leave-one-out), `ridge` (the reference's small-n model), or `auto`: per target, whichever of `auto_kinds` has the higher cross-validated Spearman. benchmarks/RESULTS-search.md compares them."""
     auto_kinds: list[str] = field(default_factory=lambda: ["gp", "quadratic", "lightgbm"])

@@ -108,24 +108,29 @@ def _gp(n: int, config: SearchConfig, seed: int, prior: np.ndarray | None):
 
 
 class MixingLaw:
-    """A data-mixing law per target: score = c + b exp(x . w) - q sum_i max(0, x_i - m p_i)^2.
+    """A data-mixing law per target: score = c + b exp(x . w) - sum_i q_i max(0, x_i - m p_i)^2.
 
     The exponential of a linear function of the shares is the law of Ye et al. (2024): diminishing
     returns that extrapolate toward an untried corner the way a domain's loss does (a GP reverts to
     the mean there, trees stay flat). The second term is repetition (Muennighoff et al., 2023): a
-    candidate's share beyond m times its token share p_i (m, q >= 0 learned; without a prior, p = 1/k)
-    costs quadratically, which is what stops an optimum short of a small dataset's cap. One cost q and one
-    onset m for every candidate, as Muennighoff et al. fit one decay constant for all data: few points
-    ever pass a given candidate's onset, so a q_i per candidate is fitted from almost nothing and runs
-    to 0 (its optimum to the cap); benchmarks/RESULTS-search.md measures both, also where the true costs
-    differ per candidate. k + 4 parameters, fitted by least squares from several starts of m, with a
-    small ridge on w (exp(x.w + a) = e^a exp(x.w): without it c, b and w trade off freely)."""
+    candidate's share beyond m times its token share p_i (m, q_i >= 0 learned; without a prior, p = 1/k)
+    costs quadratically, which is what stops an optimum short of a small dataset's cap. 3 + 2k parameters,
+    fitted by least squares from several starts of m, with a small ridge on w (exp(x.w + a) = e^a exp(x.w):
+    without it c, b and w trade off freely).
+
+    `one_cost` (the `law_one_cost` kind): one q for every candidate, k + 4 parameters, as Muennighoff et al. fit
+    one decay constant for all data. Few points pass a given candidate's onset, so a q_i per candidate is fitted
+    from almost nothing; one q is fitted from all of them. Better on the synthetic benchmarks at 28 points
+    (benchmarks/RESULTS-search.md), also where the true costs differ per candidate; worse where the optimum sits
+    at different multiples of the candidates' token shares (tests/search/test_search.py's bowl), which one onset
+    and one cost cannot place."""
 
     penalty = 1e-3
     repeat_starts = (0.0, 1.0, 2.0, 3.0)
 
-    def __init__(self, prior: np.ndarray | None = None):
+    def __init__(self, prior: np.ndarray | None = None, one_cost: bool = False):
         self.prior = prior
+        self.one_cost = one_cost
         self.start: np.ndarray | None = None
 
     def warm_from(self, fitted: "MixingLaw") -> None:
@@ -137,6 +142,7 @@ class MixingLaw:
         from scipy.optimize import least_squares
 
         k = X.shape[1]
+        costs = 1 if self.one_cost else k
         self.p = np.full(k, 1.0 / k) if self.prior is None else np.asarray(self.prior, dtype=np.float64)
         self.centre, self.scale = float(np.mean(y)), float(np.std(y)) or 1.0
         z = (y - self.centre) / self.scale
@@ -145,18 +151,19 @@ class MixingLaw:
         def residuals(theta):
             return np.r_[self._value(theta, X) - z, np.sqrt(self.penalty) * theta[2:2 + k]]  # w only: it and c, b trade off
 
-        ridge = np.c_[np.zeros((k, 2)), np.sqrt(self.penalty) * np.eye(k), np.zeros((k, 2))]
+        ridge = np.c_[np.zeros((k, 2)), np.sqrt(self.penalty) * np.eye(k), np.zeros((k, costs + 1))]
 
-        def jacobian(theta):  # analytic: a finite-difference one costs k + 5 evaluations a step
-            b, w, q, m = theta[1], theta[2:2 + k], theta[2 + k], theta[-1]
+        def jacobian(theta):  # analytic: a finite-difference one costs 15 evaluations a step
+            b, w, q, m = self._split(theta, k)
             rising = np.exp(np.clip(X @ w, -50, 50))
             excess = np.maximum(0.0, X - m * self.p)
-            rows = np.c_[np.ones(len(X)), rising, b * rising[:, None] * X, -(excess ** 2).sum(axis=1), 2 * q * excess @ self.p]
+            by_cost = -excess ** 2 if costs == k else -(excess ** 2).sum(axis=1, keepdims=True)
+            rows = np.c_[np.ones(len(X)), rising, b * rising[:, None] * X, by_cost, 2 * excess @ (q * self.p)]
             return np.r_[rows, ridge]
 
-        lower = np.r_[-np.inf, -np.inf, np.full(k, -np.inf), 0.0, 0.0]
+        lower = np.r_[-np.inf, -np.inf, np.full(k, -np.inf), np.zeros(costs), 0.0]
         starts = [self.start] if self.start is not None else [
-            np.r_[-sign * (1 + X.mean(axis=0) @ (sign * slope)), sign, sign * slope, 1e-3, m]
+            np.r_[-sign * (1 + X.mean(axis=0) @ (sign * slope)), sign, sign * slope, np.full(costs, 1e-3), m]
             for sign in (1.0, -1.0)  # exp(x.w) rising (b > 0) or the score saturating (b < 0); w ~ the linear fit's slope
             for m in self.repeat_starts]
         best = None
@@ -167,10 +174,14 @@ class MixingLaw:
         self.theta = best.x
         return self
 
+    @staticmethod
+    def _split(theta: np.ndarray, k: int) -> tuple[float, np.ndarray, np.ndarray, float]:
+        """(b, w, q per candidate, m) of theta = [c, b, w (k), q (k or 1), m]."""
+        return theta[1], theta[2:2 + k], np.broadcast_to(theta[2 + k:-1], (k,)), theta[-1]
+
     def _value(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
-        k = X.shape[1]
-        c, b, w, q, m = theta[0], theta[1], theta[2:2 + k], theta[2 + k], theta[-1]
-        return c + b * np.exp(np.clip(X @ w, -50, 50)) - q * (np.maximum(0.0, X - m * self.p) ** 2).sum(axis=1)
+        b, w, q, m = self._split(theta, X.shape[1])
+        return theta[0] + b * np.exp(np.clip(X @ w, -50, 50)) - np.maximum(0.0, X - m * self.p) ** 2 @ q
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.centre + self.scale * self._value(self.theta, X)
@@ -180,7 +191,12 @@ def _law(n: int, config: SearchConfig, seed: int, prior: np.ndarray | None):
     return MixingLaw(prior)
 
 
-MODELS = {"lightgbm": _lightgbm, "ridge": _ridge, "quadratic": _quadratic, "gp": _gp, "law": _law}
+def _law_one_cost(n: int, config: SearchConfig, seed: int, prior: np.ndarray | None):
+    return MixingLaw(prior, one_cost=True)
+
+
+MODELS = {"lightgbm": _lightgbm, "ridge": _ridge, "quadratic": _quadratic, "gp": _gp, "law": _law,
+          "law_one_cost": _law_one_cost}
 """Regressor kinds: name -> factory(n points, config, seed, token prior or None) of an sklearn-style estimator."""
 
 
