@@ -104,6 +104,10 @@ class MixingLaw(SyntheticObjective):
 
     tiers = {"math": (1.0,), "code": (1.0,)}
     web_share = 0.4
+    repeat_cost = 3.0
+    """Loss per squared share beyond the onset (a scalar: every candidate's; or one per candidate)."""
+    onset = 2.0
+    """Repetition starts at this multiple of a candidate's token share (scalar or per candidate)."""
 
     def build(self) -> None:
         rows = [("web", 0.6)] if self.web_share else []
@@ -123,7 +127,7 @@ class MixingLaw(SyntheticObjective):
 
     def domains(self, X: np.ndarray) -> np.ndarray:
         loss = self.a + self.b * np.exp(-(X @ self.t.T))
-        repeated = np.maximum(0.0, X - 2 * self.prior) ** 2 @ np.full(len(self.prior), 3.0)
+        repeated = np.maximum(0.0, X - self.onset * self.prior) ** 2 @ np.full(self.prior.shape, self.repeat_cost)
         return -(loss + repeated[:, None])
 
 
@@ -134,18 +138,13 @@ class MixingLaw6(MixingLaw):
 
 class MixingLaw6Uneven(MixingLaw6):
     """law-6 where repetition costs each candidate differently: its own cost (3 x lognormal(0, 0.7)) from its own
-    onset (1.5 to 3 x its token share). Not the search law's family (one cost, one onset for all candidates): the
-    check that what the law assumes is not what makes law-6 easy."""
+    onset (1.5 to 3 x its token share). Outside both search laws' families (one onset m for all candidates; in
+    `law_one_cost` one cost too): the check that what the laws assume is not what makes law-6 easy."""
 
     def build(self) -> None:
         super().build()
         self.repeat_cost = 3.0 * np.exp(self.rng.normal(0, 0.7, len(self.prior)))
         self.onset = self.rng.uniform(1.5, 3.0, len(self.prior))
-
-    def domains(self, X: np.ndarray) -> np.ndarray:
-        loss = self.a + self.b * np.exp(-(X @ self.t.T))
-        repeated = np.maximum(0.0, X - self.onset * self.prior) ** 2 @ self.repeat_cost
-        return -(loss + repeated[:, None])
 
 
 OBJECTIVES = {"quadratic-3": Quadratic, "quadratic-6": Quadratic6, "law-3": MixingLaw, "law-6": MixingLaw6,
